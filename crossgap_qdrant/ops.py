@@ -1,0 +1,131 @@
+"""Python face of the fused operators in torch.ops.crossgap, with a plain PyTorch reference beside each.
+
+Importing this module loads the compiled library; if it was never built the ImportError names the command
+that builds it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crossgap_qdrant._ext import load_library
+
+load_library()
+
+COSINE_EPS = 1e-8
+
+
+# --------------------------------------------------------------------------------------------- cosine_loss
+def cosine_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss ``1 - cos(y[b], target[b])``, differentiable in ``y``.
+
+    Args:
+        y: [B, E] float32/float64/bfloat16/float16, unnormalised encoder outputs.
+        target: [B, E] floating, the targets (normally unit vectors); receives no gradient.
+
+    Returns:
+        [B] float32 (float64 when ``y`` is float64).
+    """
+    return torch.ops.crossgap.cosine_loss(y, target)
+
+
+def cosine_loss_reference(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch ``cosine_loss``: norms clamped at 1e-8, accumulation in float32/float64."""
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    y32 = y.to(acc)
+    t32 = target.to(acc)
+    ny = y32.norm(dim=-1).clamp_min(COSINE_EPS)
+    nt = t32.norm(dim=-1).clamp_min(COSINE_EPS)
+    return 1 - (y32 * t32).sum(-1) / (ny * nt)
+
+
+@torch.library.register_fake("crossgap::cosine_loss")
+def _cosine_loss_fake(y, target):
+    torch._check(y.dim() == 2, lambda: f"cosine_loss: y must be 2-D [B, E], got {tuple(y.shape)}")
+    torch._check(y.shape == target.shape, lambda: "cosine_loss: target shape does not match y shape")
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    return y.new_empty((y.shape[0],), dtype=dtype)
+
+
+@torch.library.register_fake("crossgap::cosine_loss_backward")
+def _cosine_loss_backward_fake(grad_loss, y, target):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+
+def _cosine_loss_setup_context(ctx, inputs, output):
+    y, target = inputs
+    ctx.save_for_backward(y, target)
+
+
+def _cosine_loss_backward(ctx, grad_loss):
+    y, target = ctx.saved_tensors
+    grad_y = None
+    if ctx.needs_input_grad[0]:
+        grad_y = torch.ops.crossgap.cosine_loss_backward(grad_loss, y, target)
+    return grad_y, None
+
+
+torch.library.register_autograd(
+    "crossgap::cosine_loss", _cosine_loss_backward, setup_context=_cosine_loss_setup_context
+)
+
+
+# ---------------------------------------------------------------------------------------------- adamw_step
+def adamw_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+    active: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+) -> None:
+    """One in-place AdamW step per active sample, each with its own step count.
+
+    Args:
+        param, grad, exp_avg, exp_avg_sq: [B, ...] float32/float64, one optimisation problem per row.
+        step: [B] int64 per-sample step counts; incremented where ``active``.
+        active: [B] bool; inactive rows (and their step counts) are left bit-identical.
+    """
+    torch.ops.crossgap.adamw_step(
+        param, grad, exp_avg, exp_avg_sq, step, active, lr, beta1, beta2, eps, weight_decay
+    )
+
+
+def adamw_step_reference(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+    active: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+) -> None:
+    """Plain PyTorch ``adamw_step``: torch.optim.AdamW's single-tensor update applied row by row."""
+    for b in range(param.shape[0]):
+        if not bool(active[b]):
+            continue
+        step[b] += 1
+        t = int(step[b])
+        p, g, m, v = param[b], grad[b], exp_avg[b], exp_avg_sq[b]
+        p.mul_(1 - lr * weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        step_size = lr / (1 - beta1**t)
+        denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+        p.addcdiv_(m, denom, value=-step_size)
+
+
+@torch.library.register_fake("crossgap::adamw_step")
+def _adamw_step_fake(param, grad, exp_avg, exp_avg_sq, step, active, lr, beta1, beta2, eps, weight_decay):
+    return None

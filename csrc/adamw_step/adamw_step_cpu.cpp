@@ -1,0 +1,115 @@
+#include "adamw_step.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+
+#include <cmath>
+
+namespace crossgap {
+
+void check_adamw_step_args(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                           const at::Tensor& exp_avg_sq, const at::Tensor& step,
+                           const at::Tensor& active, const AdamWHyper& h) {
+  TORCH_CHECK(param.dim() >= 1, "adamw_step: param must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(param.scalar_type() == at::kFloat || param.scalar_type() == at::kDouble,
+              "adamw_step: param must be float32 or float64, got ", param.scalar_type());
+  const auto check_like_param = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.sizes() == param.sizes(), "adamw_step: ", name, " shape ", t.sizes(),
+                " does not match param shape ", param.sizes());
+    TORCH_CHECK(t.scalar_type() == param.scalar_type(), "adamw_step: ", name, " dtype ",
+                t.scalar_type(), " does not match param dtype ", param.scalar_type());
+    TORCH_CHECK(t.device() == param.device(), "adamw_step: ", name, " is on ", t.device(),
+                " but param is on ", param.device());
+  };
+  check_like_param(grad, "grad");
+  check_like_param(exp_avg, "exp_avg");
+  check_like_param(exp_avg_sq, "exp_avg_sq");
+  const int64_t B = param.size(0);
+  TORCH_CHECK(step.dim() == 1 && step.size(0) == B, "adamw_step: step must have shape [", B,
+              "], got ", step.sizes());
+  TORCH_CHECK(step.scalar_type() == at::kLong, "adamw_step: step must be int64, got ",
+              step.scalar_type());
+  TORCH_CHECK(step.device() == param.device(), "adamw_step: step is on ", step.device(),
+              " but param is on ", param.device());
+  TORCH_CHECK(active.dim() == 1 && active.size(0) == B, "adamw_step: active must have shape [", B,
+              "], got ", active.sizes());
+  TORCH_CHECK(active.scalar_type() == at::kBool, "adamw_step: active must be bool, got ",
+              active.scalar_type());
+  TORCH_CHECK(active.device() == param.device(), "adamw_step: active is on ", active.device(),
+              " but param is on ", param.device());
+  TORCH_CHECK(h.lr >= 0, "adamw_step: lr must be >= 0, got ", h.lr);
+  TORCH_CHECK(h.beta1 >= 0 && h.beta1 < 1, "adamw_step: beta1 must be in [0, 1), got ", h.beta1);
+  TORCH_CHECK(h.beta2 >= 0 && h.beta2 < 1, "adamw_step: beta2 must be in [0, 1), got ", h.beta2);
+  TORCH_CHECK(h.eps >= 0, "adamw_step: eps must be >= 0, got ", h.eps);
+  TORCH_CHECK(h.weight_decay >= 0, "adamw_step: weight_decay must be >= 0, got ", h.weight_decay);
+}
+
+namespace {
+
+template <typename scalar_t>
+void adamw_rows_cpu(scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v, int64_t* step,
+                    const bool* active, int64_t B, int64_t n, const AdamWHyper& h) {
+  // Scalars are rounded to the tensor dtype as PyTorch's scalar ops do, so results match bit for bit.
+  const scalar_t decay = static_cast<scalar_t>(1.0 - h.lr * h.weight_decay);
+  const scalar_t w1 = static_cast<scalar_t>(1.0 - h.beta1);
+  const scalar_t b2 = static_cast<scalar_t>(h.beta2);
+  const scalar_t w2 = static_cast<scalar_t>(1.0 - h.beta2);
+  const scalar_t eps = static_cast<scalar_t>(h.eps);
+  at::parallel_for(0, B, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      if (!active[b]) continue;
+      const int64_t t = ++step[b];
+      const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(t));
+      const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(t));
+      const scalar_t neg_step_size = static_cast<scalar_t>(-(h.lr / bc1));
+      const scalar_t bc2_sqrt = static_cast<scalar_t>(std::sqrt(bc2));
+      scalar_t* pr = p + b * n;
+      const scalar_t* gr = g + b * n;
+      scalar_t* mr = m + b * n;
+      scalar_t* vr = v + b * n;
+      for (const auto i : c10::irange(n)) {
+        const scalar_t gi = gr[i];
+        const scalar_t mi = std::fma(w1, gi - mr[i], mr[i]);  // lerp, fused as PyTorch's vector path
+        const scalar_t vi = std::fma(w2 * gi, gi, vr[i] * b2);  // addcmul, fused likewise
+        const scalar_t denom = std::sqrt(vi) / bc2_sqrt + eps;
+        pr[i] = pr[i] * decay + neg_step_size * mi / denom;  // addcdiv: (value * t1) / t2
+        mr[i] = mi;
+        vr[i] = vi;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void adamw_step_cpu(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                    const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& active, double lr,
+                    double beta1, double beta2, double eps, double weight_decay) {
+  const AdamWHyper h{lr, beta1, beta2, eps, weight_decay};
+  check_adamw_step_args(param, grad, exp_avg, exp_avg_sq, step, active, h);
+  const int64_t B = param.size(0);
+  if (B == 0 || param.numel() == 0) {
+    step.add_(active.to(at::kLong));
+    return;
+  }
+  const int64_t n = param.numel() / B;
+  // Work on contiguous buffers; write back only where the caller's tensors were strided.
+  auto p = param.contiguous();
+  auto m = exp_avg.contiguous();
+  auto v = exp_avg_sq.contiguous();
+  auto s = step.contiguous();
+  const auto g = grad.contiguous();
+  const auto a = active.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adamw_step_cpu", [&] {
+    adamw_rows_cpu<scalar_t>(p.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+                             v.data_ptr<scalar_t>(), s.data_ptr<int64_t>(), a.data_ptr<bool>(), B, n,
+                             h);
+  });
+  if (!p.is_same(param)) param.copy_(p);
+  if (!m.is_same(exp_avg)) exp_avg.copy_(m);
+  if (!v.is_same(exp_avg_sq)) exp_avg_sq.copy_(v);
+  if (!s.is_same(step)) step.copy_(s);
+}
+
+}  // namespace crossgap
