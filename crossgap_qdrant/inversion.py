@@ -1,0 +1,470 @@
+"""OTI and OVI modality inversion engines (exact by default), and the published algorithm as reference.
+
+OTI maps an image feature into CLIP's text space: it optimises R pseudo-word tokens so that the text tower's
+output for "a photo of {tokens}" matches the image feature. OVI maps a text feature into image space with R
+pseudo patch tokens repeated over the ViT grid. Every sample is an independent problem; the engine batches
+them, computes only what the result depends on, takes no weight gradients, and updates all samples with the
+fused per-sample AdamW operator.
+
+By default the result equals the published algorithm (``oti_invert_reference`` / ``ovi_invert_reference``:
+full sequence, torch.optim.AdamW, batch-mean cosine loss) to float tolerance. Reduced precision and
+per-sample early stopping are opt-in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from crossgap_qdrant import ops
+from crossgap_qdrant.models import (
+    UnsupportedModelError,
+    encode_image_with_pseudo_tokens,
+    encode_text_with_pseudo_tokens,
+    model_device,
+    template_token_ids,
+    text_tower,
+    vision_tower,
+)
+from crossgap_qdrant.patch_encoder import PseudoPatchImageEncoder
+from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """Per-sample early stopping; a stopped sample leaves the batch and the next one takes its slot.
+
+    A sample stops at the first of: ``target_loss`` reached (1 - cos <= target_loss); its loss improved by
+    less than ``min_delta`` over the last ``patience`` steps; the config's step budget. Never before
+    ``min_steps``.
+    """
+
+    target_loss: float | None = None
+    min_delta: float | None = None
+    patience: int = 10
+    min_steps: int = 0
+
+
+@dataclass(frozen=True)
+class OTIConfig:
+    """Optimisation-based textual inversion (image -> text space); defaults are the published settings."""
+
+    steps: int = 150
+    lr: float = 2e-2
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    init_std: float = 0.02
+    template: str = "a photo of {}"
+    num_tokens: int = 1
+    batch_size: int = 64
+    precision: str = "fp32"
+    seed: int = 0
+    stopping: StoppingRule | None = None
+    prefix_cache: bool = True  # exact; off runs the full sequence (used by tests and benchmarks)
+
+
+# Published OVI token counts; other backbones default to 1.
+OVI_DEFAULT_TOKENS = {"ViT-L-14": 4, "ViT-L-14-quickgelu": 4, "ViT-B-16-SigLIP": 4}
+
+
+@dataclass(frozen=True)
+class OVIConfig:
+    """Optimisation-based visual inversion (text -> image space); defaults are the published settings.
+
+    ``num_tokens=None`` takes the backbone's published default (see :func:`ovi_num_tokens`).
+    """
+
+    steps: int = 1000
+    lr: float = 2e-2
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    init_std: float = 0.02
+    num_tokens: int | None = None
+    batch_size: int = 64
+    precision: str = "fp32"
+    seed: int = 0
+    stopping: StoppingRule | None = None
+
+
+@dataclass
+class InversionResult:
+    """Outcome of an inversion of N samples.
+
+    Attributes:
+        features: [N, E] float32 unit vectors in the other modality's space.
+        tokens: [N, R, D] float32 optimised pseudo tokens.
+        loss: [N] float32, 1 - cos(features, target).
+        steps: [N] int64 optimisation steps taken per sample.
+    """
+
+    features: torch.Tensor
+    tokens: torch.Tensor
+    loss: torch.Tensor
+    steps: torch.Tensor
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def ovi_num_tokens(model: nn.Module, config: OVIConfig, model_name: str | None = None) -> int:
+    if config.num_tokens is not None:
+        return config.num_tokens
+    name = model_name or getattr(model, "crossgap_model_name", None)
+    return OVI_DEFAULT_TOKENS.get(name, 1)
+
+
+def initial_tokens(n: int, num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:
+    """The deterministic initial pseudo tokens, normal(0, std), [n, R, width] float32 on CPU.
+
+    Sample i always gets the same tokens for a given seed, whatever the batching.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, num_tokens, width, generator=gen) * std
+
+
+def _validate_targets(features: torch.Tensor, dim: int, what: str) -> torch.Tensor:
+    if features.dim() != 2 or features.shape[1] != dim:
+        raise ValueError(f"{what} must have shape [N, {dim}], got {tuple(features.shape)}")
+    if not torch.isfinite(features).all():
+        bad = (~torch.isfinite(features)).any(1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{what} contain NaN or inf values (rows {bad}...)")
+    norms = features.float().norm(dim=1)
+    if (norms == 0).any():
+        raise ValueError(f"{what} contain all-zero rows")
+    return F.normalize(features.float(), dim=-1)
+
+
+def _check_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is for CUDA; use precision='bf16' on CPU")
+    return PRECISIONS[precision]
+
+
+# ------------------------------------------------------------------------------------------ the engine
+def _run_engine(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    final_encode: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    init: torch.Tensor,
+    config,
+    progress: bool,
+    desc: str,
+) -> InversionResult:
+    """Optimises one pseudo-token set per target; see OTIConfig/OVIConfig for the settings."""
+    import time
+
+    start_time = time.perf_counter()
+    device = targets.device
+    n = targets.shape[0]
+    tokens_out = torch.empty_like(init)
+    steps_out = torch.zeros(n, dtype=torch.int64)
+    bar = None
+    if progress and n:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=desc, unit="sample")
+    hyper = dict(lr=config.lr, beta1=config.betas[0], beta2=config.betas[1], eps=config.eps,
+                 weight_decay=config.weight_decay)
+
+    def step_all(p, m, v, step, active, target, grad_scale):
+        p_var = p.detach().requires_grad_(True)
+        loss = ops.cosine_loss(encode(p_var), target)
+        (grad,) = torch.autograd.grad(loss.sum() * grad_scale, p_var)
+        ops.adamw_step(p, grad, m, v, step, active, **hyper)
+        return loss.detach()
+
+    if config.stopping is None:
+        # Fixed budget: consecutive batches, the batch-mean loss of the published code.
+        for lo in range(0, n, config.batch_size):
+            hi = min(n, lo + config.batch_size)
+            p = init[lo:hi].to(device).clone()
+            m, v = torch.zeros_like(p), torch.zeros_like(p)
+            step = torch.zeros(hi - lo, dtype=torch.int64, device=device)
+            active = torch.ones(hi - lo, dtype=torch.bool, device=device)
+            for _ in range(config.steps):
+                step_all(p, m, v, step, active, targets[lo:hi], 1.0 / (hi - lo))
+            tokens_out[lo:hi] = p.cpu()
+            steps_out[lo:hi] = step.cpu()
+            if bar is not None:
+                bar.update(hi - lo)
+    else:
+        _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar)
+    if bar is not None:
+        bar.close()
+
+    features, loss = _final_features(final_encode, tokens_out, targets, config.batch_size)
+    return InversionResult(features=features, tokens=tokens_out, loss=loss, steps=steps_out,
+                           seconds=time.perf_counter() - start_time)
+
+
+def _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar) -> None:
+    """Slots of a full batch; a sample that stops is written out and the next pending one takes its slot."""
+    rule: StoppingRule = config.stopping
+    device = targets.device
+    n = targets.shape[0]
+    size = min(config.batch_size, n)
+    if size == 0:
+        return
+    width = init.shape[1:]
+    p = torch.zeros(size, *width, device=device)
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    step = torch.zeros(size, dtype=torch.int64, device=device)
+    owner = torch.full((size,), -1, dtype=torch.int64)  # sample index held by each slot
+    best = torch.full((size,), math.inf)
+    since = torch.zeros(size, dtype=torch.int64)  # steps since the loss last improved by min_delta
+    pending = 0
+
+    def fill(slots: torch.Tensor) -> None:
+        nonlocal pending
+        for s in slots.tolist():
+            if pending >= n:
+                owner[s] = -1
+                continue
+            owner[s] = pending
+            p[s] = init[pending].to(device)
+            m[s] = 0
+            v[s] = 0
+            step[s] = 0
+            best[s] = math.inf
+            since[s] = 0
+            pending += 1
+
+    fill(torch.arange(size))
+    target_buf = torch.zeros(size, targets.shape[1], device=device)
+    while (owner >= 0).any():
+        live = owner >= 0
+        target_buf[live.to(device)] = targets[owner[live].to(device)]
+        active = live.clone()
+        # The loss measured at this step (before its update) decides who stops after it.
+        loss = step_all(p, m, v, step, active.to(device), target_buf, 1.0 / size).cpu()
+        stepped = step.cpu()
+        improved = loss < best - (rule.min_delta if rule.min_delta is not None else 0.0)
+        best = torch.where(improved, loss, torch.minimum(best, loss))
+        since = torch.where(improved, torch.zeros_like(since), since + 1)
+        done = stepped >= config.steps
+        eligible = stepped >= rule.min_steps
+        if rule.target_loss is not None:
+            done |= eligible & (loss <= rule.target_loss)
+        if rule.min_delta is not None:
+            done |= eligible & (since >= rule.patience)
+        done &= live
+        finished = done.nonzero().flatten()
+        if finished.numel():
+            idx = owner[finished]
+            tokens_out[idx] = p[finished.to(device)].cpu()
+            steps_out[idx] = stepped[finished]
+            if bar is not None:
+                bar.update(finished.numel())
+            fill(finished)
+
+
+@torch.no_grad()
+def _final_features(final_encode, tokens, targets, batch_size):
+    device = targets.device
+    feats = []
+    for lo in range(0, tokens.shape[0], batch_size):
+        feats.append(F.normalize(final_encode(tokens[lo : lo + batch_size].to(device)).float(), dim=-1))
+    if not feats:
+        return torch.empty(0, targets.shape[1]), torch.empty(0)
+    features = torch.cat(feats)
+    loss = 1 - (features * targets).sum(-1)
+    return features.cpu(), loss.cpu()
+
+
+# ------------------------------------------------------------------------------------------------- OTI
+def _oti_setup(model, tokenizer, image_features, config: OTIConfig, init_tokens):
+    device = model_device(model)
+    tower = text_tower(model)
+    targets = _validate_targets(torch.as_tensor(image_features), _proj_dim(tower), "image_features").to(device)
+    if config.num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {config.num_tokens}")
+    if init_tokens is None:
+        init_tokens = initial_tokens(targets.shape[0], config.num_tokens, tower.width, config.init_std, config.seed)
+    expected = (targets.shape[0], config.num_tokens, tower.width)
+    if tuple(init_tokens.shape) != expected:
+        raise ValueError(f"init_tokens must have shape {expected}, got {tuple(init_tokens.shape)}")
+    return device, tower, targets, init_tokens.float().cpu()
+
+
+def _proj_dim(tower) -> int:
+    proj = tower.text_projection
+    if isinstance(proj, nn.Linear):
+        return proj.out_features
+    return proj.shape[1] if proj is not None else tower.width
+
+
+def oti_invert(
+    model: nn.Module,
+    tokenizer: Callable,
+    image_features: torch.Tensor,
+    config: OTIConfig = OTIConfig(),
+    init_tokens: torch.Tensor | None = None,
+    progress: bool = True,
+) -> InversionResult:
+    """Inverts image features into the text space (OTI).
+
+    Args:
+        model: a frozen open_clip model (see :func:`crossgap_qdrant.load_model`).
+        tokenizer: its tokenizer.
+        image_features: [N, E] image features (normalised here).
+        config: settings; the defaults are the published ones.
+        init_tokens: [N, R, W] initial pseudo tokens (W: text width); default normal(0, init_std) from seed.
+        progress: show a progress bar.
+
+    Returns:
+        InversionResult whose features are text-space unit vectors [N, E].
+    """
+    device, tower, targets, init = _oti_setup(model, tokenizer, image_features, config, init_tokens)
+    dtype = _check_precision(config.precision, device)
+    ids, positions = template_token_ids(tokenizer, config.template, config.num_tokens)
+
+    def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
+        return encode_text_with_pseudo_tokens(m, ids, positions, tokens)
+
+    encode = full
+    if config.prefix_cache and tower.causal:
+        try:
+            encode = CachedTemplateTextEncoder(model, tokenizer, config.template, config.num_tokens, dtype)
+        except UnsupportedModelError:
+            encode = full
+    if encode is full and dtype != torch.float32:
+        encode = _reduced_precision(model, dtype, full)
+    return _run_engine(encode, full, targets, init, config, progress, "OTI")
+
+
+def _reduced_precision(model: nn.Module, dtype: torch.dtype, fn):
+    """fn evaluated on a frozen copy of the model cast to dtype (no per-step weight casts)."""
+    import copy
+
+    low = copy.deepcopy(model).to(dtype).requires_grad_(False)
+    return lambda tokens: fn(tokens.to(dtype), m=low)
+
+
+def oti_invert_reference(
+    model: nn.Module,
+    tokenizer: Callable,
+    image_features: torch.Tensor,
+    config: OTIConfig = OTIConfig(),
+    init_tokens: torch.Tensor | None = None,
+    progress: bool = False,
+) -> InversionResult:
+    """The published OTI, kept as ground truth: full 77-token forward, torch.optim.AdamW, batch-mean loss.
+
+    Runs in float32 whatever ``config.precision`` says; ignores ``stopping`` and ``prefix_cache``.
+    """
+    device, tower, targets, init = _oti_setup(model, tokenizer, image_features, config, init_tokens)
+    ids, positions = template_token_ids(tokenizer, config.template, config.num_tokens)
+    return _reference_loop(
+        lambda tokens: encode_text_with_pseudo_tokens(model, ids, positions, tokens), targets, init, config
+    )
+
+
+def _reference_loop(encode, targets, init, config) -> InversionResult:
+    import time
+
+    start_time = time.perf_counter()
+    tokens_out = torch.empty_like(init)
+    for lo in range(0, targets.shape[0], config.batch_size):
+        target = targets[lo : lo + config.batch_size]
+        p = nn.Parameter(init[lo : lo + config.batch_size].to(targets.device).clone())
+        opt = torch.optim.AdamW([p], lr=config.lr, betas=config.betas, eps=config.eps,
+                                weight_decay=config.weight_decay)
+        for _ in range(config.steps):
+            opt.zero_grad()
+            y = encode(p)
+            loss = (1 - F.cosine_similarity(F.normalize(y, dim=-1), target)).mean()
+            loss.backward()
+            opt.step()
+        tokens_out[lo : lo + config.batch_size] = p.detach().cpu()
+    features, loss = _final_features(encode, tokens_out, targets, config.batch_size)
+    steps = torch.full((targets.shape[0],), config.steps, dtype=torch.int64)
+    return InversionResult(features=features, tokens=tokens_out, loss=loss, steps=steps,
+                           seconds=time.perf_counter() - start_time)
+
+
+# ------------------------------------------------------------------------------------------------- OVI
+def _ovi_setup(model, text_features, config: OVIConfig, init_tokens, model_name):
+    device = model_device(model)
+    tower = vision_tower(model)
+    dim = _proj_dim(text_tower(model))
+    targets = _validate_targets(torch.as_tensor(text_features), dim, "text_features").to(device)
+    r = ovi_num_tokens(model, config, model_name)
+    if r < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {r}")
+    if init_tokens is None:
+        init_tokens = initial_tokens(targets.shape[0], r, tower.width, config.init_std, config.seed)
+    expected = (targets.shape[0], r, tower.width)
+    if tuple(init_tokens.shape) != expected:
+        raise ValueError(f"init_tokens must have shape {expected}, got {tuple(init_tokens.shape)}")
+    return device, targets, init_tokens.float().cpu()
+
+
+def ovi_invert(
+    model: nn.Module,
+    text_features: torch.Tensor,
+    config: OVIConfig = OVIConfig(),
+    init_tokens: torch.Tensor | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+) -> InversionResult:
+    """Inverts text features into the image space (OVI).
+
+    Args:
+        model: a frozen open_clip model with a ViT image tower.
+        text_features: [N, E] text features (normalised here).
+        config: settings; the defaults are the published ones.
+        init_tokens: [N, R, W] initial pseudo patch tokens (W: vision width).
+        progress: show a progress bar.
+        model_name: open_clip architecture name, used for the published default R when
+            ``config.num_tokens`` is None.
+
+    Returns:
+        InversionResult whose features are image-space unit vectors [N, E].
+    """
+    device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name)
+    dtype = _check_precision(config.precision, device)
+
+    def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
+        return encode_image_with_pseudo_tokens(m, tokens)
+
+    try:
+        encode = PseudoPatchImageEncoder(model, dtype)
+    except UnsupportedModelError:
+        encode = full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
+    return _run_engine(encode, full, targets, init, config, progress, "OVI")
+
+
+def ovi_invert_reference(
+    model: nn.Module,
+    text_features: torch.Tensor,
+    config: OVIConfig = OVIConfig(),
+    init_tokens: torch.Tensor | None = None,
+    progress: bool = False,
+    model_name: str | None = None,
+) -> InversionResult:
+    """The published OVI, kept as ground truth: torch.optim.AdamW, batch-mean loss, float32."""
+    device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name)
+    return _reference_loop(lambda tokens: encode_image_with_pseudo_tokens(model, tokens), targets, init, config)
+
+
+__all__ = [
+    "InversionResult",
+    "OTIConfig",
+    "OVIConfig",
+    "StoppingRule",
+    "initial_tokens",
+    "oti_invert",
+    "oti_invert_reference",
+    "ovi_invert",
+    "ovi_invert_reference",
+]
