@@ -1,0 +1,57 @@
+"""Helper process of tests/test_store.py: ingests synthetic image features into a local Qdrant folder.
+
+Usage: python tests/store_kill_worker.py FOLDER N BATCH PAUSE_SECONDS
+
+With PAUSE_SECONDS > 0 it prints "INVERTING" before every inversion and pauses before the second one, so the
+test can SIGKILL it after batch 1 is written, while batch 2 is being inverted. At the end it prints
+"REPORT {json}".
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import conftest  # noqa: E402,F401  (registers the tiny test model configs)
+from crossgap_qdrant.inversion import OTIConfig  # noqa: E402
+from crossgap_qdrant.models import load_model  # noqa: E402
+from crossgap_qdrant.store import CrossModalStore  # noqa: E402
+
+COLLECTION = "killed"
+
+
+def synthetic_features(n: int) -> torch.Tensor:
+    """[n, 32] unit features, the same in every process."""
+    return F.normalize(torch.randn(n, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
+
+
+def main(folder: str, n: int, batch: int, pause: float) -> None:
+    torch.manual_seed(0)
+    model, preprocess, tokenizer = load_model("test-tiny-clip", device="cpu")
+    store = CrossModalStore.open(folder, COLLECTION, model, tokenizer, preprocess, model_id="test-tiny-clip",
+                                 oti_config=OTIConfig(steps=2))
+    if pause > 0:
+        invert = store._invert
+        calls = []
+
+        def slow_invert(*args, **kwargs):
+            calls.append(1)
+            print("INVERTING", flush=True)
+            if len(calls) >= 2:
+                time.sleep(pause)
+            return invert(*args, **kwargs)
+
+        store._invert = slow_invert
+    report = store.ingest_images(synthetic_features(n), batch_size=batch, progress=False)
+    store.close()
+    fields = ("inserted", "skipped_existing", "inverted", "duplicates")
+    print("REPORT " + json.dumps({k: getattr(report, k) for k in fields}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
