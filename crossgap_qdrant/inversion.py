@@ -331,15 +331,18 @@ def oti_invert(
     def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
         return encode_text_with_pseudo_tokens(m, ids, positions, tokens)
 
-    encode = full
-    if config.prefix_cache and tower.causal:
-        try:
-            encode = CachedTemplateTextEncoder(model, tokenizer, config.template, config.num_tokens, dtype)
-        except UnsupportedModelError:
-            encode = full
-    if encode is full and dtype != torch.float32:
-        encode = _reduced_precision(model, dtype, full)
-    return _run_engine(encode, full, targets, init, config, progress, "OTI")
+    def build(dtype: torch.dtype):
+        if config.prefix_cache and tower.causal:
+            try:
+                return CachedTemplateTextEncoder(model, tokenizer, config.template, config.num_tokens, dtype)
+            except UnsupportedModelError:
+                pass
+        return full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
+
+    encode = build(dtype)
+    # The reported features always come from a float32 forward, whatever precision the steps ran in.
+    final = encode if dtype == torch.float32 else build(torch.float32)
+    return _run_engine(encode, final, targets, init, config, progress, "OTI")
 
 
 def _reduced_precision(model: nn.Module, dtype: torch.dtype, fn):
@@ -437,11 +440,15 @@ def ovi_invert(
     def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
         return encode_image_with_pseudo_tokens(m, tokens)
 
-    try:
-        encode = PseudoPatchImageEncoder(model, dtype)
-    except UnsupportedModelError:
-        encode = full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
-    return _run_engine(encode, full, targets, init, config, progress, "OVI")
+    def build(dtype: torch.dtype):
+        try:
+            return PseudoPatchImageEncoder(model, dtype)
+        except UnsupportedModelError:
+            return full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
+
+    encode = build(dtype)
+    final = encode if dtype == torch.float32 else build(torch.float32)
+    return _run_engine(encode, final, targets, init, config, progress, "OVI")
 
 
 def ovi_invert_reference(

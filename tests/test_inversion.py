@@ -250,3 +250,21 @@ def test_load_model_from_local_checkpoint(tmp_path, tiny_clip):
         load_model("test-tiny-clip", pretrained=str(tmp_path / "missing.pt"), device="cpu")
     with pytest.raises(ValueError, match="unknown open_clip model"):
         load_model("no-such-model", device="cpu")
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_patch_encoder_equals_tower_forward(tiny_clip, r):
+    from crossgap_qdrant.patch_encoder import PseudoPatchImageEncoder
+
+    model, _, _ = tiny_clip
+    p1 = (torch.randn(5, r, 64) * 0.3).requires_grad_(True)
+    p2 = p1.detach().clone().requires_grad_(True)
+    a = PseudoPatchImageEncoder(model, torch.float32)(p1)
+    b = encode_image_with_pseudo_tokens(model, p2)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-6)
+    low = PseudoPatchImageEncoder(model, torch.bfloat16)(p1.detach())
+    assert low.dtype == torch.bfloat16
+    assert F.cosine_similarity(low.float(), b.detach()).min() > 0.99

@@ -272,3 +272,46 @@ def test_adamw_step_cpu_equals_cuda():
         ops.adamw_step(gpu[0], g.cuda(), gpu[1], gpu[2], gpu[3], active.cuda(), **HYPER)
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=2e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------ inputs the tests did not choose
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(0, 40), e=st.integers(1, 300), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**31 - 1),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+def test_cosine_loss_random_inputs(b, e, scale, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    y = (torch.randn(b, e, generator=gen) * scale).to(dtype)
+    t = torch.randn(b, e, generator=gen)
+    y_grad = y.clone().requires_grad_(True)
+    loss = ops.cosine_loss(y_grad, t)
+    want = ops.cosine_loss_reference(y, t)
+    torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-5)
+    if b:
+        loss.sum().backward()
+        y_ref = y.float().clone().requires_grad_(True)
+        ops.cosine_loss_reference(y_ref, t).sum().backward()
+        rtol, atol = TOL[dtype]
+        torch.testing.assert_close(y_grad.grad.float(), y_ref.grad, rtol=rtol, atol=atol / scale + atol)
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(0, 20), r=st.integers(1, 4), d=st.integers(1, 70), steps=st.integers(1, 6),
+       seed=st.integers(0, 2**31 - 1), lr=st.floats(1e-4, 1e-1), wd=st.floats(0, 0.1),
+       beta1=st.floats(0, 0.99), beta2=st.floats(0.5, 0.9999))
+def test_adamw_step_random_inputs(b, r, d, steps, seed, lr, wd, beta1, beta2):
+    gen = torch.Generator().manual_seed(seed)
+    p, m, v, step = _state(b, (r, d), gen)
+    step = torch.randint(0, 100, (b,), generator=gen)
+    ref = [p.clone(), m.clone(), v.clone(), step.clone()]
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=1e-8, weight_decay=wd)
+    for _ in range(steps):
+        g = torch.randn(b, r, d, generator=gen) * 10.0 ** float(torch.randint(-5, 2, (1,), generator=gen))
+        active = torch.rand(b, generator=gen) > 0.25
+        ops.adamw_step(p, g, m, v, step, active, **hyper)
+        ops.adamw_step_reference(ref[0], g, ref[1], ref[2], ref[3], active, **hyper)
+    assert torch.equal(step, ref[3])
+    for got, want in zip((p, m, v), ref[:3]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
