@@ -1,0 +1,105 @@
+"""The fused operators against plain PyTorch, same machine, same run; prints one JSON object.
+
+cosine_loss (forward + backward) is compared with the composition of torch ops it replaces; adamw_step with
+torch.optim.AdamW (single-tensor, foreach and fused implementations) on the same [B, R, D] tokens.
+
+    python benchmarks/bench_ops.py
+    python benchmarks/bench_ops.py --batches 64 1024 --dims 512 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from crossgap_qdrant import ops
+
+HYPER = dict(lr=2e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+
+
+def median_ms(fn, repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def bench_cosine(b: int, d: int, dtype: torch.dtype, repeat: int) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(b, d, generator=gen).to(dtype).requires_grad_(True)
+    t = F.normalize(torch.randn(b, d, generator=gen), dim=-1)
+
+    def fused():
+        (g,) = torch.autograd.grad(ops.cosine_loss(y, t).sum(), y)
+        return g
+
+    def plain():
+        loss = 1 - F.cosine_similarity(F.normalize(y.float(), dim=-1), t)
+        (g,) = torch.autograd.grad(loss.sum(), y)
+        return g
+
+    a, p = median_ms(fused, repeat), median_ms(plain, repeat)
+    return {"fused_ms": a, "torch_ms": p, "speedup": p / a}
+
+
+def bench_adamw(b: int, r: int, d: int, repeat: int) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    p = torch.randn(b, r, d, generator=gen)
+    g = torch.randn(b, r, d, generator=gen)
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    step = torch.zeros(b, dtype=torch.int64)
+    active = torch.ones(b, dtype=torch.bool)
+    out = {"fused_ms": median_ms(lambda: ops.adamw_step(p, g, m, v, step, active, **HYPER), repeat)}
+    for name, kw in {"torch_single_tensor": dict(foreach=False), "torch_foreach": dict(foreach=True),
+                     "torch_fused": dict(fused=True)}.items():
+        q = torch.nn.Parameter(p.clone())
+        q.grad = g.clone()
+        try:
+            opt = torch.optim.AdamW([q], lr=HYPER["lr"], weight_decay=HYPER["weight_decay"], **kw)
+            out[f"{name}_ms"] = median_ms(opt.step, repeat)
+            out[f"speedup_vs_{name}"] = out[f"{name}_ms"] / out["fused_ms"]
+        except (RuntimeError, ValueError) as exc:  # e.g. no fused AdamW for this device
+            out[f"{name}_ms"] = None
+            out[f"{name}_error"] = str(exc).splitlines()[0]
+    # The plain per-sample reference is a Python loop; timed on a slice to keep the run short.
+    n = min(b, 64)
+    ref = [t[:n].clone() for t in (p, m, v)] + [step[:n].clone()]
+    ms = median_ms(lambda: ops.adamw_step_reference(ref[0], g[:n], ref[1], ref[2], ref[3], active[:n], **HYPER),
+                   max(1, repeat // 2), warmup=1)
+    out["per_sample_reference_ms_per_64"] = ms
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024, 16384])
+    parser.add_argument("--dims", type=int, nargs="+", default=[512, 768])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {"benchmark": "ops", "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "cosine_loss": {}, "adamw_step": {}}
+    for b in args.batches:
+        for d in args.dims:
+            key = f"B{b}_D{d}"
+            report["cosine_loss"][key] = {
+                str(dt).replace("torch.", ""): bench_cosine(b, d, dt, args.repeat)
+                for dt in (torch.float32, torch.bfloat16)
+            }
+            report["adamw_step"][f"B{b}_R1_D{d}"] = bench_adamw(b, 1, d, args.repeat)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""Trains the offline demo model: a small open_clip-architecture CLIP on openclipart image-caption pairs.
+
+Architecture (open_clip CLIP, registered as "crossgap-demo-clip"): ViT image tower on 64x64 images (patch 8,
+width 192, 6 layers), causal text tower with the standard CLIP BPE tokenizer (vocab 49408, context 32,
+width 128, 4 layers), 128-d shared embedding. Loss: the standard symmetric CLIP contrastive loss with a
+learnable temperature; pairs in a batch with the same caption text count as positives of each other (soft
+targets), since openclipart has many images sharing one caption. bf16 autocast on CPU, one thread.
+
+Data: ``scripts/prepare_openclipart.py`` (run first) writes demo_data/manifest.json and the uint8 image cache.
+Only the "train" split is used for training; held-out metrics (image->text R@1, image->image mAP with category
+labels) are measured on the held-out images of training categories and on the held-out categories.
+
+Writes crossgap_qdrant/demo_model/open_clip_config.json ({"model_cfg", "preprocess_cfg"}, the open_clip
+hub format) and open_clip_pytorch_model.bin (fp16 state dict), loadable with
+``crossgap_qdrant.demo.load_demo_model()`` or ``open_clip.create_model_and_transforms("local-dir:<folder>")``,
+plus training_log.json with the metrics.
+
+    python scripts/train_demo_model.py            # = --epochs 14 --eval-every 7 --seed 0 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from crossgap_qdrant.demo import (  # noqa: E402
+    DEMO_MODEL_DIR,
+    DEMO_MODEL_NAME,
+    DEMO_MODEL_CONFIG,
+    heldout_metrics,
+)
+
+MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+
+
+def normalize(pixels_u8: torch.Tensor) -> torch.Tensor:
+    return (pixels_u8.float() / 255.0 - MEAN) / STD
+
+
+def eval_pixels(cache_u8: np.ndarray, idx: np.ndarray, size: int) -> torch.Tensor:
+    """The whole (letterboxed) image resized to the model's size, as open_clip's preprocess does at inference."""
+    x = torch.from_numpy(np.ascontiguousarray(cache_u8[idx])).float()
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 255)
+    return normalize(x)
+
+
+def train_pixels(cache_u8: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random crops covering 80-100% of the side, at random positions, resized to the model's size."""
+    full = cache_u8.shape[-1]
+    out = []
+    for i in idx:
+        s = int(rng.integers(int(0.8 * full), full + 1))
+        y, x = (int(v) for v in rng.integers(0, full - s + 1, size=2))
+        crop = torch.from_numpy(np.ascontiguousarray(cache_u8[i, :, y : y + s, x : x + s])).float()[None]
+        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    return normalize(torch.cat(out).clamp(0, 255))
+
+
+def caption_variant(row: dict, rng: random.Random) -> str:
+    """Caption augmentation: the full caption half the time, else the name with a random subset of keywords."""
+    if rng.random() < 0.5:
+        return row["caption"]
+    kws = [k for k in row["caption"].split(", ")[1:]]
+    rng.shuffle(kws)
+    kws = kws[: rng.randint(0, len(kws))]
+    return ", ".join([row["name"]] + kws)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO / "demo_data"), help="folder written by prepare_openclipart.py")
+    ap.add_argument("--cache-size", type=int, default=72)
+    ap.add_argument("--out", default=str(DEMO_MODEL_DIR))
+    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=100, help="warm-up steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-every", type=int, default=7, help="held-out evaluation every N epochs")
+    ap.add_argument("--no-bf16", action="store_true", help="train in fp32 (default: bf16 autocast)")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    py_rng = random.Random(args.seed)
+
+    import open_clip
+
+    from crossgap_qdrant.models import register_model_config
+
+    register_model_config(DEMO_MODEL_NAME, DEMO_MODEL_CONFIG)
+    model = open_clip.create_model(DEMO_MODEL_NAME, output_dict=True)
+    tokenizer = open_clip.get_tokenizer(DEMO_MODEL_NAME)
+    size = DEMO_MODEL_CONFIG["vision_cfg"]["image_size"]
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {DEMO_MODEL_NAME}: {n_params / 1e6:.2f} M parameters", flush=True)
+
+    data = Path(args.data)
+    rows = json.loads((data / "manifest.json").read_text())
+    cache = np.load(data / f"images_{args.cache_size}.npy", mmap_mode="r")
+    cache = np.array(cache)  # into memory
+    assert len(cache) == len(rows), "image cache does not match the manifest: rerun prepare_openclipart.py"
+    train_idx = np.array([i for i, r in enumerate(rows) if r["split"] == "train"])
+    # Sampling weights 1/sqrt(subcategory size): the 1.4k near-identical stars and 1.9k icons do not swamp it.
+    sub_counts: dict[str, int] = {}
+    for i in train_idx:
+        sub_counts[rows[i]["subcategory"]] = sub_counts.get(rows[i]["subcategory"], 0) + 1
+    w = np.array([1.0 / math.sqrt(sub_counts[rows[i]["subcategory"]]) for i in train_idx])
+    w /= w.sum()
+    steps_per_epoch = len(train_idx) // args.batch_size
+    total = steps_per_epoch * args.epochs
+    print(f"train: {len(train_idx)} images, {steps_per_epoch} steps/epoch x {args.epochs} epochs = {total} steps, "
+          f"batch {args.batch_size}", flush=True)
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embedding" not in n and "logit_scale" not in n else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+    )
+
+    def lr_at(step):
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        t = (step - args.warmup) / max(1, total - args.warmup)
+        return args.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    log = {"args": vars(args), "params": n_params, "epochs": []}
+    t0 = time.time()
+    step = 0
+    for epoch in range(args.epochs):
+        model.train()
+        order = np_rng.choice(train_idx, size=steps_per_epoch * args.batch_size, replace=True, p=w)
+        ep_loss = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+            pixels = train_pixels(cache, idx, size, np_rng)
+            texts = [caption_variant(rows[i], py_rng) for i in idx]
+            ids = tokenizer(texts)
+            same = torch.tensor([[a == c for c in texts] for a in texts], dtype=torch.float32)
+            target = same / same.sum(1, keepdim=True)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
+                out = model(pixels, ids)
+            img = F.normalize(out["image_features"].float(), dim=-1)
+            txt = F.normalize(out["text_features"].float(), dim=-1)
+            logits = out["logit_scale"].float() * img @ txt.T
+            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            ep_loss += loss.item()
+            step += 1
+            if step % 20 == 0:
+                print(f"epoch {epoch + 1} step {step}/{total} loss {loss.item():.3f} "
+                      f"T^-1 {model.logit_scale.exp().item():.1f} lr {lr_at(step):.2e} {time.time() - t0:.0f}s",
+                      flush=True)
+        entry = {"epoch": epoch + 1, "loss": ep_loss / steps_per_epoch, "elapsed_s": round(time.time() - t0, 1)}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            model.eval()
+            with torch.no_grad():
+                entry["heldout"] = evaluate(model, tokenizer, rows, cache, size)
+            print(json.dumps(entry), flush=True)
+        log["epochs"].append(entry)
+    log["train_wall_s"] = round(time.time() - t0, 1)
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    torch.save(state, out_dir / "open_clip_pytorch_model.bin")
+    cfg = {
+        "model_cfg": DEMO_MODEL_CONFIG,
+        "preprocess_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist(),
+                           "interpolation": "bicubic", "resize_mode": "shortest"},
+    }
+    (out_dir / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out_dir / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    total_mb = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file()) / 1e6
+    print(f"saved {out_dir} ({total_mb:.1f} MB); training wall time {log['train_wall_s']:.0f} s", flush=True)
+    return 0
+
+
+def evaluate(model, tokenizer, rows, cache, size) -> dict:
+    out = {}
+    for split in ("heldout_image", "heldout_category"):
+        idx = np.array([i for i, r in enumerate(rows) if r["split"] == split])
+        feats = []
+        for s in range(0, len(idx), 256):
+            feats.append(F.normalize(model.encode_image(eval_pixels(cache, idx[s : s + 256], size)).float(), dim=-1))
+        img = torch.cat(feats)
+        caps = [rows[i]["caption"] for i in idx]
+        txt = torch.cat([F.normalize(model.encode_text(tokenizer(caps[s : s + 256])).float(), dim=-1)
+                         for s in range(0, len(caps), 256)])
+        out[split] = heldout_metrics(img, txt, caps, [rows[i]["category"] for i in idx],
+                                     [rows[i]["subcategory"] for i in idx])
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The committed demo model and the README's main job (crossgap_qdrant.demo)."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from crossgap_qdrant import demo
+from crossgap_qdrant.models import encode_texts, load_model
+
+needs_checkpoint = pytest.mark.skipif(not demo.DEMO_WEIGHTS_FILE.is_file(), reason="demo checkpoint not trained")
+needs_openclipart = pytest.mark.skipif(
+    not demo.OPENCLIPART_PNG.is_dir() or not demo.OPENCLIPART_SVG.is_dir(),
+    reason="Debian packages openclipart-png / openclipart-svg not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return demo.load_demo_model("cpu")
+
+
+@needs_checkpoint
+def test_committed_checkpoint_is_small_and_describes_its_architecture():
+    files = [f for f in demo.DEMO_MODEL_DIR.iterdir() if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 25 * 1024 * 1024
+    cfg = json.loads(demo.DEMO_CONFIG_FILE.read_text())
+    assert cfg["model_cfg"] == demo.DEMO_MODEL_CONFIG
+    assert cfg["model_cfg"]["text_cfg"]["vocab_size"] == 49408
+
+
+@needs_checkpoint
+def test_checkpoint_loads_through_load_model_with_a_local_path(demo_model):
+    demo.register_demo_config()
+    model, preprocess, tokenizer = load_model(demo.DEMO_MODEL_NAME, pretrained=str(demo.DEMO_WEIGHTS_FILE),
+                                              device="cpu")
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
+    assert not model.training
+    stored = torch.load(demo.DEMO_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, stored[name].float(), rtol=0, atol=0)
+    assert model.logit_scale.exp().item() > 1.0  # trained: the temperature moved from its init or stayed sane
+
+
+@needs_checkpoint
+def test_demo_model_gives_unit_features_of_the_embedding_width(demo_model):
+    from PIL import Image
+
+    model, preprocess, tokenizer = demo_model
+    width = demo.DEMO_MODEL_CONFIG["embed_dim"]
+    images = [Image.new("RGB", (90, 70), c) for c in ("white", "red")]
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(im) for im in images]), normalize=True)
+    txt = encode_texts(model, tokenizer, ["a red star", "a computer icon"])
+    assert img.shape == (2, width) and txt.shape == (2, width)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(txt.norm(dim=-1), torch.ones(2))
+
+
+def test_average_precisions_match_the_shared_metrics():
+    from crossgap_qdrant.metrics import retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    sim = x @ x.T
+    labels = rng.integers(0, 4, size=40).tolist()
+    ours = demo.average_precisions(sim, labels)
+    ref = retrieval_metrics(sim, labels, labels, exclude=np.arange(40))
+    np.testing.assert_allclose(ours[ref.query_index], ref.ap, rtol=1e-12)
+
+
+def test_modality_gap_of_identical_features_is_zero():
+    f = torch.nn.functional.normalize(torch.randn(10, 16), dim=-1)
+    g = demo.modality_gap(f, f)
+    assert g["mean_distance"] == pytest.approx(0.0, abs=1e-12)
+    assert g["cos_image_text_paired"] == pytest.approx(1.0)
+
+
+def test_flatten_image_puts_transparency_on_white(tmp_path):
+    from PIL import Image
+
+    im = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+    im.paste((200, 0, 0, 255), (5, 5, 25, 15))  # a 20 x 10 opaque box in a transparent margin
+    im.save(tmp_path / "a.png")
+    flat = np.asarray(demo.flatten_image(tmp_path / "a.png", 16))
+    assert flat.shape == (16, 16, 3)
+    assert (flat[0, 0] == 255).all()  # letterbox and transparent margin: white, not black
+    assert flat[8, 8, 0] > 150 and flat[8, 8, 1] < 80  # the opaque box, cropped to and centred
+
+
+@needs_openclipart
+def test_manifest_split_is_deterministic_and_holds_out_categories():
+    rows = demo.build_manifest()
+    assert len(rows) > 1000
+    again = demo.build_manifest()
+    assert [(r["rel"], r["split"], r["caption"]) for r in rows] == [(r["rel"], r["split"], r["caption"]) for r in again]
+    train_cats = {r["category"] for r in rows if r["split"] == "train"}
+    assert not train_cats & set(demo.HELDOUT_CATEGORIES)
+    held = [r for r in rows if r["split"] == "heldout_image"]
+    assert 0.05 < len(held) / len([r for r in rows if r["category"] not in demo.HELDOUT_CATEGORIES]) < 0.15
+    assert all(r["caption"].strip() for r in rows)
+
+
+@needs_checkpoint
+@needs_openclipart
+def test_demo_smoke_run(tmp_path):
+    out = io.StringIO()
+    res = demo.run_demo(per_category=3, location=":memory:", data_dir=tmp_path, oti_steps=3, progress=False, out=out)
+    text = out.getvalue()
+    n = res["n_images"]
+    assert n >= 5
+    assert set(res["modes"]) == {"native", "gallery_inverted", "query_inverted", "fused"}
+    for mode, entry in res["modes"].items():
+        assert 0.0 <= entry["mAP"] <= 1.0 and entry["n_queries"] <= n
+        assert entry["ci95"][0] <= entry["mAP"] <= entry["ci95"][1]
+    assert res["modes"]["native"]["mAP"] == pytest.approx(res["native_direct_mAP"], abs=0.02)  # float32 near-ties
+    assert "modality gap" in text and "native" in text
