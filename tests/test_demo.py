@@ -111,7 +111,7 @@ def test_demo_smoke_run(tmp_path):
     text = out.getvalue()
     n = res["n_images"]
     assert n >= 5
-    assert set(res["modes"]) == {"native", "gallery_inverted", "query_inverted", "fused"}
+    assert set(res["modes"]) == {"native", "gallery_inverted", "query_inverted", "fused", "isoclip", "gap_shift"}
     for mode, entry in res["modes"].items():
         assert 0.0 <= entry["mAP"] <= 1.0 and entry["n_queries"] <= n
         assert entry["ci95"][0] <= entry["mAP"] <= entry["ci95"][1]
