@@ -71,8 +71,6 @@ class OTIConfig:
     prefix_cache: bool = True  # exact; off runs the full sequence (used by tests and benchmarks)
 
 
-# Published OVI token counts; other backbones default to 1.
-OVI_DEFAULT_TOKENS = {"ViT-L-14": 4, "ViT-L-14-quickgelu": 4, "ViT-B-16-SigLIP": 4}
 
 
 @dataclass(frozen=True)
@@ -114,11 +112,24 @@ class InversionResult:
     extra: dict = field(default_factory=dict)
 
 
-def ovi_num_tokens(model: nn.Module, config: OVIConfig, model_name: str | None = None) -> int:
+def ovi_num_tokens(
+    model: nn.Module | None, config: OVIConfig, model_name: str | None = None, pretrained: str | None = None
+) -> int:
+    """R for OVI: ``config.num_tokens``, else the published choice for the backbone.
+
+    4 for OpenAI ViT-L/14 and SigLIP ViT-B/16, 2 for OpenCLIP ViT-L/14, 1 otherwise (ViT-B/32 backbones).
+    The name and tag are read from a model made by :func:`crossgap_qdrant.load_model`, else taken from the
+    arguments.
+    """
     if config.num_tokens is not None:
         return config.num_tokens
-    name = model_name or getattr(model, "crossgap_model_name", None)
-    return OVI_DEFAULT_TOKENS.get(name, 1)
+    name = getattr(model, "crossgap_model_name", None) or model_name or ""
+    tag = getattr(model, "crossgap_pretrained", None) or pretrained or ""
+    if "SigLIP" in name and "B-16" in name:
+        return 4
+    if name.startswith("ViT-L-14"):
+        return 4 if tag == "openai" else 2
+    return 1
 
 
 def initial_tokens(n: int, num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:

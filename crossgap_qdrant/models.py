@@ -76,6 +76,8 @@ def load_model(
             ) from exc
         raise
     model.eval().requires_grad_(False)
+    model.crossgap_model_name = name  # for backbone-specific defaults (e.g. OVI's token count)
+    model.crossgap_pretrained = pretrained
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess, tokenizer
 

@@ -224,7 +224,9 @@ def test_ovi_bf16_and_stopping(tiny_clip):
 def test_ovi_default_token_count_and_unsupported_tower():
     from crossgap_qdrant.inversion import ovi_num_tokens
 
-    assert ovi_num_tokens(None, OVIConfig(), "ViT-L-14") == 4
+    assert ovi_num_tokens(None, OVIConfig(), "ViT-L-14", "openai") == 4
+    assert ovi_num_tokens(None, OVIConfig(), "ViT-L-14", "laion2b_s32b_b82k") == 2
+    assert ovi_num_tokens(None, OVIConfig(), "ViT-B-16-SigLIP", "webli") == 4
     assert ovi_num_tokens(None, OVIConfig(), "ViT-B-32") == 1
     assert ovi_num_tokens(None, OVIConfig(num_tokens=3), "ViT-L-14") == 3
     register_model_config("test-tiny-resnet", {
@@ -233,6 +235,7 @@ def test_ovi_default_token_count_and_unsupported_tower():
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 1},
     })
     model, _, _ = load_model("test-tiny-resnet", device="cpu")
+    assert model.crossgap_model_name == "test-tiny-resnet" and ovi_num_tokens(model, OVIConfig()) == 1
     with pytest.raises(UnsupportedModelError, match="OVI supports open_clip VisionTransformer"):
         ovi_invert(model, torch.randn(2, 32), OVIConfig(steps=1), progress=False)
 
