@@ -2,7 +2,7 @@
 
 Random weights cost the same as pretrained ones, so the model is built with pretrained=None. The reference's
 step time is measured on a few steps (a full 150-step reference batch takes minutes on a CPU); the engine's
-on its whole run. Prints one JSON object.
+on its whole run, set-up and the final float32 feature pass included. Prints one JSON object.
 
     python benchmarks/bench_inversion.py                      # ViT-B-32, batch 64, CPU
     python benchmarks/bench_inversion.py --quick              # a smaller, faster run
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from crossgap_qdrant import OTIConfig, OVIConfig, StoppingRule, load_model, oti_invert, ovi_invert
-from crossgap_qdrant.inversion import _reference_loop, initial_tokens
+from crossgap_qdrant.inversion import initial_tokens, reference_step
 from crossgap_qdrant.models import (
     encode_image_with_pseudo_tokens,
     encode_text_with_pseudo_tokens,
@@ -53,14 +53,15 @@ def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, repeat: int = 10) ->
 
 
 def reference_step_seconds(encode, targets, init, config, steps: int) -> float:
-    """Median seconds of one published-algorithm step (after one warm-up step)."""
-    cfg = dataclasses.replace(config, steps=1, batch_size=targets.shape[0])
-    _reference_loop(encode, targets, init, cfg)
-    times = _time(lambda: _reference_loop(encode, targets, init, cfg), steps)
-    return statistics.median(times)
+    """Median seconds of one published-algorithm step (forward, backward, torch.optim.AdamW), after a warm-up."""
+    tokens = torch.nn.Parameter(init.clone())
+    opt = torch.optim.AdamW([tokens], lr=config.lr, betas=config.betas, eps=config.eps,
+                            weight_decay=config.weight_decay)
+    reference_step(encode, tokens, opt, targets)
+    return statistics.median(_time(lambda: reference_step(encode, tokens, opt, targets), steps))
 
 
-def engine_run(fn, config, steps_key="steps"):
+def engine_run(fn, config):
     start = time.perf_counter()
     result = fn(config)
     return result, time.perf_counter() - start
@@ -134,6 +135,7 @@ def bench_ovi(model, args) -> dict:
     results = {}
     for precision in ("fp32", "bf16"):
         c = dataclasses.replace(cfg, precision=precision)
+        ovi_invert(model, targets[:4], dataclasses.replace(c, steps=1, batch_size=4), progress=False)  # warm-up
         res, secs = engine_run(lambda c: ovi_invert(model, targets, c, progress=False), c)
         results[precision] = res
         ms = secs / cfg.steps * 1e3

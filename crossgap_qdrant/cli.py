@@ -211,7 +211,7 @@ def cmd_search(args) -> int:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     model, preprocess, tokenizer = _load(args)
     query: Any = args.query
-    if query.isdigit():
+    if query.isdigit() and not args.text:  # an image query that is a number is a point id
         query = int(query)
     with _open_store(args, model, preprocess, tokenizer) as store:
         search = store.search_texts if args.text else store.search_images

@@ -218,6 +218,32 @@ def _run_engine(
                            seconds=time.perf_counter() - start_time)
 
 
+def stopping_update(
+    rule: StoppingRule, loss: torch.Tensor, best: torch.Tensor, since: torch.Tensor, steps: torch.Tensor,
+    budget: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of the per-sample stopping rule.
+
+    Args:
+        loss: [S] loss measured at this step; best: [S] best loss at the last improvement;
+        since: [S] steps since that improvement; steps: [S] steps taken, this one included.
+
+    Returns:
+        (done [S] bool, best, since). ``best`` moves only on an improvement of at least ``min_delta``, so a
+        sample improving by less per step is still kept while its improvement over ``patience`` steps adds up.
+    """
+    improved = loss < best - (rule.min_delta or 0.0)
+    best = torch.where(improved, loss, best)
+    since = torch.where(improved, torch.zeros_like(since), since + 1)
+    done = steps >= budget
+    eligible = steps >= rule.min_steps
+    if rule.target_loss is not None:
+        done |= eligible & (loss <= rule.target_loss)
+    if rule.min_delta is not None:
+        done |= eligible & (since >= rule.patience)
+    return done, best, since
+
+
 def _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar) -> None:
     """Slots of a full batch; a sample that stops is written out and the next pending one takes its slot."""
     rule: StoppingRule = config.stopping
@@ -259,15 +285,7 @@ def _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar)
         # The loss measured at this step (before its update) decides who stops after it.
         loss = step_all(p, m, v, step, active.to(device), target_buf, 1.0 / size).cpu()
         stepped = step.cpu()
-        improved = loss < best - (rule.min_delta if rule.min_delta is not None else 0.0)
-        best = torch.where(improved, loss, torch.minimum(best, loss))
-        since = torch.where(improved, torch.zeros_like(since), since + 1)
-        done = stepped >= config.steps
-        eligible = stepped >= rule.min_steps
-        if rule.target_loss is not None:
-            done |= eligible & (loss <= rule.target_loss)
-        if rule.min_delta is not None:
-            done |= eligible & (since >= rule.patience)
+        done, best, since = stopping_update(rule, loss, best, since, stepped, config.steps)
         done &= live
         finished = done.nonzero().flatten()
         if finished.numel():
@@ -383,6 +401,15 @@ def oti_invert_reference(
     )
 
 
+def reference_step(encode, tokens: nn.Parameter, opt: torch.optim.Optimizer, target: torch.Tensor) -> None:
+    """One step of the published algorithm: batch-mean cosine loss, backward, torch.optim.AdamW."""
+    opt.zero_grad()
+    y = encode(tokens)
+    loss = (1 - F.cosine_similarity(F.normalize(y, dim=-1), target)).mean()
+    loss.backward()
+    opt.step()
+
+
 def _reference_loop(encode, targets, init, config) -> InversionResult:
     import time
 
@@ -394,11 +421,7 @@ def _reference_loop(encode, targets, init, config) -> InversionResult:
         opt = torch.optim.AdamW([p], lr=config.lr, betas=config.betas, eps=config.eps,
                                 weight_decay=config.weight_decay)
         for _ in range(config.steps):
-            opt.zero_grad()
-            y = encode(p)
-            loss = (1 - F.cosine_similarity(F.normalize(y, dim=-1), target)).mean()
-            loss.backward()
-            opt.step()
+            reference_step(encode, p, opt, target)
         tokens_out[lo : lo + config.batch_size] = p.detach().cpu()
     features, loss = _final_features(encode, tokens_out, targets, config.batch_size)
     steps = torch.full((targets.shape[0],), config.steps, dtype=torch.int64)
@@ -407,12 +430,12 @@ def _reference_loop(encode, targets, init, config) -> InversionResult:
 
 
 # ------------------------------------------------------------------------------------------------- OVI
-def _ovi_setup(model, text_features, config: OVIConfig, init_tokens, model_name):
+def _ovi_setup(model, text_features, config: OVIConfig, init_tokens, model_name, pretrained):
     device = model_device(model)
     tower = vision_tower(model)
     dim = _proj_dim(text_tower(model))
     targets = _validate_targets(torch.as_tensor(text_features), dim, "text_features").to(device)
-    r = ovi_num_tokens(model, config, model_name)
+    r = ovi_num_tokens(model, config, model_name, pretrained)
     if r < 1:
         raise ValueError(f"num_tokens must be >= 1, got {r}")
     if init_tokens is None:
@@ -430,6 +453,7 @@ def ovi_invert(
     init_tokens: torch.Tensor | None = None,
     progress: bool = True,
     model_name: str | None = None,
+    pretrained: str | None = None,
 ) -> InversionResult:
     """Inverts text features into the image space (OVI).
 
@@ -439,13 +463,13 @@ def ovi_invert(
         config: settings; the defaults are the published ones.
         init_tokens: [N, R, W] initial pseudo patch tokens (W: vision width).
         progress: show a progress bar.
-        model_name: open_clip architecture name, used for the published default R when
-            ``config.num_tokens`` is None.
+        model_name, pretrained: open_clip architecture and pretrained tag, for the published default R
+            when ``config.num_tokens`` is None and the model was not made by ``load_model``.
 
     Returns:
         InversionResult whose features are image-space unit vectors [N, E].
     """
-    device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name)
+    device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name, pretrained)
     dtype = _check_precision(config.precision, device)
 
     def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
@@ -469,9 +493,10 @@ def ovi_invert_reference(
     init_tokens: torch.Tensor | None = None,
     progress: bool = False,
     model_name: str | None = None,
+    pretrained: str | None = None,
 ) -> InversionResult:
     """The published OVI, kept as ground truth: torch.optim.AdamW, batch-mean loss, float32."""
-    device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name)
+    device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name, pretrained)
     return _reference_loop(lambda tokens: encode_image_with_pseudo_tokens(model, tokens), targets, init, config)
 
 

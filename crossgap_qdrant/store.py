@@ -639,7 +639,8 @@ class CrossModalStore:
             from crossgap_qdrant.inversion import ovi_num_tokens
 
             config, width = self.ovi_config, vision_tower(self.model).width
-            r = ovi_num_tokens(self.model, config, self.model_id.split("/")[0])
+            name, _, tag = self.model_id.partition("/")
+            r = ovi_num_tokens(self.model, config, name, tag)
         out = torch.empty(len(pids), r, width)
         for i, pid in enumerate(pids):
             digest = hashlib.sha256(f"{config.seed}:{pid}".encode()).digest()
@@ -657,7 +658,8 @@ class CrossModalStore:
                                 progress=progress)
         else:
             result = ovi_invert(self.model, features, config=self.ovi_config, init_tokens=init, progress=progress,
-                                model_name=self.model_id.split("/")[0])
+                                model_name=self.model_id.partition("/")[0],
+                                pretrained=self.model_id.partition("/")[2])
         return _check_features(result.features, self.dim, f"{modality} inversion results")
 
     # ------------------------------------------------------------------------------------------ ingestion
@@ -770,6 +772,7 @@ class CrossModalStore:
     def _ingest(self, side: _Side, items, payloads, ids, invert, inverted_features, batch_size, progress):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        invert = invert or inverted_features is not None  # given vectors are written; nothing is inverted
         if isinstance(items, torch.Tensor):  # precomputed native features, validated as a whole already
             given, features = items, F.normalize(items, dim=-1)
             # ids hash the caller's rows: re-normalising unit rows can change their last bits
@@ -885,6 +888,9 @@ class CrossModalStore:
         computed: dict[PointId, dict[str, torch.Tensor]] = {}
         with _Timer(report, "seconds_encoding"):
             computed = self._encode(side, need_raw, derived if raw_available else {}, report)
+        for it in new:
+            if it.pid not in computed:  # failed to decode: a later copy in this run may still go in
+                seen.discard(it.pid)
         new = [it for it in new if it.pid in computed]
         partial = [(it, lacking) for it, lacking in partial if it.pid in computed or side.native not in lacking]
 

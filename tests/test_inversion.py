@@ -271,3 +271,24 @@ def test_patch_encoder_equals_tower_forward(tiny_clip, r):
     low = PseudoPatchImageEncoder(model, torch.bfloat16)(p1.detach())
     assert low.dtype == torch.bfloat16
     assert F.cosine_similarity(low.float(), b.detach()).min() > 0.99
+
+
+def test_stopping_rule_keeps_slow_but_steady_improvement():
+    from crossgap_qdrant.inversion import stopping_update
+
+    rule = StoppingRule(min_delta=1e-2, patience=4)
+    best = torch.full((2,), float("inf"))
+    since = torch.zeros(2, dtype=torch.int64)
+    # sample 0 improves by 0.004 a step (0.016 over the patience window); sample 1 is flat
+    stopped_at = [None, None]
+    for t in range(1, 30):
+        loss = torch.tensor([1.0 - 0.004 * t, 0.5])
+        done, best, since = stopping_update(rule, loss, best, since, torch.full((2,), t), budget=30)
+        for i in range(2):
+            if done[i] and stopped_at[i] is None:
+                stopped_at[i] = t
+    assert stopped_at[1] == 5  # improved at step 1, then 4 flat steps
+    assert stopped_at[0] is None  # never stopped: improves by >= min_delta within every 4 steps
+    done, _, _ = stopping_update(StoppingRule(target_loss=0.1, min_steps=3), torch.tensor([0.05, 0.05]),
+                                 best, since, torch.tensor([2, 3]), budget=30)
+    assert done.tolist() == [False, True]
