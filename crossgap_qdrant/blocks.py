@@ -51,9 +51,20 @@ def mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v over [B, H, N, d], the softmax in float32.
+
+    Plain matmuls: for ViT-length sequences on CPU, PyTorch's fused flash-attention backward is several times
+    slower than the unfused one.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    scores = scores.float() if bias is None else scores.float() + bias
+    return scores.softmax(dim=-1).to(v.dtype) @ v
+
+
 def block_forward(block: nn.Module, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
     """ResidualAttentionBlock.forward for self-attention on x [B, N, W] (attn_bias: additive [N, N])."""
     q, k, v = qkv(block, block.ln_1(x))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if attn_bias is None else attn_bias.to(q.dtype))
+    out = attention(q, k, v, attn_bias)
     x = x + block.ls_1(merge_heads_and_project(block, out))
     return mlp_residual(block, x)

@@ -14,7 +14,7 @@ per-sample early stopping are opt-in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from crossgap_qdrant import ops
 from crossgap_qdrant.models import (
     UnsupportedModelError,
+    embed_dim,
     encode_image_with_pseudo_tokens,
     encode_text_with_pseudo_tokens,
     model_device,
@@ -109,7 +110,6 @@ class InversionResult:
     loss: torch.Tensor
     steps: torch.Tensor
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def ovi_num_tokens(
@@ -311,10 +311,10 @@ def _final_features(final_encode, tokens, targets, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------- OTI
-def _oti_setup(model, tokenizer, image_features, config: OTIConfig, init_tokens):
+def _oti_setup(model, image_features, config: OTIConfig, init_tokens):
     device = model_device(model)
     tower = text_tower(model)
-    targets = _validate_targets(torch.as_tensor(image_features), _proj_dim(tower), "image_features").to(device)
+    targets = _validate_targets(torch.as_tensor(image_features), embed_dim(model), "image_features").to(device)
     if config.num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {config.num_tokens}")
     if init_tokens is None:
@@ -323,13 +323,6 @@ def _oti_setup(model, tokenizer, image_features, config: OTIConfig, init_tokens)
     if tuple(init_tokens.shape) != expected:
         raise ValueError(f"init_tokens must have shape {expected}, got {tuple(init_tokens.shape)}")
     return device, tower, targets, init_tokens.float().cpu()
-
-
-def _proj_dim(tower) -> int:
-    proj = tower.text_projection
-    if isinstance(proj, nn.Linear):
-        return proj.out_features
-    return proj.shape[1] if proj is not None else tower.width
 
 
 def oti_invert(
@@ -353,7 +346,7 @@ def oti_invert(
     Returns:
         InversionResult whose features are text-space unit vectors [N, E].
     """
-    device, tower, targets, init = _oti_setup(model, tokenizer, image_features, config, init_tokens)
+    device, tower, targets, init = _oti_setup(model, image_features, config, init_tokens)
     dtype = _check_precision(config.precision, device)
     ids, positions = template_token_ids(tokenizer, config.template, config.num_tokens)
 
@@ -394,7 +387,7 @@ def oti_invert_reference(
 
     Runs in float32 whatever ``config.precision`` says; ignores ``stopping`` and ``prefix_cache``.
     """
-    device, tower, targets, init = _oti_setup(model, tokenizer, image_features, config, init_tokens)
+    device, tower, targets, init = _oti_setup(model, image_features, config, init_tokens)
     ids, positions = template_token_ids(tokenizer, config.template, config.num_tokens)
     return _reference_loop(
         lambda tokens: encode_text_with_pseudo_tokens(model, ids, positions, tokens), targets, init, config
@@ -433,7 +426,7 @@ def _reference_loop(encode, targets, init, config) -> InversionResult:
 def _ovi_setup(model, text_features, config: OVIConfig, init_tokens, model_name, pretrained):
     device = model_device(model)
     tower = vision_tower(model)
-    dim = _proj_dim(text_tower(model))
+    dim = embed_dim(model)
     targets = _validate_targets(torch.as_tensor(text_features), dim, "text_features").to(device)
     r = ovi_num_tokens(model, config, model_name, pretrained)
     if r < 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -354,9 +354,12 @@ def expand_patch_tokens(pseudo_tokens: torch.Tensor, num_patches: int) -> torch.
     Returns:
         [B, num_patches, W]: patch i takes token floor(i * R / num_patches).
     """
-    r = pseudo_tokens.shape[1]
-    index = (torch.arange(num_patches, device=pseudo_tokens.device) * r) // num_patches
-    return pseudo_tokens.index_select(1, index)
+    return pseudo_tokens.index_select(1, patch_token_index(pseudo_tokens.shape[1], num_patches, pseudo_tokens.device))
+
+
+def patch_token_index(num_tokens: int, num_patches: int, device=None) -> torch.Tensor:
+    """[num_patches] int64: patch i takes pseudo token floor(i * R / num_patches) (nearest interpolation)."""
+    return (torch.arange(num_patches, device=device) * num_tokens) // num_patches
 
 
 class _PseudoPatchEmbedding(nn.Module):
@@ -398,8 +401,3 @@ def encode_image_with_pseudo_tokens(model: nn.Module, pseudo_tokens: torch.Tenso
     dummy = patches.new_zeros(patches.shape[0], 1, 1, 1)
     with pseudo_patch_embedding(tower.module, patches, tower.grid):
         return tower.module(dummy)
-
-
-def iter_chunks(n: int, size: int) -> Iterable[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(n, start + size)

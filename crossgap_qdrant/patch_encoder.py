@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from crossgap_qdrant.blocks import block_forward, check_block
-from crossgap_qdrant.models import UnsupportedModelError, expand_patch_tokens, vision_tower
+from crossgap_qdrant.models import UnsupportedModelError, patch_token_index, vision_tower
 
 
 class PseudoPatchImageEncoder(nn.Module):
@@ -44,10 +44,14 @@ class PseudoPatchImageEncoder(nn.Module):
         self.visual = visual.requires_grad_(False)
         self.num_patches = tower.num_patches
         self.dtype = dtype
+        self._index: torch.Tensor | None = None  # patch -> token, built for the first R seen
 
     def forward(self, pseudo_tokens: torch.Tensor) -> torch.Tensor:
         visual = self.visual
-        patches = expand_patch_tokens(pseudo_tokens.to(self.dtype), self.num_patches)
+        r = pseudo_tokens.shape[1]
+        if self._index is None or self._index[-1] != r - 1 or self._index.device != pseudo_tokens.device:
+            self._index = patch_token_index(r, self.num_patches, pseudo_tokens.device)
+        patches = pseudo_tokens.to(self.dtype).index_select(1, self._index)
         cls = visual.class_embedding.view(1, 1, -1).expand(patches.shape[0], -1, -1)
         x = torch.cat([cls, patches], dim=1) + visual.positional_embedding
         x = visual.ln_pre(visual.patch_dropout(x))

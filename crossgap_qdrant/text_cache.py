@@ -81,16 +81,14 @@ class CachedTemplateTextEncoder(nn.Module):
         self.parts = parts
         self.proj = proj if not isinstance(proj, nn.Linear) else None
         self.dtype = dtype
-        self.num_tokens = num_tokens
-        self.slots = (positions - first).to(device)  # placeholder rows within the suffix
 
         with torch.no_grad():
             pos = tower.positional_embedding.to(dtype)
             emb = tower.token_embedding(ids.to(device)).to(dtype) + pos
-            self.prefix_len = first
-            suffix = emb[first : pool + 1].clone()
-            # Placeholder rows get their pseudo token plus this positional term at call time.
-            self.register_buffer("suffix_base", suffix, persistent=False)
+            # The suffix starts with the R placeholder rows (pseudo token + this positional term, at call
+            # time), followed by the template's constant rows up to the pooled position.
+            self.suffix_len = pool + 1 - first  # positions run per step
+            self.register_buffer("suffix_rest", emb[first + num_tokens : pool + 1].clone(), persistent=False)
             self.register_buffer("slot_pos", pos[positions.to(device)].clone(), persistent=False)
             self.prefix_kv = self._prefix_kv(emb[:first].unsqueeze(0), tower.attn_mask[:first, :first])
             s = pool + 1 - first
@@ -144,8 +142,7 @@ class CachedTemplateTextEncoder(nn.Module):
 
     def forward(self, pseudo_tokens: torch.Tensor) -> torch.Tensor:
         b = pseudo_tokens.shape[0]
-        x = self.suffix_base.expand(b, -1, -1).clone()
-        x[:, self.slots] = pseudo_tokens.to(self.dtype) + self.slot_pos
+        x = torch.cat([pseudo_tokens.to(self.dtype) + self.slot_pos, self.suffix_rest.expand(b, -1, -1)], dim=1)
         for block, past in zip(self.parts["blocks"], self.prefix_kv):
             out, _ = self._attention(block, block.ln_1(x), past, self.mask_bias)
             x = mlp_residual(block, x + block.ls_1(out))
