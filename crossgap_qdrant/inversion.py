@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from crossgap_qdrant import ops
 from crossgap_qdrant.models import (
     UnsupportedModelError,
+    check_features,
     embed_dim,
     encode_image_with_pseudo_tokens,
     encode_text_with_pseudo_tokens,
@@ -139,18 +140,6 @@ def initial_tokens(n: int, num_tokens: int, width: int, std: float, seed: int) -
     """
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, num_tokens, width, generator=gen) * std
-
-
-def _validate_targets(features: torch.Tensor, dim: int, what: str) -> torch.Tensor:
-    if features.dim() != 2 or features.shape[1] != dim:
-        raise ValueError(f"{what} must have shape [N, {dim}], got {tuple(features.shape)}")
-    if not torch.isfinite(features).all():
-        bad = (~torch.isfinite(features)).any(1).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{what} contain NaN or inf values (rows {bad}...)")
-    norms = features.float().norm(dim=1)
-    if (norms == 0).any():
-        raise ValueError(f"{what} contain all-zero rows")
-    return F.normalize(features.float(), dim=-1)
 
 
 def _check_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -314,7 +303,8 @@ def _final_features(final_encode, tokens, targets, batch_size):
 def _oti_setup(model, image_features, config: OTIConfig, init_tokens):
     device = model_device(model)
     tower = text_tower(model)
-    targets = _validate_targets(torch.as_tensor(image_features), embed_dim(model), "image_features").to(device)
+    targets = check_features(torch.as_tensor(image_features), embed_dim(model), "image_features")
+    targets = F.normalize(targets, dim=-1).to(device)
     if config.num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {config.num_tokens}")
     if init_tokens is None:
@@ -427,7 +417,8 @@ def _ovi_setup(model, text_features, config: OVIConfig, init_tokens, model_name,
     device = model_device(model)
     tower = vision_tower(model)
     dim = embed_dim(model)
-    targets = _validate_targets(torch.as_tensor(text_features), dim, "text_features").to(device)
+    targets = F.normalize(check_features(torch.as_tensor(text_features), dim, "text_features"), dim=-1)
+    targets = targets.to(device)
     r = ovi_num_tokens(model, config, model_name, pretrained)
     if r < 1:
         raise ValueError(f"num_tokens must be >= 1, got {r}")

@@ -172,6 +172,36 @@ def embed_dim(model: nn.Module) -> int:
     return text.width
 
 
+def check_features(features: torch.Tensor, dim: int, what: str, consequence: str = "") -> torch.Tensor:
+    """Refuses features that are not [N, dim], hold NaN/inf, or have all-zero rows.
+
+    Args:
+        features: [N, dim] floating tensor (any device); integer tensors raise TypeError.
+        what: how the error names them, e.g. "image_features".
+        consequence: appended to the error, e.g. "; nothing was written".
+
+    Returns:
+        The same tensor, as float32.
+    """
+    if features.dim() != 2 or features.shape[1] != dim:
+        raise ValueError(
+            f"{what} must have shape [N, {dim}] (the model's embedding width), got {tuple(features.shape)}"
+            f"{consequence}"
+        )
+    if not features.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {features.dtype}{consequence}")
+    features = features.float()
+    finite = torch.isfinite(features).all(dim=1)
+    if not bool(finite.all()):
+        rows = (~finite).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{what} contain NaN or inf values (rows {rows}){consequence}")
+    zero = features.norm(dim=1) == 0
+    if bool(zero.any()):
+        rows = zero.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{what} contain all-zero rows (rows {rows}){consequence}")
+    return features
+
+
 # ------------------------------------------------------------------------------------------- tower views
 @dataclass
 class TextTower:

@@ -41,7 +41,15 @@ import torch
 import torch.nn.functional as F
 from qdrant_client import QdrantClient, models
 
-from crossgap_qdrant.models import embed_dim, encode_images, encode_texts, model_device, text_tower, vision_tower
+from crossgap_qdrant.models import (
+    check_features,
+    embed_dim,
+    encode_images,
+    encode_texts,
+    model_device,
+    text_tower,
+    vision_tower,
+)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ID_NAMESPACE = uuid.UUID("5b0f6c1e-3c55-4a43-9a55-6f2c0d7e9b11")  # fixed forever: point ids derive from it
@@ -339,21 +347,7 @@ def _check_features(features: Any, dim: int, what: str, normalize: bool = True) 
         raise TypeError(f"{what} must be a tensor or array, got {type(features).__name__}")
     if features.dim() == 1:
         features = features[None]
-    if features.dim() != 2 or features.shape[1] != dim:
-        raise ValueError(
-            f"{what} must have shape [N, {dim}] (the model's embedding width), got {tuple(features.shape)}"
-        )
-    if not features.is_floating_point():
-        raise TypeError(f"{what} must be floating point, got {features.dtype}")
-    features = features.detach().to(torch.float32).cpu()
-    finite = torch.isfinite(features).all(dim=1)
-    if not bool(finite.all()):
-        rows = (~finite).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{what} contain NaN or inf values (rows {rows}); nothing was written")
-    zero = features.norm(dim=1) == 0
-    if bool(zero.any()):
-        rows = zero.nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{what} contain all-zero rows (rows {rows}); nothing was written")
+    features = check_features(features.detach().cpu(), dim, what, "; nothing was written")
     return F.normalize(features, dim=-1) if normalize else features
 
 
