@@ -277,22 +277,17 @@ def cmd_evaluate(args) -> int:
 
 def collection_info(client, collection_name: str) -> dict[str, Any]:
     """Model id, vector names, sizes and point counts of a collection, read without loading the model."""
-    from qdrant_client import models
-
-    from crossgap_qdrant.store import METADATA_KEY, client_location
+    from crossgap_qdrant.store import METADATA_KEY, client_location, named_vector_stats
 
     if not client.collection_exists(collection_name):
         raise LookupError(f"no collection {collection_name!r} at {client_location(client)}")
     info = client.get_collection(collection_name)
     recorded = (info.config.metadata or {}).get(METADATA_KEY) or {}
-    vectors = {}
     params = info.config.params.vectors
     if not isinstance(params, dict):
         raise ValueError(f"collection {collection_name!r} has a single unnamed vector: not a crossgap collection")
-    for name, p in params.items():
-        has = models.Filter(must=[models.HasVectorCondition(has_vector=name)])
-        vectors[name] = {"size": p.size, "distance": p.distance.value,
-                         "points": client.count(collection_name, count_filter=has, exact=True).count}
+    vectors = named_vector_stats(
+        params, lambda has: client.count(collection_name, count_filter=has, exact=True).count)
     return {
         "collection": collection_name,
         "location": client_location(client),

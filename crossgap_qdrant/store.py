@@ -351,6 +351,20 @@ def _check_features(features: Any, dim: int, what: str, normalize: bool = True) 
     return F.normalize(features, dim=-1) if normalize else features
 
 
+def named_vector_stats(vectors_config: Mapping[str, Any], count: Callable[[Any], int]) -> dict[str, dict]:
+    """Size, distance and number of points holding it, per named vector of a collection.
+
+    Args:
+        vectors_config: the collection's named vector params (``config.params.vectors``).
+        count: counts the points matching a filter.
+    """
+    stats = {}
+    for name, params in vectors_config.items():
+        has = models.Filter(must=[models.HasVectorCondition(has_vector=name)])
+        stats[name] = {"size": params.size, "distance": params.distance.value, "points": count(has)}
+    return stats
+
+
 def _vector_list(row: torch.Tensor) -> list[float]:
     return row.detach().to(torch.float32).cpu().numpy().tolist()
 
@@ -1280,15 +1294,11 @@ class CrossModalStore:
     def info(self) -> dict[str, Any]:
         """Collection, location, model id, vector names and sizes, and point counts per vector."""
         info = self._call("read the collection", self.client.get_collection, self.collection_name)
-        vectors = {}
-        for name, params in info.config.params.vectors.items():
-            has = models.Filter(must=[models.HasVectorCondition(has_vector=name)])
-            vectors[name] = {
-                "size": params.size,
-                "distance": params.distance.value,
-                "points": self._call("count points", self.client.count, collection_name=self.collection_name,
-                                     count_filter=has, exact=True).count,
-            }
+        vectors = named_vector_stats(
+            info.config.params.vectors,
+            lambda has: self._call("count points", self.client.count, collection_name=self.collection_name,
+                                   count_filter=has, exact=True).count,
+        )
         return {
             "collection": self.collection_name,
             "location": self.location,
