@@ -230,7 +230,8 @@ def cmd_search(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from crossgap_qdrant import evaluate as harness
-    from crossgap_qdrant.evaluate import IMAGE_EXTENSIONS, METHODS, EvaluationConfig, load_labelled_set, markdown_table, write_report
+    from crossgap_qdrant.evaluate import METHODS, EvaluationConfig, load_labelled_set, markdown_table, write_report
+    from crossgap_qdrant.store import list_image_files
 
     methods = METHODS
     if args.methods:
@@ -249,7 +250,7 @@ def cmd_evaluate(args) -> int:
     gap_images = None
     if args.gap_images:
         folder = Path(args.gap_images)
-        gap_images = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        gap_images = [str(p) for p in list_image_files(folder)]
         if not gap_images:
             raise FileNotFoundError(f"--gap-images: no image files under {args.gap_images}")
     model, preprocess, tokenizer = _load(args)

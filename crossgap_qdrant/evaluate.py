@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from crossgap_qdrant.metrics import RetrievalMetrics, retrieval_metrics
+from crossgap_qdrant.store import IMAGE_EXTENSIONS
 
 METHODS = ("native", "query_inverted", "gallery_inverted", "fused", "isoclip", "gapshift")
 RRF_K = 2  # qdrant-client's default ranking constant: score = sum over routes of 1 / (0-based position + k)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 _LABELS = {
     "image": {

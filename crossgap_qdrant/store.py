@@ -331,7 +331,8 @@ class _Item:
     inverted: torch.Tensor | None = None  # [E] inverted feature, when given
 
 
-def _list_image_files(folder: Path) -> list[Path]:
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, by extension), sorted."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
@@ -734,7 +735,7 @@ class CrossModalStore:
         if isinstance(images, (str, os.PathLike)):
             path = Path(images)
             if path.is_dir():
-                files = _list_image_files(path)
+                files = list_image_files(path)
                 if not files:
                     raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {path}")
                 images = files
