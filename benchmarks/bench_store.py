@@ -1,13 +1,22 @@
-"""Ingestion throughput and query latency of CrossModalStore on embedded local Qdrant; prints JSON.
+"""The collection engines side by side: ingestion rate, query latency and Edge's HNSW recall; prints JSON.
 
-N synthetic items (random unit image features of width --dim) are ingested into a fresh local folder with a
-tiny random CLIP whose embedding width is --dim, so the numbers show the adapter and Qdrant, not a backbone.
-The OTI inversion runs --steps steps per item (0: precomputed inverted vectors are passed instead), so a run
-stays minutes on 2 cores. Then each search mode is timed over repeated queries, given as features and as
-stored point ids.
+Points are random unit vectors of width --dim in the store's layout: image items hold "image" and
+"image_oti", text items "text" and "text_ovi" (half of each), with a small payload. Vectors are drawn and
+turned into points before the clock starts, and the Collection layer is called directly, so what is timed
+is the engine. Engines:
 
-    python benchmarks/bench_store.py --n 1000 --steps 5
-    python benchmarks/bench_store.py --n 10000 --steps 0 --queries 30
+    edge     Qdrant's engine in the process (qdrant-edge), on disk; optimize() after ingestion
+    local    qdrant-client's local mode on disk (pure Python, one SQLite commit per point; slow to fill,
+             so by default only up to --local-max-points)
+    memory   qdrant-client's ":memory:" mode (the same Python search as local mode, without SQLite)
+
+Query modes (per-query latency of one request): nearest on one vector, fused (two prefetches + RRF, as the
+store's "fused" mode), filtered (nearest with a payload filter matching 10% of the points). Recall@10 of
+Edge's HNSW path (after optimize) is measured against exact search (SearchParams(exact=True)).
+
+    python benchmarks/bench_store.py                          # 10k and 100k points, about 10 min on 2 cores
+    python benchmarks/bench_store.py --sizes 10000 --engines edge,local
+    python benchmarks/bench_store.py --sizes 100000 --local-max-points 100000   # local mode: ~40 min to fill
 """
 
 from __future__ import annotations
@@ -16,141 +25,160 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+from qdrant_client import models
 
-from crossgap_qdrant.inversion import OTIConfig
-from crossgap_qdrant.models import load_model, register_model_config
-from crossgap_qdrant.store import MODES, CrossModalStore
+from crossgap_qdrant.store.engines import open_collection
 
-
-def bench_model_config(dim: int) -> dict:
-    return {
-        "embed_dim": dim,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
+VECTORS = ("image", "image_oti", "text", "text_ovi")
 
 
-def percentiles(seconds: list[float]) -> dict:
-    ms = sorted(s * 1e3 for s in seconds)
-    return {
-        "median_ms": round(statistics.median(ms), 3),
-        "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3),
-        "n": len(ms),
-    }
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    rows = rng.standard_normal((n, dim), dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def time_queries(search, queries, warmup: int = 2) -> list[float]:
-    for q in queries[:warmup]:
-        search(q)
-    out = []
+def make_batches(n: int, dim: int, batch: int, seed: int) -> list[list[models.PointStruct]]:
+    """All points, batched; even ids are images (image, image_oti), odd ids texts (text, text_ovi)."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        a, b = unit_rows(rng, stop - start, dim), unit_rows(rng, stop - start, dim)
+        points = []
+        for j, pid in enumerate(range(start, stop)):
+            names = ("image", "image_oti") if pid % 2 == 0 else ("text", "text_ovi")
+            points.append(models.PointStruct(
+                id=pid, vector={names[0]: a[j].tolist(), names[1]: b[j].tolist()},
+                payload={"modality": "image" if pid % 2 == 0 else "text", "group": (pid // 2) % 10}))
+        batches.append(points)
+    return batches
+
+
+def query_requests(queries: np.ndarray, prefetch_limit: int) -> dict[str, list[models.QueryRequest]]:
+    group = models.Filter(must=[models.FieldCondition(key="group", match=models.MatchValue(value=3))])
+    out = {"nearest": [], "fused": [], "filtered": []}
     for q in queries:
-        start = time.perf_counter()
-        search(q)
-        out.append(time.perf_counter() - start)
+        v = q.tolist()
+        out["nearest"].append(models.QueryRequest(query=v, using="image", limit=10, with_payload=True))
+        out["fused"].append(models.QueryRequest(
+            prefetch=[models.Prefetch(query=v, using="image_oti", limit=prefetch_limit),
+                      models.Prefetch(query=v, using="image", limit=prefetch_limit)],
+            query=models.FusionQuery(fusion=models.Fusion.RRF), limit=10, with_payload=True))
+        out["filtered"].append(models.QueryRequest(query=v, using="image", limit=10, filter=group,
+                                                   with_payload=True))
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1000, help="items to ingest (the issue asks for 1000 and 10000)")
-    parser.add_argument("--dim", type=int, default=512, help="embedding width (512 as ViT-B/32)")
-    parser.add_argument("--steps", type=int, default=5, help="OTI steps per item; 0 = precomputed inverted vectors")
-    parser.add_argument("--batch-size", type=int, default=256, help="ingestion batch")
-    parser.add_argument("--queries", type=int, default=50, help="timed queries per mode")
-    parser.add_argument("--limit", type=int, default=10)
-    parser.add_argument("--query-steps", type=int, default=None,
-                        help="OTI steps of query_inverted at query time (default: --steps, at least 1)")
-    parser.add_argument("--location", default=None, help="local folder (default: a fresh temporary one) or :memory:")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def latency(collection, requests: list[models.QueryRequest]) -> dict:
+    collection.query(requests[:1])  # warm-up
+    seconds = []
+    for r in requests:
+        start = time.perf_counter()
+        collection.query([r])
+        seconds.append(time.perf_counter() - start)
+    seconds.sort()
+    return {"p50_ms": 1e3 * statistics.median(seconds), "mean_ms": 1e3 * statistics.fmean(seconds),
+            "p95_ms": 1e3 * seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))]}
 
-    register_model_config("bench-store-clip", bench_model_config(args.dim))
-    torch.manual_seed(0)
-    model, preprocess, tokenizer = load_model("bench-store-clip", device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    features = F.normalize(torch.randn(args.n, args.dim, generator=gen), dim=-1)
-    inverted = None if args.steps > 0 else F.normalize(torch.randn(args.n, args.dim, generator=gen), dim=-1)
 
-    tmp = None
-    location = args.location
-    if location is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_store_")
-        location = os.path.join(tmp.name, "qdrant")
-    store = CrossModalStore.open(location, "bench", model, tokenizer, preprocess, model_id="bench-store-clip",
-                                 oti_config=OTIConfig(steps=max(1, args.steps)))
-    start = time.perf_counter()
-    report = store.ingest_images(features, inverted_features=inverted, batch_size=args.batch_size, progress=False)
-    wall = time.perf_counter() - start
-    rerun_start = time.perf_counter()
-    rerun = store.ingest_images(features, inverted_features=inverted, batch_size=args.batch_size, progress=False)
-    rerun_wall = time.perf_counter() - rerun_start
+def recall_at_10(collection, requests: list[models.QueryRequest]) -> float:
+    """Mean overlap of the top 10 of the index path with the top 10 of exact search."""
+    exact = [r.model_copy(update={"params": models.SearchParams(exact=True)}) for r in requests]
+    approx_hits = collection.query(requests)
+    exact_hits = collection.query(exact)
+    overlaps = [len({h.id for h in a} & {h.id for h in e}) / max(1, len(e)) for a, e in zip(approx_hits, exact_hits)]
+    return statistics.fmean(overlaps)
 
-    # query features near stored items, as a real query would be; ids of stored items for the lookup path
-    nq = args.queries
-    qgen = torch.Generator().manual_seed(1)
-    picks = torch.randint(0, args.n, (nq,), generator=qgen)
-    query_features = F.normalize(features[picks] + 0.3 * torch.randn(nq, args.dim, generator=qgen) / args.dim**0.5,
-                                 dim=-1)
-    query_ids = [report.ids[i] for i in picks.tolist()]
 
-    latency = {}
-    query_steps = args.query_steps if args.query_steps is not None else max(1, args.steps)
-    store.oti_config = OTIConfig(steps=query_steps)
-    for mode in MODES:
-        run = lambda q, mode=mode: store.search_images(q, mode=mode, limit=args.limit)  # noqa: E731
-        latency[mode] = {
-            "features": percentiles(time_queries(run, list(query_features))),
-            "point_id": percentiles(time_queries(run, query_ids)),
-        }
-    native = latency["native"]["features"]["median_ms"]
-    gallery = latency["gallery_inverted"]["features"]["median_ms"]
+def run_engine(engine: str, n: int, args, batches, requests, root: str) -> dict:
+    location = ":memory:" if engine == "memory" else os.path.join(root, f"{engine}-{n}")
+    collection = open_collection(location, "bench", engine=None if engine == "memory" else engine,
+                                 create_folder=True)
+    result: dict = {"engine": collection.engine, "mode": engine}
+    try:
+        collection.create({name: args.dim for name in VECTORS}, {"bench": True})
+        seconds = 0.0
+        for points in batches:
+            start = time.perf_counter()
+            collection.upsert(points)
+            seconds += time.perf_counter() - start
+        result["ingest_s"] = seconds
+        result["ingest_items_per_s"] = n / seconds
+        if engine == "edge":
+            start = time.perf_counter()
+            collection.optimize()
+            result["optimize_s"] = time.perf_counter() - start
+            result["indexed_vectors"] = collection.indexed_vectors()
+            result["ingest_items_per_s_with_optimize"] = n / (seconds + result["optimize_s"])
+            # the default path (exact below EXACT_SEARCH_BELOW points), then the HNSW path whatever the size
+            result["default_path_exact"] = n < collection.exact_search_below
+            collection.exact_search_below = 0
+        assert collection.count() == n
+        result["latency"] = {mode: latency(collection, reqs) for mode, reqs in requests.items()}
+        if engine == "edge":
+            result["hnsw_recall_at_10"] = {mode: recall_at_10(collection, requests[mode])
+                                           for mode in ("nearest", "filtered")}
+            collection.exact_search_below = 10**12
+            result["latency_exact"] = {mode: latency(collection, requests[mode]) for mode in ("nearest", "filtered")}
+    finally:
+        collection.close()
+        if engine != "memory":
+            shutil.rmtree(location, ignore_errors=True)
+    return result
 
-    result = {
-        "benchmark": "bench_store",
-        "n": args.n,
-        "dim": args.dim,
-        "oti_steps": args.steps,
-        "query_oti_steps": query_steps,
-        "location": "memory" if location == ":memory:" else "local folder",
-        "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "ingestion": {
-            "inserted": report.inserted,
-            "inverted": report.inverted,
-            "wall_s": round(wall, 3),
-            "items_per_s": round(args.n / wall, 1),
-            "seconds_inversion": round(report.seconds_inversion, 3),
-            "seconds_database": round(report.seconds_database, 3),
-            "seconds_encoding": round(report.seconds_encoding, 3),
-            "inversion_items_per_s": round(report.inverted / report.seconds_inversion, 1)
-            if report.seconds_inversion > 0 else None,
-            "database_items_per_s": round(args.n / report.seconds_database, 1) if report.seconds_database else None,
-            "inverted_vectors": "computed" if inverted is None else "precomputed",
-        },
-        "idempotent_rerun": {
-            "skipped_existing": rerun.skipped_existing,
-            "inserted": rerun.inserted,
-            "wall_s": round(rerun_wall, 3),
-        },
-        "query_latency": latency,
-        "gallery_inverted_over_native_median": round(gallery / native, 3),
-        "limit": args.limit,
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated point counts")
+    parser.add_argument("--engines", default="edge,local,memory", help="edge, local, memory (comma-separated)")
+    parser.add_argument("--local-max-points", type=int, default=10_000,
+                        help="skip local mode above this size (it fills at ~40 points/s here)")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=256, help="points per upsert")
+    parser.add_argument("--prefetch-limit", type=int, default=40)
+    parser.add_argument("--dir", default=None, help="where the on-disk engines write (default: a temp folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for engine in engines:
+        if engine not in ("edge", "local", "memory"):
+            parser.error(f"unknown engine {engine!r}: choose from edge, local, memory")
+
+    root = tempfile.mkdtemp(prefix="bench_store_", dir=args.dir)
+    report: dict = {
+        "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+        "dim": args.dim, "queries": args.queries, "batch": args.batch, "prefetch_limit": args.prefetch_limit,
+        "layout": "even ids: image+image_oti, odd ids: text+text_ovi; filter matches 10% of points",
+        "runs": [],
     }
-    store.close()
-    if tmp is not None:
-        tmp.cleanup()
-    json.dump(result, sys.stdout, indent=2)
-    print()
+    try:
+        qrng = np.random.default_rng(args.seed + 1)
+        requests = query_requests(unit_rows(qrng, args.queries, args.dim), args.prefetch_limit)
+        for n in sizes:
+            batches = make_batches(n, args.dim, args.batch, args.seed)
+            for engine in engines:
+                if engine == "local" and n > args.local_max_points:
+                    report["runs"].append({"mode": "local", "points": n, "skipped": (
+                        f"above --local-max-points={args.local_max_points} (local mode commits each point to "
+                        "SQLite; see the ingestion rate at the smaller size)")})
+                    continue
+                run = run_engine(engine, n, args, batches, requests, root)
+                run["points"] = n
+                report["runs"].append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)  # progress; the report goes to stdout
+            del batches
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

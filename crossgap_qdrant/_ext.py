@@ -1,4 +1,7 @@
-"""Loads the compiled operator library (crossgap_qdrant/_C*.so) into torch.ops.crossgap."""
+"""Loads the compiled operator library (crossgap_qdrant/_C*.so) into torch.ops.crossgap.
+
+Nothing here runs at import: the library is loaded by the first op that needs it (see ``ops.require_library``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ def library_path() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     found = sorted(glob.glob(os.path.join(here, "_C*.so")) + glob.glob(os.path.join(here, "_C*.pyd")))
     return found[0] if found else None
+
+
+def is_loaded() -> bool:
+    """True once :func:`load_library` has registered the operators in this process."""
+    return _loaded
 
 
 def load_library() -> None:

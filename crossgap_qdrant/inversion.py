@@ -13,9 +13,10 @@ per-sample early stopping are opt-in.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,10 +34,20 @@ from crossgap_qdrant.models import (
     text_tower,
     vision_tower,
 )
+from crossgap_qdrant.oti_step import try_suffix_step
 from crossgap_qdrant.patch_encoder import PseudoPatchImageEncoder
 from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+STEP_CHOICES = ("auto", "autograd", "handwritten")
+# "auto" takes the hand-written OTI step up to this many samples per batch (float32, CPU), where graph
+# overhead is a large share of a step; above it both run the same matmuls and autograd is as fast.
+HANDWRITTEN_MAX_BATCH = 16
+
+
+def use_handwritten_step(batch: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """The "auto" rule: the hand-written OTI step for float32 on CPU at batches up to HANDWRITTEN_MAX_BATCH."""
+    return device.type == "cpu" and dtype == torch.float32 and batch <= HANDWRITTEN_MAX_BATCH
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class OTIConfig:
     seed: int = 0
     stopping: StoppingRule | None = None
     prefix_cache: bool = True  # exact; off runs the full sequence (used by tests and benchmarks)
+    step: str = "auto"  # "auto", "autograd" or "handwritten"; see oti_invert for the rule
 
 
 
@@ -133,6 +145,21 @@ def ovi_num_tokens(
     return 1
 
 
+def seeded_initial_tokens(keys: Sequence[str], num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:
+    """Initial pseudo tokens seeded per item, [N, R, width] float32 on CPU, row i normal(0, std).
+
+    Row i depends only on ``keys[i]`` and ``seed`` (a generator seeded with the first 8 bytes of
+    sha256(f"{seed}:{key}"), little-endian, top bit cleared), so an item starts from the same tokens in
+    whichever batch, order or run it is inverted. The store seeds by point id.
+    """
+    out = torch.empty(len(keys), num_tokens, width)
+    for i, key in enumerate(keys):
+        digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        out[i] = torch.randn(num_tokens, width, generator=gen) * std
+    return out
+
+
 def initial_tokens(n: int, num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:
     """The deterministic initial pseudo tokens, normal(0, std), [n, R, width] float32 on CPU.
 
@@ -159,8 +186,13 @@ def _run_engine(
     config,
     progress: bool,
     desc: str,
+    loss_and_grad: Callable | None = None,
 ) -> InversionResult:
-    """Optimises one pseudo-token set per target; see OTIConfig/OVIConfig for the settings."""
+    """Optimises one pseudo-token set per target; see OTIConfig/OVIConfig for the settings.
+
+    ``loss_and_grad(tokens, targets, grad_scale) -> (loss [B], grad [B, R, W])``, when given, replaces the
+    autograd step through ``encode`` (see :mod:`crossgap_qdrant.oti_step`).
+    """
     import time
 
     start_time = time.perf_counter()
@@ -177,14 +209,19 @@ def _run_engine(
                  weight_decay=config.weight_decay)
 
     def step_all(p, m, v, step, active, target, grad_scale):
-        p_var = p.detach().requires_grad_(True)
-        loss = ops.cosine_loss(encode(p_var), target)
-        (grad,) = torch.autograd.grad(loss.sum() * grad_scale, p_var)
+        if loss_and_grad is not None:
+            loss, grad = loss_and_grad(p, target, grad_scale)
+        else:
+            p_var = p.detach().requires_grad_(True)
+            loss = ops.cosine_loss(encode(p_var), target)
+            (grad,) = torch.autograd.grad(loss.sum() * grad_scale, p_var)
         ops.adamw_step(p, grad, m, v, step, active, **hyper)
         return loss.detach()
 
+    # Every sample's gradient is scaled by 1/batch_size, the published batch-mean loss of a full batch, also
+    # in a partial batch: a sample's optimisation then does not depend on how many others share its batch.
+    grad_scale = 1.0 / config.batch_size
     if config.stopping is None:
-        # Fixed budget: consecutive batches, the batch-mean loss of the published code.
         for lo in range(0, n, config.batch_size):
             hi = min(n, lo + config.batch_size)
             p = init[lo:hi].to(device).clone()
@@ -192,13 +229,13 @@ def _run_engine(
             step = torch.zeros(hi - lo, dtype=torch.int64, device=device)
             active = torch.ones(hi - lo, dtype=torch.bool, device=device)
             for _ in range(config.steps):
-                step_all(p, m, v, step, active, targets[lo:hi], 1.0 / (hi - lo))
+                step_all(p, m, v, step, active, targets[lo:hi], grad_scale)
             tokens_out[lo:hi] = p.cpu()
             steps_out[lo:hi] = step.cpu()
             if bar is not None:
                 bar.update(hi - lo)
     else:
-        _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar)
+        _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar, grad_scale)
     if bar is not None:
         bar.close()
 
@@ -233,7 +270,7 @@ def stopping_update(
     return done, best, since
 
 
-def _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar) -> None:
+def _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar, grad_scale) -> None:
     """Slots of a full batch; a sample that stops is written out and the next pending one takes its slot."""
     rule: StoppingRule = config.stopping
     device = targets.device
@@ -272,7 +309,7 @@ def _run_continuous(step_all, targets, init, config, tokens_out, steps_out, bar)
         target_buf[live.to(device)] = targets[owner[live].to(device)]
         active = live.clone()
         # The loss measured at this step (before its update) decides who stops after it.
-        loss = step_all(p, m, v, step, active.to(device), target_buf, 1.0 / size).cpu()
+        loss = step_all(p, m, v, step, active.to(device), target_buf, grad_scale).cpu()
         stepped = step.cpu()
         done, best, since = stopping_update(rule, loss, best, since, stepped, config.steps)
         done &= live
@@ -336,8 +373,11 @@ def oti_invert(
     Returns:
         InversionResult whose features are text-space unit vectors [N, E].
     """
+    ops.require_library()
     device, tower, targets, init = _oti_setup(model, image_features, config, init_tokens)
     dtype = _check_precision(config.precision, device)
+    if config.step not in STEP_CHOICES:
+        raise ValueError(f"step must be one of {STEP_CHOICES}, got {config.step!r}")
     ids, positions = template_token_ids(tokenizer, config.template, config.num_tokens)
 
     def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
@@ -354,7 +394,16 @@ def oti_invert(
     encode = build(dtype)
     # The reported features always come from a float32 forward, whatever precision the steps ran in.
     final = encode if dtype == torch.float32 else build(torch.float32)
-    return _run_engine(encode, final, targets, init, config, progress, "OTI")
+    batch = min(config.batch_size, max(1, targets.shape[0]))
+    loss_and_grad = None
+    if config.step == "handwritten" or (config.step == "auto" and use_handwritten_step(batch, dtype, device)):
+        loss_and_grad = try_suffix_step(encode)
+        if loss_and_grad is None and config.step == "handwritten":
+            raise UnsupportedModelError(
+                "step='handwritten' needs the prefix cache (a causal text tower, prefix_cache=True) and blocks "
+                "with LayerNorm, GELU/QuickGELU and no layer scale; use step='autograd'"
+            )
+    return _run_engine(encode, final, targets, init, config, progress, "OTI", loss_and_grad)
 
 
 def _reduced_precision(model: nn.Module, dtype: torch.dtype, fn):
@@ -453,6 +502,7 @@ def ovi_invert(
     Returns:
         InversionResult whose features are image-space unit vectors [N, E].
     """
+    ops.require_library()
     device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name, pretrained)
     dtype = _check_precision(config.precision, device)
 
@@ -490,6 +540,7 @@ __all__ = [
     "OVIConfig",
     "StoppingRule",
     "initial_tokens",
+    "seeded_initial_tokens",
     "oti_invert",
     "oti_invert_reference",
     "ovi_invert",

@@ -1,18 +1,34 @@
 """Python face of the fused operators in torch.ops.crossgap, with a plain PyTorch reference beside each.
 
-Importing this module loads the compiled library; if it was never built the ImportError names the command
-that builds it.
+Importing this module never needs the compiled library: it is loaded on the first call of an op, and if it
+was never built (or was built against another PyTorch) that call raises an ImportError naming the command that
+builds it. The plain references work without it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from crossgap_qdrant._ext import load_library
-
-load_library()
+from crossgap_qdrant import _ext
 
 COSINE_EPS = 1e-8
+
+_registered = False
+
+
+def require_library() -> None:
+    """Loads torch.ops.crossgap.* and registers their Python parts (fake kernels, autograd) once.
+
+    Raises:
+        ImportError: the compiled library is missing or unloadable; the message names the rebuild command.
+    """
+    global _registered
+    if _registered and _ext.is_loaded():
+        return
+    _ext.load_library()
+    if not _registered:
+        _register_python_parts()
+        _registered = True
 
 
 # --------------------------------------------------------------------------------------------- cosine_loss
@@ -26,7 +42,14 @@ def cosine_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Returns:
         [B] float32 (float64 when ``y`` is float64).
     """
+    require_library()
     return torch.ops.crossgap.cosine_loss(y, target)
+
+
+def cosine_loss_backward(grad_loss: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``cosine_loss`` in ``y``: grad_loss [B] float32/float64, y and target [B, E] -> [B, E]."""
+    require_library()
+    return torch.ops.crossgap.cosine_loss_backward(grad_loss, y, target)
 
 
 def cosine_loss_reference(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,37 +60,6 @@ def cosine_loss_reference(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     ny = y32.norm(dim=-1).clamp_min(COSINE_EPS)
     nt = t32.norm(dim=-1).clamp_min(COSINE_EPS)
     return 1 - (y32 * t32).sum(-1) / (ny * nt)
-
-
-@torch.library.register_fake("crossgap::cosine_loss")
-def _cosine_loss_fake(y, target):
-    torch._check(y.dim() == 2, lambda: f"cosine_loss: y must be 2-D [B, E], got {tuple(y.shape)}")
-    torch._check(y.shape == target.shape, lambda: "cosine_loss: target shape does not match y shape")
-    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
-    return y.new_empty((y.shape[0],), dtype=dtype)
-
-
-@torch.library.register_fake("crossgap::cosine_loss_backward")
-def _cosine_loss_backward_fake(grad_loss, y, target):
-    return torch.empty_like(y, memory_format=torch.contiguous_format)
-
-
-def _cosine_loss_setup_context(ctx, inputs, output):
-    y, target = inputs
-    ctx.save_for_backward(y, target)
-
-
-def _cosine_loss_backward(ctx, grad_loss):
-    y, target = ctx.saved_tensors
-    grad_y = None
-    if ctx.needs_input_grad[0]:
-        grad_y = torch.ops.crossgap.cosine_loss_backward(grad_loss, y, target)
-    return grad_y, None
-
-
-torch.library.register_autograd(
-    "crossgap::cosine_loss", _cosine_loss_backward, setup_context=_cosine_loss_setup_context
-)
 
 
 # ---------------------------------------------------------------------------------------------- adamw_step
@@ -92,6 +84,7 @@ def adamw_step(
         step: [B] int64 per-sample step counts; incremented where ``active``.
         active: [B] bool; inactive rows (and their step counts) are left bit-identical.
     """
+    require_library()
     torch.ops.crossgap.adamw_step(
         param, grad, exp_avg, exp_avg_sq, step, active, lr, beta1, beta2, eps, weight_decay
     )
@@ -126,6 +119,41 @@ def adamw_step_reference(
         p.addcdiv_(m, denom, value=-step_size)
 
 
-@torch.library.register_fake("crossgap::adamw_step")
+
+# ------------------------------------------------------------------ Python parts of the compiled ops
+def _cosine_loss_fake(y, target):
+    torch._check(y.dim() == 2, lambda: f"cosine_loss: y must be 2-D [B, E], got {tuple(y.shape)}")
+    torch._check(y.shape == target.shape, lambda: "cosine_loss: target shape does not match y shape")
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    return y.new_empty((y.shape[0],), dtype=dtype)
+
+
+def _cosine_loss_backward_fake(grad_loss, y, target):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+
+def _cosine_loss_setup_context(ctx, inputs, output):
+    y, target = inputs
+    ctx.save_for_backward(y, target)
+
+
+def _cosine_loss_backward(ctx, grad_loss):
+    y, target = ctx.saved_tensors
+    grad_y = None
+    if ctx.needs_input_grad[0]:
+        grad_y = torch.ops.crossgap.cosine_loss_backward(grad_loss, y, target)
+    return grad_y, None
+
+
 def _adamw_step_fake(param, grad, exp_avg, exp_avg_sq, step, active, lr, beta1, beta2, eps, weight_decay):
     return None
+
+
+def _register_python_parts() -> None:
+    """Fake kernels (torch.compile, opcheck) and autograd; the ops must be loaded first."""
+    torch.library.register_fake("crossgap::cosine_loss", _cosine_loss_fake)
+    torch.library.register_fake("crossgap::cosine_loss_backward", _cosine_loss_backward_fake)
+    torch.library.register_autograd(
+        "crossgap::cosine_loss", _cosine_loss_backward, setup_context=_cosine_loss_setup_context
+    )
+    torch.library.register_fake("crossgap::adamw_step", _adamw_step_fake)

@@ -1,9 +1,10 @@
 """Training-free rivals of modality inversion: the IsoCLIP projector band and the modality-gap mean shift.
 
-Both are zero-cost at query time and are offered as extra named vectors at ingestion: each
-``*Vector`` class here implements the store's ``DerivedVector`` protocol (``modality``, ``dim``,
-``compute(model, inputs)``), where inputs are preprocessed pixels [B, 3, H, W] for images and token ids
-[B, L] for texts.
+Both are zero-cost at query time and are offered as extra named vectors at ingestion. Each is a
+:class:`FeatureTransform` (raw inputs of either modality -> unit features); ``transform.vector(modality)``
+gives the :class:`TransformVector` that implements the store's ``DerivedVector`` protocol (``modality``,
+``dim``, ``compute(model, inputs)``), where inputs are preprocessed pixels [B, 3, H, W] for images and token
+ids [B, L] for texts.
 
 IsoCLIP (Magistri et al., arXiv 2603.19862). With the image projector W_i [D_v, E] and the text projector
 W_t [D_t, E] (pre-projection widths D_v, D_t; shared width E), cosine similarity between an image and a text
@@ -20,6 +21,7 @@ of one modality and adding the mean of the other (then renormalising) moves feat
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -137,9 +139,75 @@ def text_pre_projection(model: nn.Module, token_ids: torch.Tensor) -> torch.Tens
     return out.float()
 
 
+# ---------------------------------------------------------------------------------- derived vectors
+class FeatureTransform(abc.ABC):
+    """A training-free map from raw inputs of either modality to unit features of width :attr:`dim`."""
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Width of the features."""
+
+    @abc.abstractmethod
+    def encode_images(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] preprocessed pixels -> [B, dim] unit features (float32, CPU)."""
+
+    @abc.abstractmethod
+    def encode_texts(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, dim] unit features (float32, CPU)."""
+
+    def vector(self, modality: Modality) -> "TransformVector":
+        """This transform as a store ``DerivedVector`` for one modality."""
+        return TransformVector(self, modality)
+
+
+@dataclass(frozen=True, eq=False)
+class TransformVector:
+    """``DerivedVector``: a :class:`FeatureTransform` applied to the raw inputs of one modality.
+
+    Attributes:
+        transform: the transform (an :class:`IsoCLIPProjector`, a :class:`ModalityGapShift`, ...).
+        modality: "image" (inputs are pixels) or "text" (inputs are token ids).
+    """
+
+    transform: FeatureTransform
+    modality: Modality
+
+    def __post_init__(self):
+        if self.modality not in ("image", "text"):
+            raise ValueError(f"modality must be 'image' or 'text', got {self.modality!r}")
+
+    @property
+    def dim(self) -> int:
+        return self.transform.dim
+
+    def compute(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] pixels or [B, L] token ids -> [B, dim] unit features (float32, CPU)."""
+        if self.modality == "image":
+            return self.transform.encode_images(model, inputs)
+        return self.transform.encode_texts(model, inputs)
+
+
 # ------------------------------------------------------------------------------------------- IsoCLIP
+def isoclip_rank(model: nn.Module) -> int:
+    """r = min(D_v, D_t, E): the number of structural singular directions of W_i W_t^T (no SVD needed)."""
+    w_i = _vision_projection(model)
+    w_t, _ = _text_projection(model)
+    return int(min(w_i.shape[0], w_t.shape[0], w_i.shape[1]))
+
+
+def isoclip_cuts(model: nn.Module, k_top: int | None = None, k_bottom: int | None = None) -> tuple[int, int]:
+    """IsoCLIP cuts with defaults: None takes r // 16 (top) and r // 4 (bottom) of the r directions.
+
+    The defaults are a starting point for models without published cuts, not the paper's tuned values
+    (those are listed in the SPEC: e.g. 150 / 50 of 512 for OpenAI CLIP ViT-B/32).
+    """
+    rank = isoclip_rank(model)
+    return (rank // 16 if k_top is None else k_top), (rank // 4 if k_bottom is None else k_bottom)
+
+
 @dataclass
-class IsoCLIPProjector:
+class IsoCLIPProjector(FeatureTransform):
     """The middle band of the inter-modal operator's singular directions, applied before the projectors.
 
     Build it with :meth:`from_model`.
@@ -224,36 +292,14 @@ class IsoCLIPProjector:
         """[B, L] token ids -> [B, E] unit IsoCLIP text features (float32, CPU)."""
         return F.normalize(self.project_text(model, text_pre_projection(model, token_ids)), dim=-1).cpu()
 
-    def vector(self, modality: Modality) -> "IsoCLIPVector":
-        """This projector as a ``DerivedVector`` for one modality."""
-        return IsoCLIPVector(self, modality)
-
-
-@dataclass
-class IsoCLIPVector:
-    """``DerivedVector``: IsoCLIP features of images or texts, written as an extra named vector."""
-
-    projector: IsoCLIPProjector
-    modality: Modality
-
-    def __post_init__(self):
-        if self.modality not in ("image", "text"):
-            raise ValueError(f"modality must be 'image' or 'text', got {self.modality!r}")
-
     @property
     def dim(self) -> int:
-        return self.projector.embed_dim
-
-    def compute(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] pixels or [B, L] token ids -> [B, E] unit features (float32, CPU)."""
-        if self.modality == "image":
-            return self.projector.encode_images(model, inputs)
-        return self.projector.encode_texts(model, inputs)
+        return self.embed_dim
 
 
 # -------------------------------------------------------------------------------- modality-gap shift
 @dataclass
-class ModalityGapShift:
+class ModalityGapShift(FeatureTransform):
     """Moves unit features across the modality gap by swapping the modality means.
 
     image -> text side: normalize(v - image_mean + text_mean); text -> image side: the reverse.
@@ -312,33 +358,15 @@ class ModalityGapShift:
         x = F.normalize(features.float(), dim=-1)
         return F.normalize(x + delta.to(x.device), dim=-1)
 
-    def vector(self, modality: Modality) -> "GapShiftVector":
-        """This shift as a ``DerivedVector``: images move to the text side, texts to the image side."""
-        return GapShiftVector(self, modality)
-
-
-@dataclass
-class GapShiftVector:
-    """``DerivedVector``: native features of one modality shifted across the gap."""
-
-    shift: ModalityGapShift
-    modality: Modality
-
-    def __post_init__(self):
-        if self.modality not in ("image", "text"):
-            raise ValueError(f"modality must be 'image' or 'text', got {self.modality!r}")
-
-    @property
-    def dim(self) -> int:
-        return self.shift.dim
+    @torch.no_grad()
+    def encode_images(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] pixels -> [B, E] unit image features shifted to the text side (float32, CPU)."""
+        return self.image_to_text(model.encode_image(pixels.to(model_device(model))).float()).cpu()
 
     @torch.no_grad()
-    def compute(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] pixels or [B, L] token ids -> [B, E] unit shifted features (float32, CPU)."""
-        inputs = inputs.to(model_device(model))
-        if self.modality == "image":
-            return self.shift.image_to_text(model.encode_image(inputs).float()).cpu()
-        return self.shift.text_to_image(model.encode_text(inputs).float()).cpu()
+    def encode_texts(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, E] unit text features shifted to the image side (float32, CPU)."""
+        return self.text_to_image(model.encode_text(token_ids.to(model_device(model))).float()).cpu()
 
 
 def fit_gap_shift(

@@ -6,8 +6,8 @@ paths; titles in dc:title, keywords in rdf:li). Writes, under --out (default dem
 
 - manifest.json: one record per PNG (rel path, png path, caption from title [+ keywords], category = top
   folder, subcategory, split), in sorted path order. The split is deterministic: the categories in
-  crossgap_qdrant.demo.HELDOUT_CATEGORIES are held out entirely, and a hash of the path holds out 10% of the
-  images of every other category.
+  crossgap_qdrant.datasets.HELDOUT_CATEGORIES are held out entirely, and a hash of the image content holds out
+  10% of the images of every other category.
 - images_<size>.npy: uint8 [N, 3, size, size], images composited on white and letterboxed, in manifest order.
 
     python scripts/prepare_openclipart.py [--out demo_data] [--size 72]
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgap_qdrant.demo import OPENCLIPART_PNG, OPENCLIPART_SVG, build_manifest, flatten_image
+from crossgap_qdrant.datasets import OPENCLIPART_PNG, OPENCLIPART_SVG, build_manifest, flatten_image
 
 
 def main(argv=None) -> int:

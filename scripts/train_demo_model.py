@@ -36,12 +36,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from crossgap_qdrant.demo import (  # noqa: E402
-    DEMO_MODEL_DIR,
-    DEMO_MODEL_NAME,
-    DEMO_MODEL_CONFIG,
-    heldout_metrics,
-)
+from crossgap_qdrant.demo import DEMO_MODEL_CONFIG, DEMO_MODEL_DIR, DEMO_MODEL_NAME  # noqa: E402
+from crossgap_qdrant.datasets import demo_subset  # noqa: E402
+from crossgap_qdrant.metrics import heldout_metrics  # noqa: E402
 
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
 STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
@@ -90,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=100, help="warm-up steps")
+    ap.add_argument("--logit-scale-lr", type=float, default=None,
+                    help="learning rate of the log logit scale (default: --lr)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=7, help="held-out evaluation every N epochs")
@@ -132,8 +131,12 @@ def main(argv=None) -> int:
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (decay if p.ndim >= 2 and "embedding" not in n and "logit_scale" not in n else no_decay).append(p)
+    no_decay = [p for p in no_decay if p is not model.logit_scale]
+    scale_lr = args.lr if args.logit_scale_lr is None else args.logit_scale_lr
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": decay, "weight_decay": args.weight_decay, "lr_mult": 1.0},
+         {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+         {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": scale_lr / args.lr}],
         lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
     )
 
@@ -143,7 +146,9 @@ def main(argv=None) -> int:
         t = (step - args.warmup) / max(1, total - args.warmup)
         return args.lr * 0.5 * (1 + math.cos(math.pi * t))
 
-    log = {"args": vars(args), "params": n_params, "epochs": []}
+    # Paths relative to the repository (the log is committed): no absolute paths of the training machine.
+    logged_args = {k: (_portable(v) if k in ("data", "out") else v) for k, v in vars(args).items()}
+    log = {"args": logged_args, "params": n_params, "torch": torch.__version__, "epochs": []}
     t0 = time.time()
     step = 0
     for epoch in range(args.epochs):
@@ -158,7 +163,7 @@ def main(argv=None) -> int:
             same = torch.tensor([[a == c for c in texts] for a in texts], dtype=torch.float32)
             target = same / same.sum(1, keepdim=True)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(step) * g["lr_mult"]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
                 out = model(pixels, ids)
             img = F.normalize(out["image_features"].float(), dim=-1)
@@ -178,11 +183,14 @@ def main(argv=None) -> int:
                       f"T^-1 {model.logit_scale.exp().item():.1f} lr {lr_at(step):.2e} {time.time() - t0:.0f}s",
                       flush=True)
         entry = {"epoch": epoch + 1, "loss": ep_loss / steps_per_epoch, "elapsed_s": round(time.time() - t0, 1)}
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            model.eval()
-            with torch.no_grad():
+        entry["logit_scale"] = round(model.logit_scale.exp().item(), 2)
+        model.eval()
+        with torch.no_grad():
+            # The demo job's own set (cheap): geometry and retrieval tracked every epoch.
+            entry["demo_set"] = evaluate_demo_set(model, tokenizer, rows, cache, size)
+            if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
                 entry["heldout"] = evaluate(model, tokenizer, rows, cache, size)
-            print(json.dumps(entry), flush=True)
+        print(json.dumps(entry), flush=True)
         log["epochs"].append(entry)
     log["train_wall_s"] = round(time.time() - t0, 1)
 
@@ -202,17 +210,40 @@ def main(argv=None) -> int:
     return 0
 
 
+def _portable(path: str) -> str:
+    """A path relative to the repository where it lies inside it, else its last component only."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(REPO).as_posix()
+    except ValueError:
+        return p.name
+
+
+def _encode(model, tokenizer, cache, idx, captions, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit image and caption features of the rows ``idx`` ([N, E] each)."""
+    img = torch.cat([F.normalize(model.encode_image(eval_pixels(cache, idx[s : s + 256], size)).float(), dim=-1)
+                     for s in range(0, len(idx), 256)])
+    txt = torch.cat([F.normalize(model.encode_text(tokenizer(captions[s : s + 256])).float(), dim=-1)
+                     for s in range(0, len(captions), 256)])
+    return img, txt
+
+
+def evaluate_demo_set(model, tokenizer, rows, cache, size) -> dict:
+    """The main job's image set (crossgap_qdrant.datasets.demo_subset): R@1, category mAP and the gap, from the
+    image cache (the job itself reads the PNGs, so its figures differ slightly)."""
+    where = {r["rel"]: i for i, r in enumerate(rows)}
+    idx = np.array([where[r["rel"]] for r in demo_subset(rows)])
+    caps = [rows[i]["caption"] for i in idx]
+    img, txt = _encode(model, tokenizer, cache, idx, caps, size)
+    return heldout_metrics(img, txt, caps, [rows[i]["category"] for i in idx])
+
+
 def evaluate(model, tokenizer, rows, cache, size) -> dict:
     out = {}
     for split in ("heldout_image", "heldout_category"):
         idx = np.array([i for i, r in enumerate(rows) if r["split"] == split])
-        feats = []
-        for s in range(0, len(idx), 256):
-            feats.append(F.normalize(model.encode_image(eval_pixels(cache, idx[s : s + 256], size)).float(), dim=-1))
-        img = torch.cat(feats)
         caps = [rows[i]["caption"] for i in idx]
-        txt = torch.cat([F.normalize(model.encode_text(tokenizer(caps[s : s + 256])).float(), dim=-1)
-                         for s in range(0, len(caps), 256)])
+        img, txt = _encode(model, tokenizer, cache, idx, caps, size)
         out[split] = heldout_metrics(img, txt, caps, [rows[i]["category"] for i in idx],
                                      [rows[i]["subcategory"] for i in idx])
     return out

@@ -36,12 +36,12 @@ register_model_config("test-tiny-bidir", TINY_BIDIR)
 
 def _load(name, seed):
     torch.manual_seed(seed)
-    return load_model(name, device="cpu")
+    return load_model(name, device="cpu", allow_random=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    """(model, preprocess, tokenizer) of a 2-layer causal CLIP with random weights."""
+    """The handle (unpacks as model, preprocess, tokenizer) of a 2-layer causal CLIP with random weights."""
     return _load("test-tiny-clip", 0)
 
 

@@ -1,10 +1,10 @@
-"""Helper process of tests/test_store.py: ingests synthetic image features into a local Qdrant folder.
+"""Helper process of tests/test_store_lifecycle.py: ingests synthetic image features into a Qdrant folder.
 
-Usage: python tests/store_kill_worker.py FOLDER N BATCH PAUSE_SECONDS
+Usage: python tests/store_kill_worker.py ENGINE FOLDER N BATCH PAUSE_SECONDS
 
-With PAUSE_SECONDS > 0 it prints "INVERTING" before every inversion and pauses before the second one, so the
-test can SIGKILL it after batch 1 is written, while batch 2 is being inverted. At the end it prints
-"REPORT {json}".
+ENGINE is "edge" or "local". With PAUSE_SECONDS > 0 it prints "INVERTING" before every inversion and pauses
+before the second one, so the test can SIGKILL it after batch 1 is written, while batch 2 is being inverted.
+At the end it prints "REPORT {json}".
 """
 
 import json
@@ -30,13 +30,12 @@ def synthetic_features(n: int) -> torch.Tensor:
     return F.normalize(torch.randn(n, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
 
 
-def main(folder: str, n: int, batch: int, pause: float) -> None:
+def main(engine: str, folder: str, n: int, batch: int, pause: float) -> None:
     torch.manual_seed(0)
-    model, preprocess, tokenizer = load_model("test-tiny-clip", device="cpu")
-    store = CrossModalStore.open(folder, COLLECTION, model, tokenizer, preprocess, model_id="test-tiny-clip",
-                                 oti_config=OTIConfig(steps=2))
+    clip = load_model("test-tiny-clip", device="cpu", allow_random=True)
+    store = CrossModalStore.open(folder, COLLECTION, clip, engine=engine, oti_config=OTIConfig(steps=2))
     if pause > 0:
-        invert = store._invert
+        invert = store.encoder.invert
         calls = []
 
         def slow_invert(*args, **kwargs):
@@ -46,7 +45,7 @@ def main(folder: str, n: int, batch: int, pause: float) -> None:
                 time.sleep(pause)
             return invert(*args, **kwargs)
 
-        store._invert = slow_invert
+        store.encoder.invert = slow_invert
     report = store.ingest_images(synthetic_features(n), batch_size=batch, progress=False)
     store.close()
     fields = ("inserted", "skipped_existing", "inverted", "duplicates")
@@ -54,4 +53,4 @@ def main(folder: str, n: int, batch: int, pause: float) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))

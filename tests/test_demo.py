@@ -4,16 +4,15 @@ import io
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from crossgap_qdrant import demo
+from crossgap_qdrant import datasets, demo
 from crossgap_qdrant.models import encode_texts, load_model
 
 needs_checkpoint = pytest.mark.skipif(not demo.DEMO_WEIGHTS_FILE.is_file(), reason="demo checkpoint not trained")
 needs_openclipart = pytest.mark.skipif(
-    not demo.OPENCLIPART_PNG.is_dir() or not demo.OPENCLIPART_SVG.is_dir(),
+    not datasets.OPENCLIPART_PNG.is_dir() or not datasets.OPENCLIPART_SVG.is_dir(),
     reason="Debian packages openclipart-png / openclipart-svg not installed",
 )
 
@@ -60,47 +59,16 @@ def test_demo_model_gives_unit_features_of_the_embedding_width(demo_model):
     torch.testing.assert_close(txt.norm(dim=-1), torch.ones(2))
 
 
-def test_average_precisions_match_the_shared_metrics():
-    from crossgap_qdrant.metrics import retrieval_metrics
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 8))
-    sim = x @ x.T
-    labels = rng.integers(0, 4, size=40).tolist()
-    ours = demo.average_precisions(sim, labels)
-    ref = retrieval_metrics(sim, labels, labels, exclude=np.arange(40))
-    np.testing.assert_allclose(ours[ref.query_index], ref.ap, rtol=1e-12)
-
-
-def test_modality_gap_of_identical_features_is_zero():
-    f = torch.nn.functional.normalize(torch.randn(10, 16), dim=-1)
-    g = demo.modality_gap(f, f)
-    assert g["mean_distance"] == pytest.approx(0.0, abs=1e-12)
-    assert g["cos_image_text_paired"] == pytest.approx(1.0)
-
-
-def test_flatten_image_puts_transparency_on_white(tmp_path):
-    from PIL import Image
-
-    im = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
-    im.paste((200, 0, 0, 255), (5, 5, 25, 15))  # a 20 x 10 opaque box in a transparent margin
-    im.save(tmp_path / "a.png")
-    flat = np.asarray(demo.flatten_image(tmp_path / "a.png", 16))
-    assert flat.shape == (16, 16, 3)
-    assert (flat[0, 0] == 255).all()  # letterbox and transparent margin: white, not black
-    assert flat[8, 8, 0] > 150 and flat[8, 8, 1] < 80  # the opaque box, cropped to and centred
-
-
 @needs_openclipart
 def test_manifest_split_is_deterministic_and_holds_out_categories():
-    rows = demo.build_manifest()
+    rows = datasets.build_manifest()
     assert len(rows) > 1000
-    again = demo.build_manifest()
+    again = datasets.build_manifest()
     assert [(r["rel"], r["split"], r["caption"]) for r in rows] == [(r["rel"], r["split"], r["caption"]) for r in again]
     train_cats = {r["category"] for r in rows if r["split"] == "train"}
-    assert not train_cats & set(demo.HELDOUT_CATEGORIES)
+    assert not train_cats & set(datasets.HELDOUT_CATEGORIES)
     held = [r for r in rows if r["split"] == "heldout_image"]
-    assert 0.05 < len(held) / len([r for r in rows if r["category"] not in demo.HELDOUT_CATEGORIES]) < 0.15
+    assert 0.05 < len(held) / len([r for r in rows if r["category"] not in datasets.HELDOUT_CATEGORIES]) < 0.15
     assert all(r["caption"].strip() for r in rows)
 
 
@@ -117,4 +85,12 @@ def test_demo_smoke_run(tmp_path):
         assert 0.0 <= entry["mAP"] <= 1.0 and entry["n_queries"] <= n
         assert entry["ci95"][0] <= entry["mAP"] <= entry["ci95"][1]
     assert res["modes"]["native"]["mAP"] == pytest.approx(res["native_direct_mAP"], abs=0.02)  # float32 near-ties
-    assert "modality gap" in text and "native" in text
+    assert "modality gap" in text and "native" in text and "chance" in text
+    assert 0 < res["chance_mAP"] < res["modes"]["native"]["mAP"]
+    # the paired difference is the difference of the means (same queries for both methods)
+    for mode in ("gallery_inverted", "isoclip", "gap_shift"):
+        entry = res["modes"][mode]
+        assert entry["diff_vs_native"] == pytest.approx(entry["mAP"] - res["modes"]["native"]["mAP"], abs=1e-9)
+        assert entry["diff_ci95"][0] <= entry["diff_vs_native"] <= entry["diff_ci95"][1]
+    cuts = res["isoclip_cuts"]
+    assert (cuts["k_top"], cuts["k_bottom"]) == (cuts["rank"] // 16, cuts["rank"] // 4)

@@ -45,15 +45,10 @@ def image_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("imgs") / "set")
 
 
-def test_bootstrap_ci():
-    ap = np.array([0.1, 0.9, 0.5, 0.4, 0.7])
-    low, high = bootstrap_ci(ap, n=2000, seed=0)
-    assert low < ap.mean() < high and 0.1 <= low and high <= 0.9
-    assert bootstrap_ci(ap, n=2000, seed=0) == (low, high)  # deterministic
-    assert bootstrap_ci(np.full(4, 0.3)) == pytest.approx((0.3, 0.3))
-    assert all(np.isnan(bootstrap_ci([])))
-    with pytest.raises(ValueError):
-        bootstrap_ci(ap, n=0)
+def test_bootstrap_ci_is_the_shared_one():
+    from crossgap_qdrant import metrics
+
+    assert bootstrap_ci is metrics.bootstrap_ci  # one copy (tested in test_metrics.py), re-exported here
 
 
 def test_rrf_matches_qdrant_formula():
@@ -129,10 +124,22 @@ def test_torch_and_qdrant_agree_on_images(tiny_clip, image_folder, tmp_path):
 
     paths = write_report(result, tmp_path / "report")
     text = paths["markdown"].read_text()
-    assert "| OTI query | torch |" in text and "| IsoCLIP | qdrant |" in text and "search ms" in text
+    assert "| query_inverted | torch |" in text and "| isoclip | qdrant |" in text and "search ms" in text
+    assert "95% CI of Δ" in text and "chance mAP" in text
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(paths["json"].read_text())
     assert saved["num_queries"] == 9 and len(saved["results"]) == 2 * len(METHODS)
+    # the paired differences: none for native, and the mean is the difference of the two mAPs
+    torch_rows = {r.method: r for r in result.by_backend("torch")}
+    assert torch_rows["native"].diff_vs_native is None
+    for method, r in torch_rows.items():
+        if method != "native":
+            mean, low, high = r.diff_vs_native
+            assert mean == pytest.approx(r.summary["mAP"] - torch_rows["native"].summary["mAP"])
+            assert low <= mean <= high
+    # 3 classes of 3 images, own item excluded: 2 relevant of 8 per query
+    h8 = sum(1 / k for k in range(1, 9))
+    assert result.chance_map == pytest.approx((h8 + (8 - h8) / 7) / 8)
 
 
 def test_split_and_texts_agree(tiny_clip, tmp_path):
@@ -140,9 +147,9 @@ def test_split_and_texts_agree(tiny_clip, tmp_path):
     gallery = ["a red apple", "a green apple", "a fast car", "a red car", "a small dog", "a big dog"]
     glabels = ["fruit", "fruit", "car", "car", "dog", "dog"]
     data = LabelledSet("text", gallery, glabels, ["an apple", "a truck"], ["fruit", "car"], name="t")
-    config = EvaluationConfig(methods=("native", "query_inverted", "fused", "isoclip", "gapshift"), **FAST)
+    config = EvaluationConfig(methods=("native", "query_inverted", "fused", "isoclip", "gap_shift"), **FAST)
     result = evaluate(model, preprocess, tokenizer, data, config, model_id="test-tiny-clip")
-    assert "gapshift" in result.skipped  # no image sample for a text set
+    assert "gap_shift" in result.skipped  # no image sample for a text set
     assert {r.method for r in result.by_backend("qdrant")} == {"native", "query_inverted", "fused", "isoclip"}
     assert max(result.agreement().values()) < 1e-6
     for r in result.results:
@@ -156,3 +163,98 @@ def test_split_and_texts_agree(tiny_clip, tmp_path):
     expected = retrieval_metrics(q @ g.T, ["fruit", "car"], glabels).summary()["mAP"]
     native = next(r for r in result.by_backend("torch") if r.method == "native")
     assert native.summary["mAP"] == pytest.approx(expected)
+
+
+def test_method_names_are_the_store_modes():
+    from crossgap_qdrant.store import MODES
+
+    assert METHODS[: len(MODES)] == MODES
+    assert set(METHODS) == set(MODES) | {"isoclip", "gap_shift"}
+    with pytest.raises(ValueError, match="gap_shift"):
+        EvaluationConfig(methods=("gapshift",))
+
+
+def test_handle_names_the_model_in_the_report_never_its_path(tiny_clip, image_folder, tmp_path):
+    from crossgap_qdrant.models import load_model
+
+    checkpoint = tmp_path / "very" / "private" / "runs" / "epoch_3.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(tiny_clip.model.state_dict(), checkpoint)
+    clip = load_model("test-tiny-clip", pretrained=checkpoint, device="cpu")
+    config = EvaluationConfig(methods=("native", "isoclip"), backends=("torch",), isoclip_k_top=2, **FAST)
+    result = evaluate(clip, load_image_folder(image_folder), config)  # the handle form
+    assert result.model_name == "test-tiny-clip/epoch_3.pt" and result.model_id == clip.model_id
+    paths = write_report(result, tmp_path / "report")
+    for path in paths.values():
+        assert str(checkpoint.parent) not in path.read_text(errors="ignore")
+    # the parts form gives the same result
+    again = evaluate(clip.model, clip.preprocess, clip.tokenizer, load_image_folder(image_folder), config)
+    assert again.model_name == result.model_name
+    assert again.results[0].summary == result.results[0].summary
+    with pytest.raises(TypeError, match="labelled set"):
+        evaluate(clip)
+
+
+def _fake_result(model_name="ViT-B-32/epoch_32.pt", n=30, seed=0):
+    """A result with two backends and six methods, built from random per-query scores (no model)."""
+    from crossgap_qdrant.evaluate import EvaluationResult, MethodResult
+    from crossgap_qdrant.evaluate.harness import _add_paired_differences
+    from crossgap_qdrant.metrics import retrieval_metrics
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, size=n).tolist()
+    x = rng.normal(size=(n, 16))
+    results = []
+    for backend in ("torch", "qdrant"):
+        for i, method in enumerate(METHODS):
+            sim = (x + 0.3 * i * rng.normal(size=x.shape)) @ x.T
+            m = retrieval_metrics(sim, labels, labels, exclude=np.arange(n))
+            results.append(MethodResult(method, backend, m, bootstrap_ci(m.ap, n=200),
+                                        search_ms=None if backend == "torch" else 1.0))
+    _add_paired_differences(results, n, 200)
+    return EvaluationResult("openclipart-heldout", "image", "ViT-B-32@0123456789abcdef", n, n, results,
+                            model_name=model_name, chance_map=results[0].summary["chance mAP"])
+
+
+def test_report_text(tmp_path):
+    result = _fake_result()
+    paths = write_report(result, tmp_path / "report")
+    text = paths["markdown"].read_text()
+    assert "- model: ViT-B-32/epoch_32.pt;" in text
+    assert "plot (map.png): the torch backend" in text
+    assert "95% CI by a paired bootstrap" in text and "R@10" in text
+    for method in METHODS:
+        assert f"| {method} | torch |" in text and f"- {method}: " in text
+
+
+def test_plot_title_labels_and_panels(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crossgap_qdrant.evaluate import report
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    result = _fake_result()
+    report._plot(result, tmp_path / "map.png")
+    (fig,) = figures
+    title = fig._suptitle.get_text()
+    assert title == "openclipart-heldout: ViT-B-32/epoch_32.pt"
+    ax, ax_d = fig.axes
+    assert ax.get_ylabel() == "mAP (%)" and "paired bootstrap CI" in ax_d.get_title()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("chance (random ranking)") and "95% bootstrap CI" in legend[1]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(METHODS)
+    assert [t.get_text() for t in ax_d.get_xticklabels()] == list(METHODS[1:])
+    assert any("backend: torch" in t.get_text() for t in fig.texts)
+    # nothing is drawn outside the figure: the title and the tick labels fit
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    for artist in [fig._suptitle, *fig.texts, ax.title, ax_d.title, *ax.get_xticklabels(), *ax_d.get_xticklabels()]:
+        ext = artist.get_window_extent(renderer)
+        assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1 and ext.y1 <= box.y1 + 1
+    monkeypatch.undo()
+    plt.close(fig)

@@ -86,7 +86,8 @@ def test_cached_text_encoder_gradient_equals_full(tiny_clip):
     p2 = p1.detach().clone().requires_grad_(True)
     enc(p1).square().sum().backward()
     encode_text_with_pseudo_tokens(model, ids, pos, p2).square().sum().backward()
-    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-6)
+    # The two forwards order their sums differently: rounding is relative to the gradient's scale.
+    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=2e-6 * p2.grad.abs().max().item())
 
 
 @pytest.mark.parametrize("template,r", [("a photo of {}", 1), ("a photo of {}", 2), ("a photo of {}.", 1),
@@ -234,7 +235,7 @@ def test_ovi_default_token_count_and_unsupported_tower():
         "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 1},
     })
-    model, _, _ = load_model("test-tiny-resnet", device="cpu")
+    model, _, _ = load_model("test-tiny-resnet", device="cpu", allow_random=True)
     assert model.crossgap_model_name == "test-tiny-resnet" and ovi_num_tokens(model, OVIConfig()) == 1
     with pytest.raises(UnsupportedModelError, match="OVI supports open_clip VisionTransformer"):
         ovi_invert(model, torch.randn(2, 32), OVIConfig(steps=1), progress=False)
@@ -267,7 +268,8 @@ def test_patch_encoder_equals_tower_forward(tiny_clip, r):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
     a.square().sum().backward()
     b.square().sum().backward()
-    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-6)
+    # The two forwards order their sums differently: rounding is relative to the gradient's scale.
+    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=2e-6 * p2.grad.abs().max().item())
     low = PseudoPatchImageEncoder(model, torch.bfloat16)(p1.detach())
     assert low.dtype == torch.bfloat16
     assert F.cosine_similarity(low.float(), b.detach()).min() > 0.99

@@ -294,7 +294,11 @@ def test_cosine_loss_random_inputs(b, e, scale, seed, dtype):
         y_ref = y.float().clone().requires_grad_(True)
         ops.cosine_loss_reference(y_ref, t).sum().backward()
         rtol, atol = TOL[dtype]
-        torch.testing.assert_close(y_grad.grad.float(), y_ref.grad, rtol=rtol, atol=atol / scale + atol)
+        # Both terms of the gradient, t / (|y| |t|) and cos * y / |y|^2, are of size 1 / |y| per row: their
+        # difference (all cancellation when e == 1) carries rounding relative to that size.
+        inv_norm = 1 / y.float().norm(dim=1, keepdim=True).clamp_min(1e-30)
+        bound = rtol * y_ref.grad.abs() + atol * (1 + 1 / scale + 4 * inv_norm)
+        assert ((y_grad.grad.float() - y_ref.grad).abs() <= bound).all()
 
 
 @settings(max_examples=30, deadline=None)

@@ -5,12 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from crossgap_qdrant.rivals import (
-    GapShiftVector,
+    FeatureTransform,
     IsoCLIPProjector,
-    IsoCLIPVector,
     ModalityGapShift,
+    TransformVector,
     fit_gap_shift,
     image_pre_projection,
+    isoclip_cuts,
+    isoclip_rank,
     text_pre_projection,
 )
 
@@ -89,13 +91,15 @@ def test_isoclip_errors(tiny_clip):
         IsoCLIPProjector.from_model(model, k_top=-1)
     with pytest.raises(ValueError, match="modality"):
         IsoCLIPProjector.from_model(model).vector("audio")
+    with pytest.raises(ValueError, match="modality"):
+        ModalityGapShift.fit(torch.ones(2, 4), -torch.ones(2, 4)).vector("audio")
 
 
 def test_isoclip_as_derived_vector(tiny_clip, pixels):
     model, _, tokenizer = tiny_clip
     iso = IsoCLIPProjector.from_model(model, k_top=2)
     image_vec, text_vec = iso.vector("image"), iso.vector("text")
-    assert isinstance(image_vec, IsoCLIPVector) and image_vec.modality == "image" and image_vec.dim == 32
+    assert isinstance(image_vec, TransformVector) and image_vec.modality == "image" and image_vec.dim == 32
     out = image_vec.compute(model, pixels)
     assert out.shape == (5, 32) and out.dtype == torch.float32
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(5))
@@ -125,7 +129,7 @@ def test_gap_shift_as_derived_vector_and_fit(tiny_clip, pixels):
     images = [Image.new("RGB", (40, 40), (i * 40, 10, 200 - i * 30)) for i in range(4)]
     shift = fit_gap_shift(model, tokenizer, preprocess, images)  # texts default to generic captions
     vec = shift.vector("image")
-    assert isinstance(vec, GapShiftVector) and vec.dim == 32
+    assert isinstance(vec, TransformVector) and vec.dim == 32
     out = vec.compute(model, pixels)
     expected = shift.image_to_text(model.encode_image(pixels))
     torch.testing.assert_close(out, expected)
@@ -142,3 +146,34 @@ def test_gap_shift_errors():
         shift.image_to_text(torch.ones(3, 5))
     with pytest.raises(ValueError, match="sample of images"):
         fit_gap_shift(None, None, None, images=[])
+
+
+def test_isoclip_rank_and_default_cuts_need_no_svd(tiny_clip, monkeypatch):
+    model, _, _ = tiny_clip
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: pytest.fail("no SVD needed for the rank"))
+    assert isoclip_rank(model) == 32
+    assert isoclip_cuts(model) == (2, 8)  # r // 16, r // 4
+    assert isoclip_cuts(model, k_top=5) == (5, 8) and isoclip_cuts(model, 0, 0) == (0, 0)
+
+
+def test_both_rivals_are_one_kind_of_derived_vector(tiny_clip, pixels):
+    model, _, tokenizer = tiny_clip
+    img = F.normalize(model.encode_image(pixels), dim=-1)
+    txt = F.normalize(model.encode_text(tokenizer(TEXTS)), dim=-1)
+    for transform in (IsoCLIPProjector.from_model(model, 1, 1), ModalityGapShift.fit(img, txt)):
+        assert isinstance(transform, FeatureTransform)
+        for modality, inputs, direct in (("image", pixels, transform.encode_images),
+                                         ("text", tokenizer(TEXTS), transform.encode_texts)):
+            vec = transform.vector(modality)
+            assert type(vec) is TransformVector and vec.modality == modality and vec.dim == transform.dim
+            torch.testing.assert_close(vec.compute(model, inputs), direct(model, inputs))
+    with pytest.raises(TypeError):
+        FeatureTransform()  # abstract: dim, encode_images and encode_texts are required
+
+
+def test_derived_vectors_satisfy_the_store_protocol(tiny_clip):
+    from crossgap_qdrant.store import DerivedVector
+
+    model, _, _ = tiny_clip
+    assert isinstance(IsoCLIPProjector.from_model(model).vector("image"), DerivedVector)
+    assert isinstance(ModalityGapShift.fit(torch.ones(2, 4), -torch.ones(2, 4)).vector("text"), DerivedVector)

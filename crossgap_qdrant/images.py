@@ -1,0 +1,156 @@
+"""The package's one image loader (alpha flattened onto a background, EXIF orientation applied, decompression
+bombs refused) and its image-folder walk.
+
+Every path from raw input to pixels (store ingestion, encoders, evaluation, demo, CLI) goes through
+:func:`load_image`, so an image gives the same pixels, and the same vector, whichever surface read it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import IO, Union
+
+from PIL import Image, ImageOps
+
+logger = logging.getLogger(__name__)
+
+#: File name endings (lower case) that :func:`list_image_files` treats as images.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+#: The flattening background: white, as CLIP-style models (and the demo model) saw line art in training.
+WHITE = (255, 255, 255)
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
+
+
+class ImageError(ValueError):
+    """An image could not be read: missing, unreadable, corrupt, or too large (the message names it)."""
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    background: int | tuple[int, int, int] = WHITE,
+    name: str | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
+    """Decodes an image into RGB: EXIF orientation applied, transparency flattened onto ``background``.
+
+    Args:
+        source: a file path, encoded bytes, a binary file object, or a PIL image.
+        background: RGB (or one grey level) under transparent pixels (RGBA, LA, PA, and P or L/RGB images
+            with a transparency entry); white by default.
+        name: how errors and warnings name the image; default the path, the file object's ``name``, the PIL
+            image's ``filename``, else "image bytes" / "image stream" / "PIL image". Pass it for bytes.
+        max_pixels: refuse images with more pixels than this before decoding them (decompression bombs);
+            default PIL's ``Image.MAX_IMAGE_PIXELS`` at call time. PIL itself refuses images above twice its
+            own limit, so a larger value only helps up to there.
+
+    Returns:
+        A new RGB PIL image, independent of ``source`` (files this function opened are closed; a file object
+        passed in is left open).
+
+    PIL's warnings are captured with ``warnings.catch_warnings``, which is process-wide: when threads decode
+    at once, a warning of one image may be logged under another's name.
+
+    Raises:
+        ImageError: the image is missing, not an image, corrupt or truncated, or over ``max_pixels``; the
+            message names it. PIL's warnings (e.g. on odd palettes) are logged as one line each instead.
+    """
+    fill = _background(background)
+    label = _label(source, name)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if isinstance(source, Image.Image):
+                image = _decode(source, label, limit, fill)
+            else:
+                with Image.open(_stream(source, label)) as opened:
+                    image = _decode(opened, label, limit, fill)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{label}: refused as a possible decompression bomb ({exc})") from None
+        except FileNotFoundError:
+            raise ImageError(f"{label}: no such image file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a folder, not an image file") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{label}: not an image file PIL can read") from None
+        except Exception as exc:  # decoders raise many types on corrupt data; all mean "unreadable"
+            raise ImageError(f"{label}: corrupt or unreadable image ({type(exc).__name__}: {exc})") from None
+    for record in caught:
+        if not issubclass(record.category, Image.DecompressionBombWarning):  # our own limit covers it
+            logger.warning("%s: %s", label, str(record.message).splitlines()[0])
+    return image
+
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive, by extension, see :data:`IMAGE_EXTENSIONS`), sorted.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist. NotADirectoryError: it is a file.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"no such folder: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` ends in one of :data:`IMAGE_EXTENSIONS` (the name only; the file is not opened)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _decode(image: Image.Image, label: str, limit: int | None, fill: tuple[int, int, int]) -> Image.Image:
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise ImageError(
+            f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels; refused "
+            "as a possible decompression bomb (raise max_pixels if the image is trusted)"
+        )
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, fill + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _stream(source: ImageSource, label: str):
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source))
+    if hasattr(source, "read"):
+        return source
+    raise ImageError(f"{label}: expected a path, bytes, a binary file object or a PIL image, "
+                     f"got {type(source).__name__}")
+
+
+def _label(source: ImageSource, name: str | None) -> str:
+    if name:
+        return str(name)
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "image bytes"
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or "PIL image"
+    file_name = getattr(source, "name", None)
+    return file_name if isinstance(file_name, str) and file_name else "image stream"
+
+
+def _background(background: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    values = (background,) * 3 if isinstance(background, int) else tuple(background)
+    if len(values) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in values):
+        raise ValueError(f"background must be an RGB triple (or one grey level) of ints in 0..255, got {background!r}")
+    return values

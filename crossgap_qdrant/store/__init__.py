@@ -1,0 +1,60 @@
+"""The Qdrant adapter: native and inverted vectors side by side, resumable ingestion, inter-modal search.
+
+Modules, one concern each:
+    connection      retries with a total deadline, redaction of credentials
+    ids             content-derived point ids and the id policy's content hash
+    collection      the model-free collection interface (engines: edge.py, client_engine.py; engines.py opens)
+    schema          vector names, derived vectors, the recorded model and the layout check
+    encoder         raw inputs -> native, derived and inverted vectors (finite unit vectors only)
+    ingest          identify, plan, encode, invert, write
+    search          query planning (modes, cross-modal search, point-id queries)
+    store           CrossModalStore, the facade
+"""
+
+from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
+from crossgap_qdrant.store.connection import RetryPolicy, redact
+from crossgap_qdrant.store.engines import open_collection
+from crossgap_qdrant.store.errors import (
+    CollectionNotFoundError,
+    IdConflictError,
+    PointNotFoundError,
+    SchemaMismatchError,
+    StorageFullError,
+    StoreLockedError,
+    VectorsNotStoredError,
+)
+from crossgap_qdrant.store.ids import content_id, features_id, image_bytes_id, normalize_point_id, pil_image_id, text_id
+from crossgap_qdrant.store.ingest import IngestReport
+from crossgap_qdrant.store.schema import METADATA_KEY, DerivedVector, VectorNames
+from crossgap_qdrant.store.search import DEFAULT_MODE, MODES
+from crossgap_qdrant.store.store import CrossModalStore, describe_collection
+
+__all__ = [
+    "Collection",
+    "CollectionNotFoundError",
+    "CollectionSchema",
+    "CrossModalStore",
+    "DEFAULT_MODE",
+    "DerivedVector",
+    "IdConflictError",
+    "IngestReport",
+    "METADATA_KEY",
+    "MODES",
+    "PointNotFoundError",
+    "RetryPolicy",
+    "SchemaMismatchError",
+    "StorageFullError",
+    "StoreLockedError",
+    "VectorNames",
+    "VectorSpec",
+    "VectorsNotStoredError",
+    "content_id",
+    "describe_collection",
+    "features_id",
+    "image_bytes_id",
+    "normalize_point_id",
+    "open_collection",
+    "pil_image_id",
+    "redact",
+    "text_id",
+]

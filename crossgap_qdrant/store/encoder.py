@@ -1,0 +1,138 @@
+"""The encoder side of the store: raw inputs -> native, derived and inverted vectors, all validated.
+
+Every vector that leaves this module is a finite unit vector: features are checked (shape, NaN/inf, zero
+rows) and normalised in a way that cannot overflow (rows are scaled by their largest entry first, so finite
+features as large as 1e38 normalise instead of becoming zeros).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crossgap_qdrant.models import check_features, model_device
+from crossgap_qdrant.store.schema import DerivedVector
+
+UNIT_TOLERANCE = 1e-3
+
+
+def unit_vectors(features: Any, dim: int, what: str, consequence: str = "; nothing was written") -> torch.Tensor:
+    """Validates [N, dim] (or [dim]) features and returns them as unit rows, [N, dim] float32 on CPU.
+
+    Raises:
+        TypeError: not a tensor/array, or not floating point.
+        ValueError: wrong width, NaN/inf values or all-zero rows (the message names the rows).
+    """
+    return _normalize(checked_rows(features, dim, what, consequence), what)
+
+
+def checked_rows(features: Any, dim: int, what: str, consequence: str = "; nothing was written") -> torch.Tensor:
+    """Validated features as given (not normalised), [N, dim] float32 on CPU; raises as :func:`unit_vectors`."""
+    return check_features(as_rows(features, what).detach().cpu(), dim, what, consequence)
+
+
+def normalize_rows(features: torch.Tensor, what: str) -> torch.Tensor:
+    """Unit rows of validated features [N, E] (see the module docstring for why not F.normalize)."""
+    return _normalize(features, what)
+
+
+def as_rows(features: Any, what: str) -> torch.Tensor:
+    """A tensor [N, E] from a tensor or array [N, E] or [E]."""
+    if isinstance(features, np.ndarray):
+        features = torch.from_numpy(features)
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor or array, got {type(features).__name__}")
+    return features[None] if features.dim() == 1 else features
+
+
+def _normalize(features: torch.Tensor, what: str) -> torch.Tensor:
+    scale = features.abs().amax(dim=1, keepdim=True)  # > 0: zero rows were refused
+    out = F.normalize((features.double() / scale.double()), dim=-1).float()
+    norms = out.norm(dim=1)
+    bad = ~torch.isfinite(out).all(dim=1) | ((norms - 1).abs() > UNIT_TOLERANCE)
+    if bool(bad.any()):  # cannot happen for finite non-zero input; kept as the last guard before a write
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{what}: rows {rows} do not normalise to finite unit vectors")
+    return out
+
+
+class Encoder:
+    """Turns raw images and texts into the vectors the store writes and queries with.
+
+    Args:
+        clip: the model handle (:class:`crossgap_qdrant.models.ClipModel`).
+        dim: the shared embedding width.
+        oti_config, ovi_config: inversion settings.
+        derived: extra named vectors computed from raw inputs.
+    """
+
+    def __init__(self, clip: Any, dim: int, oti_config: Any, ovi_config: Any,
+                 derived: Mapping[str, DerivedVector]):
+        self.clip = clip
+        self.model = clip.model
+        self.dim = dim
+        self.oti_config = oti_config
+        self.ovi_config = ovi_config
+        self.derived = dict(derived)
+
+    # ------------------------------------------------------------------------------------------ raw inputs
+    def pixels(self, source: Any, name: str | None = None) -> torch.Tensor:
+        """Decoded (alpha onto white, EXIF applied) and preprocessed pixels [3, H, W]; raises ImageError."""
+        from crossgap_qdrant.images import load_image
+
+        return self.clip.preprocess(load_image(source, name=name))
+
+    def tokens(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [N, L] int64."""
+        return self.clip.tokenizer(list(texts))
+
+    # -------------------------------------------------------------------------------------------- vectors
+    @torch.no_grad()
+    def native(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
+        """Unit native features [N, E] of pixels [N, 3, H, W] or token ids [N, L]."""
+        inputs = inputs.to(model_device(self.model))
+        encode = self.model.encode_image if modality == "image" else self.model.encode_text
+        return unit_vectors(encode(inputs).float().cpu(), self.dim, f"{modality} encoder outputs", "")
+
+    def derived_for(self, modality: str) -> dict[str, DerivedVector]:
+        return {n: d for n, d in self.derived.items() if d.modality == modality}
+
+    @torch.no_grad()
+    def derived_vectors(self, modality: str, inputs: torch.Tensor,
+                        only: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """{name: [N, dim] unit rows} of the derived vectors of ``modality`` (or just ``only``)."""
+        out = {}
+        for name, vector in self.derived_for(modality).items():
+            if only is not None and name not in only:
+                continue
+            raw = vector.compute(self.model, inputs.to(model_device(self.model))).float().cpu()
+            out[name] = unit_vectors(raw, vector.dim, f"derived vector {name!r}", "")
+        return out
+
+    def invert(self, modality: str, features: torch.Tensor, keys: Sequence[str], progress: bool = False
+               ) -> torch.Tensor:
+        """OTI (images) or OVI (texts) of unit features [N, E]; returns [N, E] unit rows.
+
+        Each item's initial pseudo tokens are seeded by its key (the point id), so an item's inverted vector
+        does not depend on the run that computed it (see crossgap_qdrant.inversion for the bound on batch
+        composition).
+        """
+        from crossgap_qdrant.inversion import oti_invert, ovi_invert, ovi_num_tokens, seeded_initial_tokens
+        from crossgap_qdrant.models import text_tower, vision_tower
+
+        if modality == "image":
+            config, width, r = self.oti_config, text_tower(self.model).width, self.oti_config.num_tokens
+        else:
+            config, width = self.ovi_config, vision_tower(self.model).width
+            r = ovi_num_tokens(self.model, config, self.clip.name, self.clip.pretrained)
+        init = seeded_initial_tokens([str(k) for k in keys], r, width, config.init_std, config.seed)
+        if modality == "image":
+            result = oti_invert(self.model, self.clip.tokenizer, features, config=config, init_tokens=init,
+                                progress=progress)
+        else:
+            result = ovi_invert(self.model, features, config=config, init_tokens=init, progress=progress,
+                                model_name=self.clip.name, pretrained=self.clip.pretrained)
+        return unit_vectors(result.features, self.dim, f"{modality} inversion results", "")

@@ -1,0 +1,135 @@
+"""A collection's layout: its named vectors, the model recorded with it, and the check that they fit.
+
+One collection holds, per item, named vectors: an image point has "image" (native, image space) and
+"image_oti" (its OTI, text space); a text point has "text" (native, text space) and "text_ovi" (its OVI, image
+space); derived vectors (IsoCLIP, gap shift, ...) sit beside them. The metadata records the model's content
+fingerprint, so a collection is never mixed across models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import torch
+
+from crossgap_qdrant.store.collection import CollectionSchema
+from crossgap_qdrant.store.errors import SchemaMismatchError
+
+METADATA_KEY = "crossgap"
+METADATA_FORMAT = 2
+MODALITIES = ("image", "text")
+
+
+@dataclass(frozen=True)
+class VectorNames:
+    """Names of the four named vectors of a collection."""
+
+    image: str = "image"  # native image embedding (image space)
+    image_oti: str = "image_oti"  # OTI of the image (text space)
+    text: str = "text"  # native text embedding (text space)
+    text_ovi: str = "text_ovi"  # OVI of the text (image space)
+
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.image, self.image_oti, self.text, self.text_ovi)
+
+    def native(self, modality: str) -> str:
+        return self.image if modality == "image" else self.text
+
+    def inverted(self, modality: str) -> str:
+        return self.image_oti if modality == "image" else self.text_ovi
+
+
+@runtime_checkable
+class DerivedVector(Protocol):
+    """An extra named vector computed from raw inputs at ingestion (e.g. IsoCLIP, a modality-gap shift).
+
+    Attributes:
+        modality: "image" (computed from preprocessed pixels) or "text" (from token ids).
+        dim: width of the vector it returns.
+    """
+
+    modality: str
+    dim: int
+
+    def compute(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """Maps pixels [B, 3, H, W] float (image) or token ids [B, L] int64 (text) to [B, dim] float."""
+        ...
+
+
+def check_modality(modality: str) -> str:
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+    return modality
+
+
+def check_layout(names: VectorNames, derived: Mapping[str, DerivedVector]) -> None:
+    """Refuses vector names that clash and derived vectors that lack what the store needs."""
+    all_names = list(names.all())
+    if len(set(all_names)) != 4 or not all(isinstance(n, str) and n for n in all_names):
+        raise ValueError(f"vector names must be four distinct non-empty strings, got {names}")
+    for name, vector in derived.items():
+        if name in all_names:
+            raise ValueError(f"derived vector {name!r} clashes with a vector name of {names}")
+        if not isinstance(vector, DerivedVector):
+            raise TypeError(f"derived vector {name!r} lacks modality, dim or compute()")
+        if vector.modality not in MODALITIES:
+            raise ValueError(f"derived vector {name!r}: modality must be 'image' or 'text', got {vector.modality!r}")
+        if not isinstance(vector.dim, int) or vector.dim <= 0:
+            raise ValueError(f"derived vector {name!r}: dim must be a positive int, got {vector.dim!r}")
+
+
+def vector_sizes(names: VectorNames, dim: int, derived: Mapping[str, DerivedVector]) -> dict[str, int]:
+    sizes = {name: dim for name in names.all()}
+    sizes.update({name: d.dim for name, d in derived.items()})
+    return sizes
+
+
+def metadata(model_id: str, model_name: str, dim: int, names: VectorNames,
+             derived: Mapping[str, DerivedVector], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The collection metadata recorded under :data:`METADATA_KEY`."""
+    record = {
+        "format": METADATA_FORMAT,
+        "model_id": model_id,
+        "model": model_name,
+        "embed_dim": dim,
+        "vector_names": asdict(names),
+        "derived": {n: {"modality": d.modality, "dim": d.dim} for n, d in derived.items()},
+    }
+    record.update(extra or {})
+    return {METADATA_KEY: record}
+
+
+def check_schema(schema: CollectionSchema, sizes: Mapping[str, int], model_id: str, where: str) -> dict[str, int]:
+    """Checks an existing collection against the store's layout.
+
+    Returns:
+        The named vectors the collection lacks ({name: size}), to be added (a backfill).
+
+    Raises:
+        SchemaMismatchError: another model's collection, an unnamed vector, a size or distance that differs.
+    """
+    recorded = schema.metadata.get(METADATA_KEY) or {}
+    if recorded and recorded.get("model_id") != model_id:
+        raise SchemaMismatchError(
+            f"{where} was built with model {recorded.get('model') or '?'} (id {recorded.get('model_id')!r}), but "
+            f"this store was given model id {model_id!r}: vectors of different models cannot be compared. "
+            "Use another collection, or the model the collection was built with."
+        )
+    if schema.unnamed:
+        raise SchemaMismatchError(
+            f"{where} has a single unnamed vector; CrossModalStore needs named vectors "
+            f"({', '.join(sizes)}). Copy the points into a collection with named vectors."
+        )
+    missing = {}
+    for name, size in sizes.items():
+        spec = schema.vectors.get(name)
+        if spec is None:
+            missing[name] = size
+        elif spec.size != size:
+            raise SchemaMismatchError(f"{where}: vector {name!r} has size {spec.size}, but the model gives {size}")
+        elif spec.distance.lower() != "cosine":
+            raise SchemaMismatchError(
+                f"{where}: vector {name!r} uses {spec.distance} distance; CrossModalStore needs Cosine"
+            )
+    return missing

@@ -1,0 +1,249 @@
+"""Query planning: resolve queries, pick the vectors a mode compares, and build Qdrant requests.
+
+Same-modality search (image->image, text->text) runs natively or inter-modally:
+
+=================  ==================================  ===============================================
+mode               query vector                         gallery vector (``using``)
+=================  ==================================  ===============================================
+native             native query feature                 native gallery vector (intra-modal baseline)
+gallery_inverted   native query feature                 inverted gallery vector (other space): no
+                                                        query-time cost
+query_inverted     inverted query (other space)         native gallery vector: an optimisation per query
+fused              both inter-modal routes as Qdrant prefetches, combined by reciprocal rank fusion
+=================  ==================================  ===============================================
+
+Cross-modal search (text->image, image->text) is CLIP's own search: the native query feature against the
+other modality's native vectors (mode "native"). A query given as a point id reads the point's stored vectors
+(its inverted vector too, so query_inverted costs no optimisation) and is then searched by vector.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from qdrant_client import models
+
+from crossgap_qdrant.store import ids as pid_lib
+from crossgap_qdrant.store.collection import Collection
+from crossgap_qdrant.store.encoder import Encoder, checked_rows, normalize_rows
+from crossgap_qdrant.store.errors import PointNotFoundError, VectorsNotStoredError
+from crossgap_qdrant.store.schema import VectorNames
+
+MODES = ("native", "gallery_inverted", "query_inverted", "fused")
+DEFAULT_MODE = "gallery_inverted"
+
+
+@dataclass
+class Query:
+    """A resolved query of one modality: a native feature, raw inputs for derived vectors, stored vectors."""
+
+    modality: str
+    features: torch.Tensor | None = None  # [E] unit native feature
+    raw: torch.Tensor | None = None  # [3, H, W] pixels or [L] token ids, when the query came raw
+    exclude: pid_lib.PointId | None = None  # the query's own point id (content hash or the given id)
+    stored: dict[str, torch.Tensor] | None = None  # vectors read from a stored point
+    pid: pid_lib.PointId | None = None  # set for point-id queries until their vectors are read
+
+
+def check_limit(limit: Any, what: str = "limit") -> int:
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {limit!r}")
+    return int(limit)
+
+
+class Searcher:
+    """Plans and runs searches over one collection (see the module docstring)."""
+
+    def __init__(self, collection: Collection, encoder: Encoder, names: VectorNames,
+                 search_params: models.SearchParams | None):
+        self.collection = collection
+        self.encoder = encoder
+        self.names = names
+        self.search_params = search_params
+
+    # ----------------------------------------------------------------------------------------- resolving
+    def resolve(self, modality: str, query: Any, literal_text: bool = False) -> tuple[list[Query], bool]:
+        """(queries, is_batch) from features, a point id, a raw image or text, or a list of them.
+
+        A string in UUID form is a point id, unless ``literal_text`` (the caller said text=...).
+        """
+        from PIL import Image
+
+        dim = self.encoder.dim
+        if isinstance(query, (torch.Tensor, np.ndarray)):
+            given = checked_rows(query, dim, f"{modality} query features", "")
+            unit = normalize_rows(given, f"{modality} query features")
+            return [Query(modality, features=u, exclude=pid_lib.features_id(modality, given[i]))
+                    for i, u in enumerate(unit)], query.ndim == 2
+        if isinstance(query, (list, tuple)):
+            if not query:
+                raise ValueError("empty query batch")
+            if all(isinstance(x, (float, np.floating)) for x in query):
+                return self.resolve(modality, torch.tensor(query, dtype=torch.float32))
+            return [q for one in query for q in self.resolve(modality, one, literal_text)[0]], True
+        if modality == "image":
+            if isinstance(query, Image.Image):
+                return [Query(modality, raw=self.encoder.pixels(query, name="the query image"),
+                              exclude=pid_lib.pil_image_id(query))], False
+            if isinstance(query, (str, os.PathLike)) and os.path.isfile(query):
+                with open(query, "rb") as f:
+                    data = f.read()
+                return [Query(modality, raw=self.encoder.pixels(data, name=str(query)),
+                              exclude=pid_lib.image_bytes_id(data))], False
+            if pid_lib.is_point_id(query):
+                return [Query(modality, pid=pid_lib.normalize_point_id(query))], False
+            if isinstance(query, (str, os.PathLike)):
+                raise FileNotFoundError(f"image query is neither an image file nor a point id: {str(query)!r}")
+        else:
+            if pid_lib.is_point_id(query) and not literal_text:
+                return [Query(modality, pid=pid_lib.normalize_point_id(query))], False
+            if isinstance(query, str):
+                if not query.strip():
+                    raise ValueError("empty text query")
+                return [Query(modality, raw=self.encoder.tokens([query])[0], exclude=pid_lib.text_id(query))], False
+        raise TypeError(f"unsupported {modality} query of type {type(query).__name__}")
+
+    def _vectors_used(self, modality: str, mode: str, cross: bool) -> list[str]:
+        native, inverted = self.names.native(modality), self.names.inverted(modality)
+        if cross or mode in ("native", "gallery_inverted"):
+            return [native]
+        if mode == "query_inverted":
+            return [inverted]
+        if mode == "fused":
+            return [native, inverted]
+        return [mode]
+
+    def _read_points(self, queries: list[Query], mode: str, cross: bool) -> None:
+        """Replaces point-id queries by their stored vectors; PointNotFoundError names what is missing."""
+        pending = [q for q in queries if q.pid is not None]
+        if not pending:
+            return
+        modality = pending[0].modality
+        names = self._vectors_used(modality, mode, cross)
+        records = self.collection.retrieve([q.pid for q in pending], with_vectors=names)
+        stored = {pid_lib.normalize_point_id(r.id): r.vector or {} for r in records}
+        for q in pending:
+            vectors = stored.get(q.pid)
+            if vectors is None:
+                raise PointNotFoundError(f"point {q.pid} is not in collection {self.collection.name!r}")
+            for name in names:
+                if name not in vectors:
+                    hint = ""
+                    if name == self.names.inverted(modality):
+                        hint = f" (ingested with invert=False? run store.invert_missing({modality!r}))"
+                    raise PointNotFoundError(
+                        f"point {q.pid} in collection {self.collection.name!r} has no {name!r} vector{hint}"
+                    )
+            q.stored = {name: torch.tensor(vectors[name], dtype=torch.float32) for name in names}
+            q.features = q.stored.get(self.names.native(modality))
+            q.exclude, q.pid = q.pid, None
+
+    def _encode(self, queries: list[Query]) -> None:
+        raw = [q for q in queries if q.features is None and q.raw is not None]
+        if raw:
+            native = self.encoder.native(raw[0].modality, torch.stack([q.raw for q in raw]))
+            for q, row in zip(raw, native):
+                q.features = row
+
+    def _invert(self, queries: list[Query]) -> list[torch.Tensor]:
+        inverted_name = self.names.inverted(queries[0].modality)
+        out: list[torch.Tensor | None] = [(q.stored or {}).get(inverted_name) for q in queries]
+        todo = [i for i, v in enumerate(out) if v is None]
+        if todo:
+            feats = torch.stack([queries[i].features for i in todo])
+            keys = [str(queries[i].exclude or pid_lib.features_id(queries[i].modality, queries[i].features))
+                    for i in todo]
+            for i, row in zip(todo, self.encoder.invert(queries[0].modality, feats, keys)):
+                out[i] = row
+        return out
+
+    # ------------------------------------------------------------------------------------------- running
+    def search(self, query_modality: str, gallery_modality: str, query: Any, *, mode: str, limit: Any,
+               query_filter: models.Filter | None, exclude_query: bool, with_payload, with_vectors,
+               prefetch_limit: int | None, search_params: models.SearchParams | None, literal_text: bool = False):
+        """Runs one search (see the module docstring); returns a list of points, or one list per query."""
+        cross = query_modality != gallery_modality
+        derived = self.encoder.derived_for(gallery_modality)
+        if cross and mode != "native":
+            raise ValueError(f"{query_modality}->{gallery_modality} search compares native vectors (CLIP's own "
+                             f"search): mode must be 'native', got {mode!r}")
+        if mode not in MODES and mode not in derived:
+            raise ValueError(f"mode must be one of {', '.join(MODES)} or a derived {gallery_modality} vector "
+                             f"({', '.join(sorted(derived)) or 'none stored'}), got {mode!r}")
+        limit = check_limit(limit)
+        prefetch_limit = check_limit(prefetch_limit, "prefetch_limit") if prefetch_limit is not None else max(
+            4 * limit, 40)
+        queries, batch = self.resolve(query_modality, query, literal_text)
+        self._read_points(queries, mode, cross)
+        if mode in derived:
+            for q in queries:
+                if q.raw is None and mode not in (q.stored or {}):
+                    raise ValueError(f"mode {mode!r} (a derived vector) needs the query as raw input or a point "
+                                     "id, not features")
+        else:
+            self._encode(queries)
+        inverted = self._invert(queries) if mode in ("query_inverted", "fused") else [None] * len(queries)
+        params = search_params if search_params is not None else self.search_params
+        requests = [self._request(gallery_modality, q, inv, mode, limit, query_filter, exclude_query, with_payload,
+                                  with_vectors, prefetch_limit, params) for q, inv in zip(queries, inverted)]
+        results = self.collection.query(requests)
+        if not any(results) and query_filter is None:
+            self._explain_empty(gallery_modality, mode, cross)
+        return results if batch else results[0]
+
+    def _explain_empty(self, modality: str, mode: str, cross: bool) -> None:
+        """No result at all: raises VectorsNotStoredError when the mode's gallery vectors were never written."""
+        native, inverted = self.names.native(modality), self.names.inverted(modality)
+        using = inverted if (not cross and mode in ("gallery_inverted", "fused")) else native
+        if mode in self.encoder.derived_for(modality):
+            using = mode
+        has = models.Filter(must=[models.HasVectorCondition(has_vector=using)])
+        if self.collection.count(has) > 0:
+            return
+        if using == native:
+            how = "crossgap-qdrant ingest --texts FILE" if modality == "text" else "crossgap-qdrant ingest FOLDER"
+            raise VectorsNotStoredError(
+                f"collection {self.collection.name!r} holds no {modality}s yet: ingest some first ({how})"
+            )
+        natives = self.collection.count(models.Filter(must=[models.HasVectorCondition(has_vector=native)]))
+        if natives:
+            fix = (f"compute them with store.invert_missing({modality!r}) (CLI: crossgap-qdrant invert "
+                   f"--modality {modality})") if using == inverted else "re-ingest with this derived vector"
+            raise VectorsNotStoredError(
+                f"mode {mode!r} searches the {using!r} vectors, but none of the {natives} {modality}s in collection "
+                f"{self.collection.name!r} has one yet: {fix}, or search with mode 'native'"
+            )
+
+    def _request(self, modality: str, q: Query, inverted, mode, limit, query_filter, exclude_query, with_payload,
+                 with_vectors, prefetch_limit, params) -> models.QueryRequest:
+        flt = query_filter
+        if exclude_query and q.exclude is not None:
+            flt = models.Filter(must=[query_filter] if query_filter is not None else None,
+                                must_not=[models.HasIdCondition(has_id=[q.exclude])])
+        native, inverted_name = self.names.native(modality), self.names.inverted(modality)
+        common = {"filter": flt, "limit": limit, "with_payload": with_payload, "with_vector": with_vectors}
+        if mode == "fused":
+            prefetch = [models.Prefetch(query=_vector_list(q.features), using=inverted_name, filter=flt,
+                                        params=params, limit=prefetch_limit),
+                        models.Prefetch(query=_vector_list(inverted), using=native, filter=flt, params=params,
+                                        limit=prefetch_limit)]
+            return models.QueryRequest(prefetch=prefetch, query=models.FusionQuery(fusion=models.Fusion.RRF), **common)
+        if mode == "native":
+            vector, using = q.features, native
+        elif mode == "gallery_inverted":
+            vector, using = q.features, inverted_name
+        elif mode == "query_inverted":
+            vector, using = inverted, native
+        else:  # a derived vector
+            vector, using = (q.stored or {}).get(mode), mode
+            if vector is None:
+                vector = self.encoder.derived_vectors(modality, q.raw[None], only=[mode])[mode][0]
+        return models.QueryRequest(query=_vector_list(vector), using=using, params=params, **common)
+
+
+def _vector_list(row: torch.Tensor) -> list[float]:
+    return row.detach().to(torch.float32).cpu().numpy().tolist()

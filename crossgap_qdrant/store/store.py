@@ -1,0 +1,413 @@
+"""CrossModalStore: a Qdrant collection of images and texts with native, inverted and derived named vectors.
+
+The facade over the collection layer (crossgap_qdrant.store.collection), the encoder side (encoder.py),
+ingestion (ingest.py) and query planning (search.py). See search.py for the search modes and ingest.py for
+resumable ingestion and the id policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from qdrant_client import models
+
+from crossgap_qdrant.store import ingest as ingest_lib
+from crossgap_qdrant.store.collection import Collection
+from crossgap_qdrant.store.connection import RetryPolicy
+from crossgap_qdrant.store.encoder import Encoder
+from crossgap_qdrant.store.errors import CollectionNotFoundError
+from crossgap_qdrant.store.ingest import IngestReport, Ingestion
+from crossgap_qdrant.store.schema import (
+    METADATA_KEY,
+    DerivedVector,
+    VectorNames,
+    check_layout,
+    check_modality,
+    check_schema,
+    metadata,
+    vector_sizes,
+)
+from crossgap_qdrant.store.search import DEFAULT_MODE, MODES, Searcher
+
+logger = logging.getLogger(__name__)
+
+
+def describe_collection(collection: Collection) -> dict[str, Any]:
+    """Engine, location, recorded model, vectors with sizes and point counts: read without a model."""
+    schema = collection.schema()
+    recorded = schema.metadata.get(METADATA_KEY) or {}
+    vectors = {}
+    for name, spec in schema.vectors.items():
+        has = models.Filter(must=[models.HasVectorCondition(has_vector=name)])
+        vectors[name] = {"size": spec.size, "distance": spec.distance, "points": collection.count(has)}
+    return {
+        "collection": collection.name,
+        "engine": collection.engine,
+        "location": collection.location,
+        "model": recorded.get("model"),
+        "model_id": recorded.get("model_id"),
+        "embed_dim": recorded.get("embed_dim"),
+        "vector_names": recorded.get("vector_names"),
+        "derived_vectors": recorded.get("derived", {}),
+        "default_modes": recorded.get("default_modes", {}),
+        "points": collection.count(),
+        "vectors": vectors,
+        "quantization": schema.quantized,
+    }
+
+
+class CrossModalStore:
+    """A Qdrant collection of images and texts with native, inverted and derived named vectors.
+
+    Args:
+        client: a QdrantClient (server, ":memory:", local folder) or a Collection from
+            :func:`crossgap_qdrant.store.open_collection`; :meth:`open` builds one from a location.
+        collection_name: created when missing (unless ``create=False``), validated otherwise.
+        model: the model handle from :func:`crossgap_qdrant.models.load_model`, or a bare open_clip model
+            with ``tokenizer`` and ``preprocess`` given by keyword.
+        model_id: overrides the handle's content fingerprint recorded in the collection (a collection is
+            never mixed across models).
+        vector_names: names of the four named vectors.
+        oti_config, ovi_config: inversion settings (default: the published ones).
+        derived_vectors: extra named vectors, computed from raw inputs at ingestion.
+        shard_number, replication_factor, quantization_config, on_disk: collection options (servers).
+        rescore, oversampling: quantized search settings.
+        retry: retries and total deadline of server calls; None disables retries.
+        upsert_batch_size: points per write request.
+        create: create a missing collection; False raises CollectionNotFoundError (reading never writes).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        collection_name: str,
+        model: Any,
+        *,
+        tokenizer: Callable | None = None,
+        preprocess: Callable | None = None,
+        model_id: str | None = None,
+        vector_names: VectorNames = VectorNames(),
+        oti_config: Any = None,
+        ovi_config: Any = None,
+        derived_vectors: Mapping[str, DerivedVector] | None = None,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        quantization_config: Any = None,
+        on_disk: bool | None = None,
+        rescore: bool = True,
+        oversampling: float | None = None,
+        retry: RetryPolicy | None = RetryPolicy(),
+        upsert_batch_size: int = 256,
+        create: bool = True,
+    ):
+        from crossgap_qdrant.inversion import OTIConfig, OVIConfig
+        from crossgap_qdrant.models import as_clip_model, embed_dim
+
+        self.clip = _handle(model, tokenizer, preprocess, as_clip_model)
+        self.model_id = model_id if model_id is not None else self.clip.model_id
+        if not self.model_id or not isinstance(self.model_id, str):
+            raise ValueError("model_id must be a non-empty string naming the model's weights")
+        self.collection = _collection(client, collection_name, retry)
+        self.collection_name = self.collection.name
+        self.names = vector_names
+        self.derived = dict(derived_vectors or {})
+        self.oti_config = oti_config if oti_config is not None else OTIConfig()
+        self.ovi_config = ovi_config if ovi_config is not None else OVIConfig()
+        self.upsert_batch_size = upsert_batch_size
+        self.dim = embed_dim(self.clip.model)
+        self._owns_collection = False
+        check_layout(self.names, self.derived)
+        self.encoder = Encoder(self.clip, self.dim, self.oti_config, self.ovi_config, self.derived)
+        self._metadata = metadata(self.model_id, _display_name(self.clip), self.dim, self.names, self.derived)
+        quantized = self._ensure_collection(create, shard_number, replication_factor, quantization_config, on_disk)
+        params = None
+        if quantized or quantization_config is not None:
+            params = models.SearchParams(
+                quantization=models.QuantizationSearchParams(rescore=rescore, oversampling=oversampling))
+        self.searcher = Searcher(self.collection, self.encoder, self.names, params)
+
+    # ------------------------------------------------------------------------------------- construction
+    @classmethod
+    def open(
+        cls,
+        location: str = "./qdrant_data",
+        collection_name: str = "crossgap",
+        model: Any = None,
+        *,
+        engine: str | None = None,
+        create: bool = True,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = RetryPolicy(),
+        client_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> "CrossModalStore":
+        """Opens a collection at a location and the store over it; :meth:`close` releases both.
+
+        Args:
+            location: a folder (Qdrant's engine embedded, qdrant-edge), ":memory:", or "http(s)://host:port".
+            engine: None (by location), "edge", "local" (qdrant-client's local mode for a folder), "client".
+            create: create the folder and collection when missing; False: CollectionNotFoundError instead.
+            timeout: seconds per server request.
+            kwargs: the store's keyword arguments (tokenizer, preprocess, model_id, ...).
+        """
+        from crossgap_qdrant.store.engines import open_collection
+
+        if model is None:
+            raise TypeError("open() needs a model (see crossgap_qdrant.models.load_model)")
+        collection = open_collection(location, collection_name, engine=engine, api_key=api_key, timeout=timeout,
+                                     retry=retry, client_kwargs=client_kwargs, create_folder=create)
+        try:
+            store = cls(collection, collection_name, model, retry=retry, create=create, **kwargs)
+        except BaseException:
+            collection.close()
+            raise
+        store._owns_collection = True
+        return store
+
+    def close(self) -> None:
+        """Closes the collection when this store opened it (:meth:`open`); releases a folder's lock."""
+        if self._owns_collection:
+            self.collection.close()
+            self._owns_collection = False
+
+    def __enter__(self) -> "CrossModalStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> str:
+        return self.collection.engine
+
+    @property
+    def location(self) -> str:
+        return self.collection.location
+
+    def _ensure_collection(self, create, shard_number, replication_factor, quantization_config, on_disk) -> bool:
+        sizes = vector_sizes(self.names, self.dim, self.derived)
+        where = f"collection {self.collection.name!r} at {self.collection.location}"
+        if not self.collection.exists():
+            if not create:
+                raise CollectionNotFoundError(
+                    f"no {where}: ingest something first (crossgap-qdrant ingest ... --collection "
+                    f"{self.collection.name}), or check --collection and --location"
+                )
+            self.collection.create(sizes, self._metadata, on_disk=on_disk, quantization_config=quantization_config,
+                                   shard_number=shard_number, replication_factor=replication_factor)
+            return quantization_config is not None
+        schema = self.collection.schema()
+        missing = check_schema(schema, sizes, self.model_id, where)
+        recorded = schema.metadata.get(METADATA_KEY) or {}
+        if missing:  # backfill of a collection that already holds some of the vectors
+            self.collection.add_vectors(missing)
+        # keep what later tools recorded (e.g. the evaluation's recommended modes)
+        wanted = {**recorded, **self._metadata[METADATA_KEY]}
+        if "default_modes" in recorded:
+            wanted["default_modes"] = recorded["default_modes"]
+        self._metadata = {METADATA_KEY: wanted}
+        if missing or recorded != wanted:
+            self.collection.set_metadata({**schema.metadata, **self._metadata})
+        return schema.quantized
+
+    # ------------------------------------------------------------------------------------------ ingestion
+    def ingest_images(self, images: Any, *, payloads: Sequence[Mapping[str, Any] | None] | None = None,
+                      ids: Sequence[Any] | None = None, invert: bool = True,
+                      inverted_features: torch.Tensor | np.ndarray | None = None, batch_size: int = 64,
+                      progress: bool = True, overwrite: bool = False) -> IngestReport:
+        """Adds images: native vector, OTI vector, derived image vectors and payload per image.
+
+        Args:
+            images: a folder (searched recursively for image files), an image path, a list of paths or PIL
+                images, or precomputed native image features [N, E] (then derived vectors are left out).
+            payloads: one dict (or None) per image, merged over the automatic payload
+                ({"modality": "image", "source": path, "content_sha256": ...}).
+            ids: one point id per image (int in [0, 2**64) or UUID); default uuid5 of the content hash.
+            invert: compute and store OTI vectors (False: native and derived only; :meth:`invert_missing`
+                adds them later).
+            inverted_features: precomputed OTI vectors [N, E] aligned with ``images`` (skips the inversion).
+            batch_size: items encoded, inverted and written together.
+            progress: show progress bars (items, and inversion steps within a batch).
+            overwrite: replace points whose given id holds other content (otherwise IdConflictError).
+
+        Returns:
+            The report; unreadable or corrupt files are listed in ``failed``, the rest goes in.
+
+        Raises:
+            ValueError: NaN/inf values, all-zero rows or a wrong width in given features (nothing written).
+            IdConflictError: a given id holds another item (nothing of this call written).
+        """
+        items = ingest_lib.image_items(images, self.dim)
+        return self._ingest("image", items, payloads, ids, invert, inverted_features, batch_size, progress, overwrite)
+
+    def ingest_texts(self, texts: Any, *, payloads: Sequence[Mapping[str, Any] | None] | None = None,
+                     ids: Sequence[Any] | None = None, invert: bool = True,
+                     inverted_features: torch.Tensor | np.ndarray | None = None, batch_size: int = 64,
+                     progress: bool = True, overwrite: bool = False) -> IngestReport:
+        """Adds texts: native vector, OVI vector, derived text vectors and payload ({"modality", "text"}).
+
+        Args:
+            texts: a list of strings, the path of a UTF-8 text file (one text per line; blank lines skipped),
+                or precomputed native text features [N, E]. A plain string must be an existing file.
+            Other arguments as in :meth:`ingest_images`; empty texts are listed in ``failed``.
+        """
+        items = ingest_lib.text_items(texts, self.dim)
+        return self._ingest("text", items, payloads, ids, invert, inverted_features, batch_size, progress, overwrite)
+
+    def _ingest(self, modality, items, payloads, ids, invert, inverted_features, batch_size, progress, overwrite):
+        run = Ingestion(self.collection, self.encoder, self.names, modality, invert=invert, overwrite=overwrite,
+                        write_batch=self.upsert_batch_size)
+        return run.run(items, payloads, ids, inverted_features, batch_size, progress)
+
+    def invert_missing(self, modality: str = "image", *, batch_size: int = 64, progress: bool = True,
+                       query_filter: models.Filter | None = None) -> IngestReport:
+        """Computes the inverted vector of every stored point that has the native one but lacks it.
+
+        This is the backfill of a collection whose native vectors came from elsewhere (e.g. an existing
+        collection of CLIP image embeddings opened with ``VectorNames(image="its_vector_name")``) or were
+        ingested with ``invert=False``. Native vectors are read from the collection, nothing is re-encoded.
+
+        Args:
+            modality: "image" (OTI) or "text" (OVI).
+            query_filter: restricts the backfill to matching points.
+        """
+        return ingest_lib.invert_missing(self.collection, self.encoder, self.names, check_modality(modality),
+                                         batch_size=batch_size, progress=progress, query_filter=query_filter)
+
+    # --------------------------------------------------------------------------------------------- search
+    def default_mode(self, modality: str) -> str:
+        """The mode a same-modality search uses when none is given: recorded by the evaluation, else
+        gallery_inverted."""
+        recorded = self._metadata[METADATA_KEY].get("default_modes") or {}
+        return recorded.get(check_modality(modality), DEFAULT_MODE)
+
+    def set_default_mode(self, modality: str, mode: str | None) -> None:
+        """Records the mode later searches of ``modality`` use by default (None: back to gallery_inverted)."""
+        check_modality(modality)
+        if mode is not None and mode not in MODES and mode not in self.encoder.derived_for(modality):
+            raise ValueError(f"unknown {modality} mode {mode!r}")
+        record = dict(self._metadata[METADATA_KEY])
+        modes = dict(record.get("default_modes") or {})
+        if mode is None:
+            modes.pop(modality, None)
+        else:
+            modes[modality] = mode
+        record["default_modes"] = modes
+        schema = self.collection.schema()
+        self.collection.set_metadata({**schema.metadata, METADATA_KEY: record})
+        self._metadata = {METADATA_KEY: record}
+
+    def search_images(self, query: Any = None, *, text: Any = None, image: Any = None, mode: str | None = None,
+                      limit: int = 10, query_filter: models.Filter | None = None, exclude_query: bool = True,
+                      with_payload: bool | Sequence[str] = True, with_vectors: bool | Sequence[str] = False,
+                      prefetch_limit: int | None = None, search_params: models.SearchParams | None = None):
+        """Searches the images: by image (natively or inter-modally) or by text (CLIP's text->image search).
+
+        Args:
+            query: an image query (as ``image``), kept for positional use.
+            text: a text or list of texts: text->image search against the native image vectors.
+            image: a PIL image, an image path, a native image feature [E] or a batch [B, E], a stored point id
+                (int, uuid.UUID or UUID string), or a list of any of these (a batch).
+            mode: for image queries "native", "gallery_inverted", "query_inverted", "fused", or a derived image
+                vector; default: the collection's recorded mode, else "gallery_inverted". Text queries: "native".
+            limit: results per query.
+            query_filter: a Qdrant filter on the gallery (e.g. on payload fields).
+            exclude_query: leave the query's own point out of the results (its content id or given id).
+            prefetch_limit: candidates per route for "fused" (default max(4 * limit, 40)).
+            search_params: Qdrant search parameters; default rescoring when the collection is quantized.
+
+        Returns:
+            A list of ScoredPoint, or one list per query for a batch.
+        """
+        return self._search("image", query, text, image, mode, limit, query_filter, exclude_query, with_payload,
+                            with_vectors, prefetch_limit, search_params)
+
+    def search_texts(self, query: Any = None, *, text: Any = None, image: Any = None, mode: str | None = None,
+                     limit: int = 10, query_filter: models.Filter | None = None, exclude_query: bool = True,
+                     with_payload: bool | Sequence[str] = True, with_vectors: bool | Sequence[str] = False,
+                     prefetch_limit: int | None = None, search_params: models.SearchParams | None = None):
+        """Searches the texts: by text (natively or inter-modally, with OVI) or by image (image->text).
+
+        ``query`` is a text query (as ``text``); a string in UUID form is a point id. Other arguments as in
+        :meth:`search_images`.
+        """
+        return self._search("text", query, text, image, mode, limit, query_filter, exclude_query, with_payload,
+                            with_vectors, prefetch_limit, search_params)
+
+    def _search(self, gallery, query, text, image, mode, limit, query_filter, exclude_query, with_payload,
+                with_vectors, prefetch_limit, search_params):
+        given = [(name, value) for name, value in (("query", query), ("text", text), ("image", image))
+                 if value is not None]
+        if len(given) != 1:
+            raise TypeError(f"search_{gallery}s takes exactly one of query, text= or image=, got "
+                            f"{', '.join(n for n, _ in given) or 'none'}")
+        name, value = given[0]
+        query_modality = gallery if name == "query" else name
+        if mode is None:
+            mode = self.default_mode(gallery) if query_modality == gallery else "native"
+        return self.searcher.search(query_modality, gallery, value, mode=mode, limit=limit, query_filter=query_filter,
+                                    exclude_query=exclude_query, with_payload=with_payload, with_vectors=with_vectors,
+                                    prefetch_limit=prefetch_limit, search_params=search_params,
+                                    literal_text=name == "text")
+
+    # ---------------------------------------------------------------------------------------- inspection
+    def count(self, modality: str | None = None) -> int:
+        """Number of points (all, or those holding the native vector of ``modality``)."""
+        flt = None
+        if modality is not None:
+            flt = models.Filter(must=[models.HasVectorCondition(has_vector=self.names.native(check_modality(modality)))])
+        return self.collection.count(flt)
+
+    def info(self) -> dict[str, Any]:
+        """Engine, collection, location, model, vector names and sizes, and point counts per vector."""
+        return describe_collection(self.collection)
+
+
+def _handle(model, tokenizer, preprocess, as_clip_model):
+    """The model handle, from a handle or a bare model with tokenizer= and preprocess=."""
+    if tokenizer is None and preprocess is None:
+        clip = as_clip_model(model)
+        _check_tokenizer(clip)
+        return clip
+    if tokenizer is None or preprocess is None:
+        raise TypeError("a bare model needs both tokenizer= and preprocess= (or pass the handle from load_model)")
+    clip = as_clip_model((model, preprocess, tokenizer))
+    _check_tokenizer(clip)
+    return clip
+
+
+def _display_name(clip) -> str:
+    """"ViT-B-32 (openai)": the architecture and its tag or checkpoint file name, never a path."""
+    tag = clip.pretrained
+    return f"{clip.name} ({os.path.basename(str(tag))})" if tag else f"{clip.name} (random weights)"
+
+
+def _check_tokenizer(clip) -> None:
+    """Catches a tokenizer and a preprocess passed the wrong way round before anything is ingested."""
+    try:
+        ids = clip.tokenizer(["a photo"])
+    except Exception as exc:
+        raise TypeError(f"the tokenizer failed on ['a photo'] ({type(exc).__name__}: {exc}); were tokenizer and "
+                        "preprocess swapped? load_model returns (model, preprocess, tokenizer)") from None
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dim() != 2:
+        raise TypeError("the tokenizer must map a list of strings to integer token ids [N, L]; were tokenizer and "
+                        "preprocess swapped? load_model returns (model, preprocess, tokenizer)")
+
+
+def _collection(client: Any, name: str, retry: RetryPolicy | None) -> Collection:
+    if isinstance(client, Collection):
+        if name and name != client.name:
+            raise ValueError(f"collection_name {name!r} differs from the collection given ({client.name!r})")
+        return client
+    from qdrant_client import QdrantClient
+
+    if isinstance(client, QdrantClient) or hasattr(client, "query_batch_points"):
+        from crossgap_qdrant.store.engines import open_collection
+
+        return open_collection(None, name, client=client, retry=retry)
+    raise TypeError(f"client must be a QdrantClient or a Collection, got {type(client).__name__}")
