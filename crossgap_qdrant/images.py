@@ -90,6 +90,22 @@ def load_image(
     return image
 
 
+def load_pixels(preprocess, sources, *, background: int | tuple[int, int, int] = WHITE):
+    """Preprocessed pixels [N, 3, H, W] of images read by :func:`load_image` (tensors are taken as they are).
+
+    Args:
+        preprocess: the model's PIL image -> [3, H, W] transform.
+        sources: image sources (see :func:`load_image`) or already preprocessed [3, H, W] tensors.
+
+    Raises:
+        ImageError: an image that cannot be read (the message names it).
+    """
+    import torch
+
+    return torch.stack([src if isinstance(src, torch.Tensor) else preprocess(load_image(src, background=background))
+                        for src in sources])
+
+
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive, by extension, see :data:`IMAGE_EXTENSIONS`), sorted.
 
@@ -109,13 +125,20 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _decode(image: Image.Image, label: str, limit: int | None, fill: tuple[int, int, int]) -> Image.Image:
+def check_pixel_count(image: Image.Image, label: str, max_pixels: int | None = None) -> None:
+    """Refuses an opened (not yet decoded) image with more pixels than ``max_pixels`` (default PIL's
+    ``Image.MAX_IMAGE_PIXELS``): a possible decompression bomb. Raises ImageError naming ``label``."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     width, height = image.size
     if limit is not None and width * height > limit:
         raise ImageError(
             f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels; refused "
             "as a possible decompression bomb (raise max_pixels if the image is trusted)"
         )
+
+
+def _decode(image: Image.Image, label: str, limit: int | None, fill: tuple[int, int, int]) -> Image.Image:
+    check_pixel_count(image, label, limit)
     image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:

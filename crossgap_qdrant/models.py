@@ -1,218 +1,41 @@
-"""open_clip models: model specs and loading (a frozen :class:`ClipModel` handle with a content fingerprint),
-plain encoders, and the pseudo-token encoders that inversion optimises.
+"""open_clip models: loading a model spec into a frozen :class:`ClipModel` handle with a content fingerprint,
+and the plain image and text encoders.
 
-The pseudo-token encoders here run the model's own forward code on the full sequence, so they are the
-published algorithm by construction; crossgap_qdrant.inversion builds its fast paths on top and is tested
-against them.
+Model specs: crossgap_qdrant.model_specs; checkpoint reading: crossgap_qdrant.checkpoints; tower views and the
+pseudo-token encoders: crossgap_qdrant.towers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import hashlib
-import json
 import logging
 import os
-import pickle
 import warnings
-import weakref
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PLACEHOLDER = "£"  # the published code's placeholder word: a single token in CLIP's BPE vocabulary
+from crossgap_qdrant.checkpoints import CheckpointError, load_checkpoint, weights_digest
+from crossgap_qdrant.model_specs import (
+    DEMO_SPEC,
+    DIR_CHECKPOINTS,
+    HF_HUB_PREFIX,
+    LOCAL_DIR_PREFIX,
+    parse_model_spec,
+    read_model_config,
+    register_model_config,
+)
+from crossgap_qdrant.towers import UnsupportedModelError, embed_dim
 
-
-class UnsupportedModelError(ValueError):
-    """The model lacks a part that an inversion needs (the message names it)."""
-
-
-# ------------------------------------------------------------------------------------------------ loading
-DEMO_SPEC = "crossgap-demo"  # the short name of the committed demo model
-DEMO_MODEL_NAME = "crossgap-demo-clip"  # its open_clip architecture name
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # open_clip_config.json + weights
-_LOCAL_DIR, _HF_HUB = "local-dir:", "hf-hub:"
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".npy")
-_DIR_CHECKPOINTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "model.pth")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, holds more than weights, or does not fit the architecture."""
+logger = logging.getLogger(__name__)
+UNIT_TOLERANCE = 1e-3  # |norm - 1| above this is not a unit vector
 
 
 class RandomWeightsWarning(UserWarning):
     """A model was built with random weights on request: its embeddings carry no meaning."""
-
-
-def register_model_config(name: str, config: dict[str, Any]) -> None:
-    """Makes an open_clip architecture config available to :func:`load_model` under ``name``.
-
-    Args:
-        name: architecture name, e.g. "tiny-clip".
-        config: the open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...), or the layout of
-            an open_clip_config.json file (``{"model_cfg": {...}, "preprocess_cfg": {...}}``).
-    """
-    from open_clip import factory
-
-    factory._MODEL_CONFIGS[name] = _model_cfg(config, f"model config {name!r}")
-
-
-def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The model config of an open_clip_config.json file (either layout, see :func:`register_model_config`)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"model config not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"model config {path} is not valid JSON ({exc})") from None
-    return _model_cfg(data, f"model config {path}")
-
-
-def _model_cfg(config: Any, where: str) -> dict[str, Any]:
-    if isinstance(config, dict) and isinstance(config.get("model_cfg"), dict):
-        config = config["model_cfg"]
-    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(config, dict) or k not in config]
-    if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)}: expected an open_clip model config or an "
-                         "open_clip_config.json layout ({'model_cfg': {...}, 'preprocess_cfg': {...}})")
-    return dict(config)
-
-
-def _known_architectures() -> list[str]:
-    import open_clip
-
-    if DEMO_MODEL_NAME not in open_clip.list_models() and (DEMO_MODEL_DIR / "open_clip_config.json").is_file():
-        register_model_config(DEMO_MODEL_NAME, read_model_config(DEMO_MODEL_DIR / "open_clip_config.json"))
-    return open_clip.list_models()
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What :func:`load_model` loads, resolved from a model spec as open_clip users write it.
-
-    Attributes:
-        name: architecture name: an open_clip or registered config name, an ``hf-hub:`` repo, or (for a
-            ``local-dir:`` folder whose config matches no known one) the folder's name.
-        source: what open_clip builds the architecture and tokenizer from (name, ``local-dir:<folder>`` or
-            ``hf-hub:<repo>``).
-        pretrained: display form of the weights: the tag, the checkpoint's file name, the folder's name; None
-            for random weights and for ``hf-hub:`` (the name says it). Never an absolute path.
-        checkpoint: the local weights file, loaded weights-only; None otherwise.
-        tag: the open_clip pretrained tag that open_clip downloads; None otherwise.
-    """
-
-    name: str
-    source: str
-    pretrained: str | None = None
-    checkpoint: Path | None = None
-    tag: str | None = None
-
-    @property
-    def random(self) -> bool:
-        """No weights: the model would keep its random initialisation."""
-        return self.checkpoint is None and self.tag is None and not self.source.startswith(_HF_HUB)
-
-
-def parse_model_spec(name: str, pretrained: str | os.PathLike | None = None) -> ModelSpec:
-    """Resolves a model spec without loading anything (no network, no weights read).
-
-    Accepted forms:
-        - ``"crossgap-demo"``: the committed demo model (offline).
-        - ``"local-dir:<folder>"``: a folder with open_clip_config.json and a weights file.
-        - ``"hf-hub:<org>/<repo>"``: an open_clip repo on the Hugging Face Hub (downloaded when loaded).
-        - an architecture name (``open_clip.list_models()`` or :func:`register_model_config`) with
-          ``pretrained`` one of its tags, a checkpoint file, a folder holding one, or None (random weights).
-
-    Raises:
-        ValueError: unknown architecture or tag, or ``pretrained`` given with a spec that carries its weights.
-        FileNotFoundError: a checkpoint path or folder that does not exist.
-    """
-    import open_clip
-
-    pretrained = os.fspath(pretrained) if pretrained is not None else None
-    if name == DEMO_SPEC or name.startswith((_LOCAL_DIR, _HF_HUB)):
-        if pretrained is not None:
-            raise ValueError(f"{name!r} carries its own weights: pass pretrained=None (got {pretrained!r})")
-        if name == DEMO_SPEC:
-            weights = _find_checkpoint(DEMO_MODEL_DIR)
-            if weights is None:
-                raise FileNotFoundError(f"the demo model's weights are missing from {DEMO_MODEL_DIR} "
-                                        "(train them with scripts/train_demo_model.py)")
-            _known_architectures()
-            return ModelSpec(DEMO_MODEL_NAME, _LOCAL_DIR + str(DEMO_MODEL_DIR), "openclipart", weights)
-        if name.startswith(_HF_HUB):
-            return ModelSpec(name, name)
-        return _local_dir_spec(Path(name[len(_LOCAL_DIR):]))
-    known = _known_architectures()
-    if name not in known:
-        raise ValueError(_unknown_model_message(name, known))
-    if pretrained is None:
-        return ModelSpec(name, name)
-    path = Path(pretrained)
-    if path.is_dir():
-        weights = _find_checkpoint(path)
-        if weights is None:
-            raise FileNotFoundError(f"no weights file ({', '.join(_DIR_CHECKPOINTS[:3])}, ...) in folder {path}")
-        return ModelSpec(name, name, path.resolve().name, weights)
-    if path.is_file():
-        return ModelSpec(name, name, path.name, path)
-    if os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_CHECKPOINT_SUFFIXES):
-        raise FileNotFoundError(f"checkpoint file not found: {pretrained}")
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained not in tags:
-        known_tags = ", ".join(tags) if tags else "none: pass a checkpoint file"
-        raise ValueError(f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {name} "
-                         f"(its tags: {known_tags})")
-    return ModelSpec(name, name, pretrained, tag=pretrained)
-
-
-def _local_dir_spec(folder: Path) -> ModelSpec:
-    import open_clip
-
-    if not folder.is_dir():
-        raise FileNotFoundError(f"local-dir: folder not found: {folder}")
-    config_file = folder / "open_clip_config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"local-dir: {folder} has no open_clip_config.json (open_clip's model folder layout)")
-    config = read_model_config(config_file)
-    _known_architectures()
-    from open_clip import factory
-
-    # A folder whose config is a known architecture takes that name, so the model id does not depend on where
-    # (or under which folder name) the weights are kept.
-    same = [n for n in open_clip.list_models() if factory._MODEL_CONFIGS.get(n) == config]
-    display = folder.resolve().name
-    return ModelSpec(same[0] if same else display, _LOCAL_DIR + str(folder), display, _find_checkpoint(folder))
-
-
-def _find_checkpoint(folder: Path) -> Path | None:
-    for file_name in _DIR_CHECKPOINTS:
-        if (folder / file_name).is_file():
-            return folder / file_name
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".pth", ".pt"))
-    return found[0] if found else None
-
-
-def _unknown_model_message(name: str, known: list[str]) -> str:
-    hint = ""
-    if os.path.isdir(name):
-        hint = f" It is a folder: for an open_clip model folder write 'local-dir:{name}'."
-    elif os.path.isfile(name):
-        hint = " It is a file: pass a checkpoint as pretrained=, with its architecture as the name."
-    else:
-        close = difflib.get_close_matches(name, known + [DEMO_SPEC], n=3)
-        if close:
-            hint = f" Did you mean {', '.join(map(repr, close))}?"
-    return (f"unknown open_clip model {name!r}: give an architecture from open_clip.list_models(), {DEMO_SPEC!r}, "
-            f"'local-dir:<folder>' or 'hf-hub:<org>/<repo>'.{hint}")
 
 
 def load_model(
@@ -247,8 +70,8 @@ def load_model(
 
     spec = parse_model_spec(name, pretrained)
     if spec.random and not allow_random:
-        if name.startswith(_LOCAL_DIR):
-            fix = f"put its weights there ({_DIR_CHECKPOINTS[2]} or .safetensors)"
+        if name.startswith(LOCAL_DIR_PREFIX):
+            fix = f"put its weights there ({DIR_CHECKPOINTS[2]} or .safetensors)"
             where = f"{name} holds no weights file"
         else:
             fix = (f"pass a pretrained tag or a checkpoint file, or a model spec that carries weights ({DEMO_SPEC!r}, "
@@ -261,7 +84,7 @@ def load_model(
                                            "evaluation scores are meaningless"), stacklevel=2)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    own_weights = spec.tag is None and not spec.source.startswith(_HF_HUB)
+    own_weights = spec.tag is None and not spec.source.startswith(HF_HUB_PREFIX)
     try:
         with _quiet_open_clip(own_weights):
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -269,16 +92,19 @@ def load_model(
                 **({"pretrained_text": False} if own_weights else {}),
             )
     except RuntimeError as exc:
-        if spec.tag is None and not spec.source.startswith(_HF_HUB):
+        if spec.tag is None and not spec.source.startswith(HF_HUB_PREFIX):
             raise
         raise RuntimeError(f"could not load the weights of {name} {spec.tag or ''} ({exc}). Without network access, "
                            "pass a local checkpoint file as pretrained, or 'local-dir:<folder>'.") from exc
     if spec.checkpoint is not None:
-        _load_checkpoint(model, spec.checkpoint, spec.name)
+        load_checkpoint(model, spec.checkpoint, spec.name)
     model.eval().requires_grad_(False)
     model.crossgap_model_name = spec.name  # for backbone-specific defaults (e.g. OVI's token count)
     model.crossgap_pretrained = spec.pretrained
-    return ClipModel(model, preprocess, open_clip.get_tokenizer(spec.source), spec.name, spec.pretrained)
+    clip = ClipModel(model, preprocess, open_clip.get_tokenizer(spec.source), spec.name, spec.pretrained)
+    logger.debug("loaded %s on %s (%.1f M parameters, %s)", clip.display_name, device,
+                 sum(p.numel() for p in model.parameters()) / 1e6, precision)
+    return clip
 
 
 @contextlib.contextmanager
@@ -295,104 +121,6 @@ def _quiet_open_clip(active: bool):
         yield
     finally:
         root.removeFilter(keep)
-
-
-def _load_checkpoint(model: nn.Module, path: Path, architecture: str) -> None:
-    """Loads ``path`` into ``model`` strictly, reading it weights-only (torch.load(weights_only=True))."""
-    from open_clip.factory import load_checkpoint
-
-    state = read_state_dict(path)  # refuses pickled code before open_clip opens the file
-    try:
-        load_checkpoint(model, str(path), strict=True, weights_only=True, device="cpu")
-    except Exception as exc:
-        problem = _mismatch(model, state, architecture) if state is not None else None
-        raise CheckpointError(
-            f"checkpoint {path} does not fit architecture {architecture}: "
-            f"{problem or f'{type(exc).__name__}: {exc}'}. Pass the architecture it was trained with, or "
-            "'local-dir:<folder>' with its open_clip_config.json"
-        ) from exc
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    """The tensors of a checkpoint file, read without running pickled code (torch.load(weights_only=True)).
-
-    Returns:
-        name -> tensor (a "state_dict" entry unwrapped, a "module." prefix stripped); None for numpy
-        (big_vision) files, which hold no pickled code.
-
-    Raises:
-        CheckpointError: naming the file, when it is unreadable, refers to code, or holds no tensors.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".npz", ".npy"):
-        return None
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data = load_file(str(path))
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        reasons = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
-        reason = next((r for r in reasons if not r.startswith(("Please file", "Check the documentation"))), str(exc))
-        raise CheckpointError(
-            f"refused checkpoint {path}: it is not a plain weights file that torch.load(weights_only=True) can read "
-            f"({reason.replace('WeightsUnpickler error: ', '')}). Unpickling anything else can run code; if you "
-            "trust the file, re-save its state_dict with torch.save or as .safetensors"
-        ) from None
-    except Exception as exc:  # torch and safetensors raise several types on truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
-    if not tensors:
-        raise CheckpointError(f"checkpoint {path} holds no tensors (got {type(data).__name__})")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in tensors.items()}
-
-
-def _mismatch(model: nn.Module, state: dict[str, torch.Tensor], architecture: str) -> str | None:
-    """Names the weights that differ between a checkpoint and a model, or None when keys and shapes agree."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} of the model's {len(own)} weights are missing from it (e.g. {missing[0]})")
-    if extra:
-        parts.append(f"{len(extra)} of its weights are unknown to the model (e.g. {extra[0]})")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} have other shapes (e.g. {k}: checkpoint {list(state[k].shape)}, "
-                     f"{architecture} {list(own[k].shape)})")
-    return "; ".join(parts) or None
-
-
-# ------------------------------------------------------------------------------------------------ handle
-_DIGESTS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 (hex) of a model's state dict: names, shapes and values, in sorted name order.
-
-    Floating tensors are hashed as float32, so an fp16 checkpoint gives one digest whether loaded at fp16 or
-    fp32; a model cast to a lower precision than its checkpoint hashes differently (its weights differ).
-    Cached per model object (about 0.4 s for ViT-B-32 on one CPU core): weights changed in place afterwards
-    are not seen.
-    """
-    cached = _DIGESTS.get(model)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        tensor = value.detach()
-        tensor = (tensor.float() if tensor.is_floating_point() else tensor).cpu().contiguous().reshape(-1)
-        digest.update(f"{key}|{tensor.dtype}|{tuple(value.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    _DIGESTS[model] = digest.hexdigest()
-    return _DIGESTS[model]
 
 
 @dataclass(frozen=True)
@@ -437,6 +165,14 @@ class ClipModel:
     def device(self) -> torch.device:
         return model_device(self.model)
 
+    def encode_images(self, images: Sequence, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Unit image features [N, E] (see :func:`encode_images`)."""
+        return encode_images(self, images, batch_size=batch_size, progress=progress)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """Unit text features [N, E] (see :func:`encode_texts`)."""
+        return encode_texts(self, texts, batch_size=batch_size, progress=progress)
+
     @property
     def embed_dim(self) -> int:
         """Width E of the shared embedding space."""
@@ -477,20 +213,57 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------------ plain encoders
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+@torch.no_grad()
+def encode_pixels(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Unit image features [B, E] float32 on CPU of preprocessed pixels [B, 3, H, W]."""
+    return F.normalize(model.encode_image(pixels.to(model_device(model))).float(), dim=-1).cpu()
 
 
 @torch.no_grad()
+def encode_token_ids(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Unit text features [B, E] float32 on CPU of token ids [B, L]."""
+    return F.normalize(model.encode_text(ids.to(model_device(model))).float(), dim=-1).cpu()
+
+
+def _encode_in_batches(items: Sequence, batch_size: int, progress: bool, desc: str, dim: int,
+                       encode_batch: Callable[[Sequence], torch.Tensor]) -> torch.Tensor:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    bar = None
+    if progress and items:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc=desc, unit="item")
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        out.append(encode_batch(batch))
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return torch.cat(out) if out else torch.empty(0, dim)
+
+
+def _split_handle(model: Any, second: Any, third: Any, part: str) -> tuple[nn.Module, Any, Any]:
+    """(model, preprocess or tokenizer, inputs) from ``(clip, inputs)`` or ``(model, part, inputs)``."""
+    if isinstance(model, ClipModel):
+        if third is None:
+            second, third = getattr(model, part), second
+        return model.model, second, third
+    if second is None or third is None:
+        raise TypeError(f"give (clip, inputs) or (model, {part}, inputs)")
+    return model, second, third
+
+
 def encode_images(
-    model: nn.Module,
-    preprocess: Callable,
-    images: Sequence,
+    model: nn.Module | ClipModel,
+    preprocess: Callable | Sequence | None = None,
+    images: Sequence | None = None,
     batch_size: int = 64,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Unit-norm image features.
+    """Unit-norm image features: ``encode_images(clip, images)`` or ``encode_images(model, preprocess, images)``.
 
     Args:
         images: preprocessed [3, H, W] tensors, or anything :func:`crossgap_qdrant.images.load_image` reads
@@ -502,65 +275,29 @@ def encode_images(
     Raises:
         crossgap_qdrant.images.ImageError: an image that cannot be read (the message names it).
     """
-    from crossgap_qdrant.images import load_image
+    from crossgap_qdrant.images import load_pixels
 
-    device = model_device(model)
-    out = []
-    batches = _batches(list(images), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=(len(images) + batch_size - 1) // batch_size, desc="encode images")
-    for batch in batches:
-        tensors = []
-        for item in batch:
-            if isinstance(item, torch.Tensor):
-                tensors.append(item)
-                continue
-            tensors.append(preprocess(load_image(item)))
-        pixels = torch.stack(tensors).to(device)
-        out.append(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu())
-    if not out:
-        return torch.empty(0, embed_dim(model))
-    return torch.cat(out)
+    model, preprocess, images = _split_handle(model, preprocess, images, "preprocess")
+    return _encode_in_batches(list(images), batch_size, progress, "encode images", embed_dim(model),
+                              lambda batch: encode_pixels(model, load_pixels(preprocess, batch)))
 
 
-@torch.no_grad()
 def encode_texts(
-    model: nn.Module,
-    tokenizer: Callable,
-    texts: Sequence[str],
+    model: nn.Module | ClipModel,
+    tokenizer: Callable | Sequence[str] | None = None,
+    texts: Sequence[str] | None = None,
     batch_size: int = 256,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Unit-norm text features, [N, E] float32 on CPU. Empty or blank texts are refused."""
+    """Unit-norm text features [N, E] float32 on CPU: ``encode_texts(clip, texts)`` or
+    ``encode_texts(model, tokenizer, texts)``. Empty or blank texts are refused."""
+    model, tokenizer, texts = _split_handle(model, tokenizer, texts, "tokenizer")
+    texts = list(texts)
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text #{i} is empty or not a string: {text!r}")
-    device = model_device(model)
-    out = []
-    batches = _batches(list(texts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=(len(texts) + batch_size - 1) // batch_size, desc="encode texts")
-    for batch in batches:
-        ids = tokenizer(list(batch)).to(device)
-        out.append(F.normalize(model.encode_text(ids).float(), dim=-1).cpu())
-    if not out:
-        return torch.empty(0, embed_dim(model))
-    return torch.cat(out)
-
-
-def embed_dim(model: nn.Module) -> int:
-    """Width of the shared embedding space."""
-    text = text_tower(model, require_causal=False)
-    proj = text.text_projection
-    if isinstance(proj, nn.Linear):
-        return proj.out_features
-    if proj is not None:
-        return proj.shape[1]
-    return text.width
+    return _encode_in_batches(texts, batch_size, progress, "encode texts", embed_dim(model),
+                              lambda batch: encode_token_ids(model, tokenizer(list(batch))))
 
 
 def check_features(features: torch.Tensor, dim: int, what: str, consequence: str = "") -> torch.Tensor:
@@ -586,239 +323,48 @@ def check_features(features: torch.Tensor, dim: int, what: str, consequence: str
     if not bool(finite.all()):
         rows = (~finite).nonzero().flatten()[:5].tolist()
         raise ValueError(f"{what} contain NaN or inf values (rows {rows}){consequence}")
-    zero = features.norm(dim=1) == 0
+    zero = (features == 0).all(dim=1)  # not norm == 0: the norm of tiny rows underflows to zero
     if bool(zero.any()):
         rows = zero.nonzero().flatten()[:5].tolist()
         raise ValueError(f"{what} contain all-zero rows (rows {rows}){consequence}")
     return features
 
 
-# ------------------------------------------------------------------------------------------- tower views
-@dataclass
-class TextTower:
-    """The parts of an open_clip text tower, the same for CLIP and CustomTextCLIP models."""
 
-    module: nn.Module  # the object holding the parts (the CLIP model itself or model.text)
-    token_embedding: nn.Embedding
-    positional_embedding: torch.Tensor  # [L, W]
-    transformer: nn.Module
-    ln_final: nn.Module
-    text_projection: Any  # Parameter [W, E], nn.Linear, or None
-    attn_mask: torch.Tensor | None  # [L, L] additive causal mask, or None for bidirectional towers
-    pool_type: str
-    eos_id: int | None
-    encode: Callable[[torch.Tensor], torch.Tensor]  # token ids [B, L] -> unnormalised features [B, E]
+def normalize_features(features: torch.Tensor, what: str) -> torch.Tensor:
+    """Unit rows [N, E] float32 of features that :func:`check_features` accepted (finite, no zero row).
 
-    @property
-    def width(self) -> int:
-        return self.token_embedding.embedding_dim
-
-    @property
-    def context_length(self) -> int:
-        return self.positional_embedding.shape[0]
-
-    @property
-    def causal(self) -> bool:
-        return self.attn_mask is not None
-
-    def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        proj = self.text_projection
-        if proj is None:
-            return pooled
-        if isinstance(proj, nn.Linear):
-            return proj(pooled)
-        return pooled @ proj
-
-
-def text_tower(model: nn.Module, require_causal: bool = False) -> TextTower:
-    """Returns the text tower view of an open_clip CLIP or CustomTextCLIP model.
+    Each row is divided by its largest magnitude before normalising, in float64, so rows near float32's limit
+    (1e38) become unit vectors too instead of overflowing to zero.
 
     Raises:
-        UnsupportedModelError: naming what is missing (e.g. a Hugging Face text tower has no token_embedding
-            that inversion can write into).
+        ValueError: a row does not come out a finite unit vector (cannot happen for accepted input; kept as
+            the last guard before a write).
     """
-    holder = getattr(model, "text", None)
-    if holder is None:
-        holder = model
-        pool = getattr(model, "text_pool_type", "argmax")
-    else:
-        pool = getattr(holder, "pool_type", "argmax")
-    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
-    missing = [n for n in needed if not hasattr(holder, n)]
-    if missing:
-        raise UnsupportedModelError(
-            f"{type(model).__name__}'s text tower ({type(holder).__name__}) has no {', '.join(missing)}: "
-            "OTI needs an open_clip TextTransformer-style tower (token embedding, positional embedding, transformer)"
-        )
-    if getattr(holder, "cls_emb", None) is not None:
-        raise UnsupportedModelError("text towers with an appended class token (CoCa) are not supported")
-    attn_mask = getattr(holder, "attn_mask", None)
-    if require_causal and attn_mask is None:
-        raise UnsupportedModelError("the text tower is not causal")
-    encode = model.encode_text if holder is model else holder
-    return TextTower(
-        module=holder,
-        token_embedding=holder.token_embedding,
-        positional_embedding=holder.positional_embedding,
-        transformer=holder.transformer,
-        ln_final=holder.ln_final,
-        text_projection=getattr(holder, "text_projection", None),
-        attn_mask=attn_mask,
-        pool_type=pool,
-        eos_id=getattr(holder, "text_eos_id", getattr(holder, "eos_id", None)),
-        encode=encode,
-    )
+    scale = features.abs().amax(dim=1, keepdim=True)
+    out = F.normalize(features.double() / scale.double(), dim=-1).float()
+    bad = ~torch.isfinite(out).all(dim=1) | ((out.norm(dim=1) - 1).abs() > UNIT_TOLERANCE)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{what}: rows {rows} do not normalise to finite unit vectors")
+    return out
 
 
-@dataclass
-class VisionTower:
-    """The parts of an open_clip ViT image tower that OVI needs."""
-
-    module: nn.Module
-    width: int
-    num_patches: int  # patch positions of the grid (the class token excluded)
-    grid: tuple[int, int]
-
-
-def vision_tower(model: nn.Module) -> VisionTower:
-    visual = getattr(model, "visual", None)
-    if visual is None:
-        raise UnsupportedModelError(f"{type(model).__name__} has no image tower (model.visual)")
-    needed = ("conv1", "class_embedding", "positional_embedding", "transformer")
-    missing = [n for n in needed if not hasattr(visual, n)]
-    if missing:
-        raise UnsupportedModelError(
-            f"image tower {type(visual).__name__} has no {', '.join(missing)}: OVI supports open_clip "
-            "VisionTransformer towers (timm trunks and ResNets are not supported)"
-        )
-    grid = tuple(visual.grid_size) if hasattr(visual, "grid_size") else None
-    num_patches = visual.positional_embedding.shape[0] - 1
-    if grid is None or grid[0] * grid[1] != num_patches:
-        raise UnsupportedModelError("image tower's positional embedding does not match its patch grid")
-    return VisionTower(module=visual, width=visual.class_embedding.shape[-1], num_patches=num_patches, grid=grid)
-
-
-# ----------------------------------------------------------------------------------- pseudo-token encoders
-def placeholder_template(template: str, num_tokens: int) -> str:
-    """Formats the template with ``num_tokens`` placeholder words, as the published code does."""
-    if template.count("{}") != 1:
-        raise ValueError(f"the template must contain exactly one '{{}}', got {template!r}")
-    return template.format(f" {PLACEHOLDER} " * num_tokens)
-
-
-def template_token_ids(tokenizer: Callable, template: str, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of the template and the positions of its placeholders.
-
-    Returns:
-        ids [L] int64 and positions [R] int64 (consecutive, ascending).
-    """
-    ids = tokenizer([placeholder_template(template, num_tokens)])[0]
-    specials = {int(t) for t in tokenizer([""])[0]}  # start/end/padding ids
-    marker = [int(t) for t in tokenizer([PLACEHOLDER])[0] if int(t) not in specials]
-    if len(marker) != 1:
-        raise UnsupportedModelError(f"the tokenizer does not map {PLACEHOLDER!r} to exactly one token")
-    marker_id = marker[0]
-    positions = (ids == marker_id).nonzero().flatten()
-    if positions.numel() != num_tokens or (
-        num_tokens > 1 and not torch.equal(positions, positions[0] + torch.arange(num_tokens))
-    ):
-        raise UnsupportedModelError(
-            f"the tokenizer does not map the placeholder {PLACEHOLDER!r} to one token each "
-            f"({positions.numel()} found for {num_tokens} placeholders)"
-        )
-    return ids, positions
-
-
-@contextlib.contextmanager
-def _replace_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]):
-    handle = module.register_forward_hook(lambda _m, _inp, out: fn(out))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def encode_text_with_pseudo_tokens(
-    model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, pseudo_tokens: torch.Tensor
-) -> torch.Tensor:
-    """Text features of a template whose placeholder embeddings are replaced by pseudo tokens.
-
-    Runs the model's own text forward over the whole sequence (the published computation).
-
-    Args:
-        ids: [L] int64 template token ids.
-        positions: [R] int64 placeholder positions.
-        pseudo_tokens: [B, R, W] pseudo-word embeddings (W: text tower width).
-
-    Returns:
-        [B, E] unnormalised text features.
-    """
-    tower = text_tower(model)
-    batch = pseudo_tokens.shape[0]
-    ids_b = ids.to(pseudo_tokens.device).expand(batch, -1)
-
-    def put(emb: torch.Tensor) -> torch.Tensor:
-        emb = emb.clone()
-        emb[:, positions] = pseudo_tokens.to(emb.dtype)
-        return emb
-
-    with _replace_output(tower.token_embedding, put):
-        return tower.encode(ids_b)
-
-
-def expand_patch_tokens(pseudo_tokens: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Nearest-neighbour repeat of R pseudo patch tokens over the patch positions.
-
-    Args:
-        pseudo_tokens: [B, R, W].
-
-    Returns:
-        [B, num_patches, W]: patch i takes token floor(i * R / num_patches).
-    """
-    return pseudo_tokens.index_select(1, patch_token_index(pseudo_tokens.shape[1], num_patches, pseudo_tokens.device))
-
-
-def patch_token_index(num_tokens: int, num_patches: int, device=None) -> torch.Tensor:
-    """[num_patches] int64: patch i takes pseudo token floor(i * R / num_patches) (nearest interpolation)."""
-    return (torch.arange(num_patches, device=device) * num_tokens) // num_patches
-
-
-class _PseudoPatchEmbedding(nn.Module):
-    """Stands in for a ViT's conv1: returns the pseudo patch grid, ignoring the pixels it is given."""
-
-    def __init__(self, grid: torch.Tensor):
-        super().__init__()
-        self.grid = grid
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.grid
-
-
-@contextlib.contextmanager
-def pseudo_patch_embedding(visual: nn.Module, patches: torch.Tensor, grid: tuple[int, int]):
-    """Within the block, ``visual``'s patch embedding yields ``patches`` [B, P, W] as a [B, W, gh, gw] grid."""
-    b, p, w = patches.shape
-    conv = visual.conv1
-    visual.conv1 = _PseudoPatchEmbedding(patches.transpose(1, 2).reshape(b, w, grid[0], grid[1]))
-    try:
-        yield
-    finally:
-        visual.conv1 = conv
-
-
-def encode_image_with_pseudo_tokens(model: nn.Module, pseudo_tokens: torch.Tensor) -> torch.Tensor:
-    """Image features of pseudo patch tokens repeated over the ViT grid (class token and positions added).
-
-    Runs the tower's own forward after the patch embedding (the published computation).
-
-    Args:
-        pseudo_tokens: [B, R, W] (W: vision tower width).
-
-    Returns:
-        [B, E] unnormalised image features.
-    """
-    tower = vision_tower(model)
-    patches = expand_patch_tokens(pseudo_tokens, tower.num_patches)
-    dummy = patches.new_zeros(patches.shape[0], 1, 1, 1)
-    with pseudo_patch_embedding(tower.module, patches, tower.grid):
-        return tower.module(dummy)
+__all__ = [
+    "CheckpointError",
+    "ClipModel",
+    "RandomWeightsWarning",
+    "UnsupportedModelError",
+    "as_clip_model",
+    "check_features",
+    "embed_dim",
+    "encode_images",
+    "encode_pixels",
+    "encode_texts",
+    "encode_token_ids",
+    "load_model",
+    "model_device",
+    "normalize_features",
+    "read_model_config",
+    "register_model_config",
+]

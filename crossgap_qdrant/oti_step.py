@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossgap_qdrant import ops
-from crossgap_qdrant.models import UnsupportedModelError
+from crossgap_qdrant.towers import UnsupportedModelError
 from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
 
 # Below this many rows the transposed product form is faster (measured on AVX2 CPUs with MKL).

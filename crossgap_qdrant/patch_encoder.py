@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from crossgap_qdrant.blocks import block_forward, check_block
-from crossgap_qdrant.models import UnsupportedModelError, patch_token_index, vision_tower
+from crossgap_qdrant.towers import UnsupportedModelError, patch_token_index, vision_tower
 
 
 class PseudoPatchImageEncoder(nn.Module):

@@ -13,10 +13,9 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from crossgap_qdrant.blocks import check_block, merge_heads_and_project, mlp_residual, qkv
-from crossgap_qdrant.models import TextTower, UnsupportedModelError, template_token_ids, text_tower
+from crossgap_qdrant.towers import TextTower, UnsupportedModelError, template_token_ids, text_tower
 
 
 def _additive(blocked: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,10 @@ import torch
 
 from crossgap_qdrant.models import load_model, register_model_config
 
+# Tiny models run fastest on one thread, and PyTorch's spinning OpenMP threads slow small operations down by
+# orders of magnitude when another process keeps the other core busy (CI machines have two).
+torch.set_num_threads(1)
+
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},

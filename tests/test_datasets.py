@@ -24,6 +24,21 @@ def test_flatten_image_puts_transparency_on_white(tmp_path):
     assert (flat[:4] == 255).all() and flat[5, 8, 1] < 80
 
 
+def test_flatten_image_refuses_a_bomb_before_decoding_it(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    from crossgap_qdrant.images import ImageError
+
+    path = _transparent_png(tmp_path / "big.png")  # 40 x 20 = 800 pixels
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1) or load(self))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL itself only warns below twice its limit
+    with pytest.raises(ImageError, match="decompression bomb"):
+        flatten_image(path, 16)
+    assert not decoded
+
+
 def test_flatten_to_folder_writes_inside_and_caches(tmp_path):
     src = _transparent_png(tmp_path / "src" / "animals" / "cat.png")
     rows = [{"rel": "animals/cat.png", "png": str(src)}]

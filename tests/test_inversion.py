@@ -23,11 +23,11 @@ from crossgap_qdrant import (
     ovi_invert_reference,
 )
 from crossgap_qdrant.inversion import initial_tokens
-from crossgap_qdrant.models import (
+from crossgap_qdrant.models import register_model_config
+from crossgap_qdrant.towers import (
     UnsupportedModelError,
     encode_image_with_pseudo_tokens,
     encode_text_with_pseudo_tokens,
-    register_model_config,
     template_token_ids,
 )
 from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
@@ -190,6 +190,44 @@ def test_oti_rejects_bad_input(tiny_clip):
         oti_invert(model, tok, torch.randn(3, 32), OTIConfig(steps=1, precision="fp16"), progress=False)
 
 
+def test_oti_and_ovi_take_the_handle_and_features_of_any_finite_scale(tiny_clip):
+    model, _, tok = tiny_clip
+    feats = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(4)), dim=-1)
+    cfg = OTIConfig(steps=4)
+    plain = oti_invert(model, tok, feats, cfg, progress=False)
+    by_handle = oti_invert(tiny_clip, feats * 1e38, cfg, progress=False)  # the norm of such rows overflows
+    torch.testing.assert_close(by_handle.features, plain.features, atol=1e-6, rtol=1e-5)
+    assert (by_handle.loss < 1).all()
+    torch.testing.assert_close(oti_invert_reference(tiny_clip, feats, cfg).features, plain.features, atol=1e-5,
+                               rtol=1e-5)
+    ovi_cfg = OVIConfig(steps=3)
+    torch.testing.assert_close(ovi_invert(tiny_clip, feats * 1e-30, ovi_cfg, progress=False).features,
+                               ovi_invert(model, feats, ovi_cfg, progress=False).features, atol=1e-6, rtol=1e-5)
+
+
+def test_progress_moves_with_every_step(tiny_clip, capsys):
+    model, _, tok = tiny_clip
+    oti_invert(model, tok, torch.randn(3, 32), OTIConfig(steps=4, batch_size=2), progress=True)
+    err = capsys.readouterr().err
+    assert "OTI (3 samples x 4 steps)" in err and "12/12" in err
+    oti_invert(model, tok, torch.randn(3, 32), OTIConfig(steps=4, stopping=StoppingRule(target_loss=2.0)),
+               progress=True)
+    assert "12/12" in capsys.readouterr().err  # samples that stop early complete the bar
+
+
+def test_an_items_result_depends_on_its_batch_only_within_the_bound(tiny_clip):
+    from crossgap_qdrant.inversion import BATCH_INVARIANCE_BOUND, HANDWRITTEN_MAX_BATCH, seeded_initial_tokens
+
+    model, _, tok = tiny_clip
+    n = HANDWRITTEN_MAX_BATCH + 2
+    targets = oti_invert(model, tok, torch.randn(n, 32), OTIConfig(steps=60), progress=False).features  # reachable
+    init = seeded_initial_tokens([str(i) for i in range(n)], 1, 48, 0.02, 0)
+    runs = [oti_invert(model, tok, targets, OTIConfig(batch_size=b), init_tokens=init, progress=False).features
+            for b in (2, 7, n)]  # the last runs the autograd step
+    for other in runs[1:]:
+        assert (other - runs[0]).abs().max() <= BATCH_INVARIANCE_BOUND
+
+
 def test_oti_empty_input(tiny_clip):
     model, _, tok = tiny_clip
     res = oti_invert(model, tok, torch.empty(0, 32), OTIConfig(steps=2), progress=False)
@@ -294,3 +332,28 @@ def test_stopping_rule_keeps_slow_but_steady_improvement():
     done, _, _ = stopping_update(StoppingRule(target_loss=0.1, min_steps=3), torch.tensor([0.05, 0.05]),
                                  best, since, torch.tensor([2, 3]), budget=30)
     assert done.tolist() == [False, True]
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_engine_on_cuda_equals_cpu_with_and_without_cuda_graphs(tiny_clip):
+    import copy
+
+    model, _, tok = tiny_clip
+    gpu = copy.deepcopy(model).cuda()
+    feats = F.normalize(torch.randn(5, 32, generator=torch.Generator().manual_seed(2)), dim=-1)
+    cfg = OTIConfig(steps=20, batch_size=4)
+    cpu = oti_invert(model, tok, feats, cfg, progress=False).features
+    graph = oti_invert(gpu, tok, feats, cfg, progress=False).features
+    eager = oti_invert(gpu, tok, feats, dataclasses.replace(cfg, cuda_graph=False), progress=False).features
+    torch.testing.assert_close(graph, eager, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(graph, cpu, atol=1e-4, rtol=1e-4)
+    ovi = OVIConfig(steps=10, batch_size=4)
+    torch.testing.assert_close(ovi_invert(gpu, feats, ovi, progress=False).features,
+                               ovi_invert(model, feats, ovi, progress=False).features, atol=1e-4, rtol=1e-4)
+    bf16 = oti_invert(gpu, tok, feats, dataclasses.replace(cfg, precision="bf16"), progress=False).features
+    assert ((bf16 * cpu).sum(-1) > 0.98).all()

@@ -11,18 +11,16 @@ import torch
 from conftest import TINY_BIDIR, TINY_CLIP
 from PIL import Image
 
+from crossgap_qdrant.checkpoints import weights_digest
+from crossgap_qdrant.model_specs import DEMO_MODEL_DIR, parse_model_spec, read_model_config
 from crossgap_qdrant.models import (
-    DEMO_MODEL_DIR,
     CheckpointError,
     ClipModel,
     RandomWeightsWarning,
     as_clip_model,
     encode_images,
     load_model,
-    parse_model_spec,
-    read_model_config,
     register_model_config,
-    weights_digest,
 )
 
 DEMO_WEIGHTS = DEMO_MODEL_DIR / "open_clip_pytorch_model.bin"
@@ -243,3 +241,17 @@ def test_encode_images_flattens_transparency_onto_white(tmp_path, tiny_clip):
     torch.testing.assert_close(from_path, expected.expand(2, -1))
     black = encode_images(model, preprocess, [rgba.convert("RGB")])
     assert not torch.allclose(black, expected, atol=1e-4)  # the old convert("RGB") path differs
+
+
+def test_encoders_take_the_handle(tiny_clip):
+    from crossgap_qdrant.models import encode_texts
+
+    model, preprocess, tokenizer = tiny_clip
+    pictures = [Image.new("RGB", (32, 32), (40 * i, 90, 10)) for i in range(3)]
+    torch.testing.assert_close(encode_images(tiny_clip, pictures), encode_images(model, preprocess, pictures))
+    torch.testing.assert_close(tiny_clip.encode_images(pictures), encode_images(model, preprocess, pictures))
+    texts = ["a cat", "a red car"]
+    torch.testing.assert_close(encode_texts(tiny_clip, texts), encode_texts(model, tokenizer, texts))
+    torch.testing.assert_close(tiny_clip.encode_texts(texts), encode_texts(model, tokenizer, texts))
+    with pytest.raises(TypeError, match="clip, inputs"):
+        encode_images(model, pictures)

@@ -204,9 +204,10 @@ def flatten_image(path: str | Path, size: int, background: int = 255):
     """
     from PIL import Image
 
-    from crossgap_qdrant.images import load_image
+    from crossgap_qdrant.images import check_pixel_count, load_image
 
     with Image.open(path) as im:
+        check_pixel_count(im, str(path))  # before decoding
         im.load()
         if im.mode in ("P", "LA", "L") or "transparency" in im.info:
             im = im.convert("RGBA")

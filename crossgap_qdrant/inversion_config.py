@@ -1,0 +1,168 @@
+"""Settings and results of an inversion: OTI/OVI configs (a shared base), stopping rule, initial tokens."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of a precision name; fp16 is refused on CPU (bf16 is the CPU's reduced precision)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is for CUDA; use precision='bf16' on CPU")
+    return PRECISIONS[precision]
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """Per-sample early stopping; a stopped sample leaves the batch and the next one takes its slot.
+
+    A sample stops at the first of: ``target_loss`` reached (1 - cos <= target_loss); its loss improved by
+    less than ``min_delta`` over the last ``patience`` steps; the config's step budget. Never before
+    ``min_steps``.
+    """
+
+    target_loss: float | None = None
+    min_delta: float | None = None
+    patience: int = 10
+    min_steps: int = 0
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """What OTI and OVI share: the optimiser (AdamW), the initialisation, batching and precision.
+
+    Attributes:
+        steps: optimisation steps per sample (the budget).
+        lr, weight_decay, betas, eps: AdamW's settings.
+        init_std: initial pseudo tokens are normal(0, init_std).
+        batch_size: samples optimised together (each has its own tokens and optimiser state).
+        precision: "fp32" (exact), "bf16" (CPU and CUDA) or "fp16" (CUDA); final features are always float32.
+        seed: seed of the initial tokens.
+        stopping: per-sample early stopping; None runs the full budget.
+        warm_start: a :class:`crossgap_qdrant.warm_start.WarmStart` whose prediction replaces the published
+            random initialisation (then a few ``steps`` suffice; 0 takes the prediction as it is); None: the
+            published normal(0, init_std) initialisation.
+        cuda_graph: on CUDA, capture a step in a CUDA graph and replay it (fixed budgets without ``stopping``;
+            the same arithmetic, without per-kernel launch overhead).
+    """
+
+    steps: int = 150
+    lr: float = 2e-2
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    init_std: float = 0.02
+    batch_size: int = 64
+    precision: str = "fp32"
+    seed: int = 0
+    stopping: StoppingRule | None = None
+    warm_start: Any = None
+    cuda_graph: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class OTIConfig(InversionConfig):
+    """Optimisation-based textual inversion (image -> text space); defaults are the published settings.
+
+    Attributes:
+        template: the sentence the pseudo words fill ("{}" marks where).
+        num_tokens: R, the number of pseudo words.
+        prefix_cache: compute only the positions from the first pseudo word on (exact); False runs the full
+            sequence (used by tests and benchmarks).
+        step: "auto", "autograd" or "handwritten" (see :func:`crossgap_qdrant.inversion.oti_invert`).
+    """
+
+    steps: int = 150
+    template: str = "a photo of {}"
+    num_tokens: int = 1
+    prefix_cache: bool = True
+    step: str = "auto"
+
+
+@dataclass(frozen=True)
+class OVIConfig(InversionConfig):
+    """Optimisation-based visual inversion (text -> image space); defaults are the published settings.
+
+    ``num_tokens=None`` takes the backbone's published default (see :func:`ovi_num_tokens`).
+    """
+
+    steps: int = 1000
+    num_tokens: int | None = None
+
+
+@dataclass
+class InversionResult:
+    """Outcome of an inversion of N samples.
+
+    Attributes:
+        features: [N, E] float32 unit vectors in the other modality's space.
+        tokens: [N, R, D] float32 optimised pseudo tokens.
+        loss: [N] float32, 1 - cos(features, target).
+        steps: [N] int64 optimisation steps taken per sample.
+        seconds: wall time of the whole inversion.
+    """
+
+    features: torch.Tensor
+    tokens: torch.Tensor
+    loss: torch.Tensor
+    steps: torch.Tensor
+    seconds: float = 0.0
+
+
+def ovi_num_tokens(
+    model: nn.Module | None, config: OVIConfig, model_name: str | None = None, pretrained: str | None = None
+) -> int:
+    """R for OVI: ``config.num_tokens``, else the published choice for the backbone.
+
+    4 for OpenAI ViT-L/14 and SigLIP ViT-B/16, 2 for OpenCLIP ViT-L/14, 1 otherwise (ViT-B/32 backbones).
+    The name and tag are read from a model made by :func:`crossgap_qdrant.load_model`, else taken from the
+    arguments.
+    """
+    if config.num_tokens is not None:
+        return config.num_tokens
+    name = getattr(model, "crossgap_model_name", None) or model_name or ""
+    tag = getattr(model, "crossgap_pretrained", None) or pretrained or ""
+    if "SigLIP" in name and "B-16" in name:
+        return 4
+    if name.startswith("ViT-L-14"):
+        return 4 if tag == "openai" else 2
+    return 1
+
+
+def initial_tokens(n: int, num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:
+    """The published initialisation, normal(0, std), [n, R, width] float32 on CPU, from one seeded generator.
+
+    Sample i gets the same tokens for a given seed whatever the batching (but not whatever its position).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, num_tokens, width, generator=gen) * std
+
+
+def seeded_initial_tokens(keys: Sequence[str], num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:
+    """Initial pseudo tokens seeded per item, [N, R, width] float32 on CPU, row i normal(0, std).
+
+    Row i depends only on ``keys[i]`` and ``seed`` (a generator seeded with the first 8 bytes of
+    sha256(f"{seed}:{key}"), little-endian, top bit cleared), so an item starts from the same tokens in
+    whichever batch, order or run it is inverted. The store seeds by point id.
+    """
+    out = torch.empty(len(keys), num_tokens, width)
+    for i, key in enumerate(keys):
+        digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        out[i] = torch.randn(num_tokens, width, generator=gen) * std
+    return out

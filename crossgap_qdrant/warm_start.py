@@ -1,0 +1,277 @@
+"""A learned warm start for OTI and OVI (amortised inversion, after SEARLE's phi).
+
+A small network maps a unit feature to initial pseudo tokens in one forward pass. It is fitted by distillation:
+exact inversions (the published algorithm, this package's engine) of a sample of features give the target
+tokens, and the network learns to predict them. Inverting from its prediction then needs a few exact steps
+instead of the published 150 (OTI) or 1000 (OVI); with ``steps=0`` the prediction alone is used.
+
+    warm, report = fit_warm_start(clip, image_features, "oti")          # distil from exact OTI
+    warm.save("oti_warm_start.pt")
+    config = OTIConfig(steps=10, warm_start=WarmStart.load("oti_warm_start.pt"))
+    oti_invert(clip, query_features, config)                             # 10 exact steps from the prediction
+
+A warm start belongs to one model (its ``model_id``), one inversion kind, one template and token count: the
+inversion refuses one that does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from crossgap_qdrant.inversion_config import InversionConfig, OTIConfig, OVIConfig
+
+KINDS = ("oti", "ovi")
+FORMAT = "crossgap-warm-start/1"
+
+
+class WarmStartMismatchError(ValueError):
+    """A warm start was fitted for another model, inversion kind, template or token count."""
+
+
+class WarmStart(nn.Module):
+    """Features [N, E] -> initial pseudo tokens [N, R, W]: an MLP with GELU and dropout, predicting tokens
+    standardised by the statistics of its training targets.
+
+    Args:
+        kind: "oti" (image features -> pseudo words) or "ovi" (text features -> pseudo patches).
+        embed_dim: E, the width of the features.
+        num_tokens: R.
+        width: W, the token width (text tower width for OTI, vision tower width for OVI).
+        hidden: width of the two hidden layers.
+        dropout: dropout after each hidden layer (training only).
+        model_id: the model the warm start was fitted for (:attr:`crossgap_qdrant.models.ClipModel.model_id`).
+        template: the OTI template it was fitted with (None for OVI).
+    """
+
+    def __init__(self, kind: str, embed_dim: int, num_tokens: int, width: int, *, hidden: int = 1024,
+                 dropout: float = 0.1, model_id: str = "", template: str | None = None):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.embed_dim, self.num_tokens, self.width = kind, embed_dim, num_tokens, width
+        self.hidden, self.dropout, self.model_id, self.template = hidden, dropout, model_id, template
+        self.net = nn.Sequential(
+            nn.Linear(embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_tokens * width),
+        )
+        self.register_buffer("token_mean", torch.zeros(num_tokens, width))
+        self.register_buffer("token_scale", torch.ones(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit features [N, E] -> pseudo tokens [N, R, W] (float32)."""
+        out = self.net(features.float()).view(-1, self.num_tokens, self.width)
+        return self.token_mean + self.token_scale * out
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in eval mode without gradients, on the warm start's device; float32 on CPU."""
+        training = self.training
+        self.eval()
+        try:
+            device = self.token_mean.device
+            return self(F.normalize(features.float().to(device), dim=-1)).float().cpu()
+        finally:
+            self.train(training)
+
+    def check_fits(self, kind: str, embed_dim: int, num_tokens: int, width: int, template: str | None) -> None:
+        """Raises WarmStartMismatchError naming what differs from the inversion about to use it (the model's
+        weights are checked by the inversion, against :attr:`model_id`)."""
+        wanted = {"kind": kind, "embedding width": embed_dim, "token count": num_tokens, "token width": width}
+        have = {"kind": self.kind, "embedding width": self.embed_dim, "token count": self.num_tokens,
+                "token width": self.width}
+        if kind == "oti":
+            wanted["template"], have["template"] = template, self.template
+        diff = [f"{k} {have[k]!r} (needed {wanted[k]!r})" for k in wanted if have[k] != wanted[k]]
+        if diff:
+            raise WarmStartMismatchError(f"the warm start does not fit this inversion: {'; '.join(diff)}. Fit one "
+                                         "for this model and settings (fit_warm_start)")
+
+    # ------------------------------------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the warm start (weights and settings) to ``path`` atomically (torch.save format)."""
+        meta = {"format": FORMAT, "kind": self.kind, "embed_dim": self.embed_dim, "num_tokens": self.num_tokens,
+                "width": self.width, "hidden": self.hidden, "dropout": self.dropout, "model_id": self.model_id,
+                "template": self.template}
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+        torch.save({"meta": meta, "state": state}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "WarmStart":
+        """Reads a file written by :meth:`save` (weights-only loading: no code runs)."""
+        try:
+            data = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"warm start file not found: {path}") from None
+        except Exception as exc:
+            raise ValueError(f"cannot read warm start file {path} ({type(exc).__name__}: {exc})") from None
+        meta = data.get("meta", {}) if isinstance(data, dict) else {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a crossgap-qdrant warm start file (format {meta.get('format')!r})")
+        warm = cls(meta["kind"], meta["embed_dim"], meta["num_tokens"], meta["width"], hidden=meta["hidden"],
+                   dropout=meta["dropout"], model_id=meta["model_id"], template=meta["template"])
+        warm.load_state_dict(data["state"])
+        return warm.eval().requires_grad_(False)
+
+
+@dataclass
+class WarmStartFit:
+    """How a fit went.
+
+    Attributes:
+        samples: features inverted exactly (the distillation set); ``validation`` of them held out.
+        epochs: training epochs run.
+        token_r2: fraction of the held-out target tokens' variance the prediction explains.
+        cosine_at_0: mean cosine, on the held-out samples, between the features of the predicted tokens
+            (no exact step) and the exact inversion's features.
+        seconds_exact, seconds_training: time spent on the exact inversions and on training.
+    """
+
+    samples: int
+    validation: int
+    epochs: int
+    token_r2: float
+    cosine_at_0: float
+    seconds_exact: float
+    seconds_training: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _inversion(kind: str):
+    from crossgap_qdrant.inversion import oti_invert, ovi_invert
+
+    return oti_invert if kind == "oti" else ovi_invert
+
+
+def invert_exact(clip, features: torch.Tensor, kind: str, config: InversionConfig, progress: bool = False):
+    """The exact inversion of ``features`` with ``config`` (no warm start): the distillation targets."""
+    return _inversion(kind)(clip, features, dataclasses.replace(config, warm_start=None), progress=progress)
+
+
+def fit_warm_start(
+    clip,
+    features: torch.Tensor,
+    kind: str = "oti",
+    config: InversionConfig | None = None,
+    *,
+    hidden: int = 1024,
+    dropout: float = 0.1,
+    epochs: int = 300,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    validation: float = 0.1,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[WarmStart, WarmStartFit]:
+    """Fits a warm start by distillation from exact inversions of ``features``.
+
+    Args:
+        clip: the model handle (:func:`crossgap_qdrant.load_model`).
+        features: [N, E] unit features of the kind's input modality (image features for OTI, text for OVI):
+            a sample of the collection, or any image/text set of the same domain.
+        kind: "oti" or "ovi".
+        config: the exact inversion's settings (default: the published ones); its template and token count
+            are the warm start's.
+        hidden, dropout: the network's size and regularisation.
+        epochs, lr, weight_decay, batch_size: AdamW training on the token targets (MSE in standardised units).
+        validation: fraction of the samples held out to measure the fit (at least one sample when N >= 2).
+        seed: seeds the split, the network's initialisation and the batches.
+
+    Returns:
+        The warm start (eval mode, frozen) and the fit's report.
+    """
+    from crossgap_qdrant.inversion_config import ovi_num_tokens
+    from crossgap_qdrant.models import as_clip_model
+    from crossgap_qdrant.towers import text_tower, vision_tower
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    clip = as_clip_model(clip)
+    config = config if config is not None else (OTIConfig() if kind == "oti" else OVIConfig())
+    features = F.normalize(torch.as_tensor(features).float(), dim=-1)
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError(f"a warm start needs at least 2 features to fit, got {n}")
+    start = time.perf_counter()
+    exact = invert_exact(clip, features, kind, config, progress)
+    seconds_exact = time.perf_counter() - start
+    if kind == "oti":
+        width, num_tokens, template = text_tower(clip.model).width, config.num_tokens, config.template
+    else:
+        width, template = vision_tower(clip.model).width, None
+        num_tokens = ovi_num_tokens(clip.model, config, clip.name, clip.pretrained)
+    targets = exact.tokens.float()  # [N, R, W]
+
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    n_val = max(1, int(round(n * validation)))
+    val, train = order[:n_val], order[n_val:]
+    torch.manual_seed(seed)
+    warm = WarmStart(kind, features.shape[1], num_tokens, width, hidden=hidden, dropout=dropout,
+                     model_id=clip.model_id, template=template)
+    mean = targets[train].mean(0)
+    scale = (targets[train] - mean).pow(2).mean().sqrt().clamp_min(1e-8)
+    warm.token_mean.copy_(mean)
+    warm.token_scale.copy_(scale)
+    start = time.perf_counter()
+    _train(warm, features[train], (targets[train] - mean) / scale, epochs, lr, weight_decay, batch_size, gen,
+           progress)
+    seconds_training = time.perf_counter() - start
+    warm.eval().requires_grad_(False)
+
+    predicted = warm.predict(features[val])
+    residual = (predicted - targets[val]).pow(2).sum()
+    spread = (targets[val] - targets[val].mean(0)).pow(2).sum().clamp_min(1e-12)
+    zero_step = dataclasses.replace(config, steps=0, warm_start=warm, stopping=None)
+    at_0 = _inversion(kind)(clip, features[val], zero_step, progress=False).features
+    report = WarmStartFit(samples=n, validation=n_val, epochs=epochs,
+                          token_r2=float(1 - residual / spread) if n_val > 1 else math.nan,
+                          cosine_at_0=float((at_0 * exact.features[val]).sum(-1).mean()),
+                          seconds_exact=seconds_exact, seconds_training=seconds_training)
+    return warm, report
+
+
+def _train(warm: WarmStart, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, weight_decay: float,
+           batch_size: int, gen: torch.Generator, progress: bool) -> None:
+    """Regresses standardised tokens y [N, R, W] from features x [N, E] (MSE), AdamW with cosine decay."""
+    warm.train().requires_grad_(True)
+    params = list(warm.net.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    n = x.shape[0]
+    per_epoch = max(1, math.ceil(n / batch_size))
+    total = epochs * per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="fit warm start", unit="epoch")
+    flat = y.reshape(n, -1)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for lo in range(0, n, batch_size):
+            idx = perm[lo : lo + batch_size]
+            loss = F.mse_loss(warm.net(x[idx]), flat[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
+    if bar is not None:
+        bar.close()
