@@ -6,6 +6,7 @@ on its whole run, set-up and the final float32 feature pass included. Prints one
 
     python benchmarks/bench_inversion.py                      # ViT-B-32, batch 64, CPU
     python benchmarks/bench_inversion.py --quick              # a smaller, faster run
+    python benchmarks/bench_inversion.py --device cuda        # on a GPU (fp16 too)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from crossgap_qdrant import OTIConfig, OVIConfig, StoppingRule, load_model, oti_invert, ovi_invert
 from crossgap_qdrant.inversion import initial_tokens, reference_step
-from crossgap_qdrant.models import (
+from crossgap_qdrant.towers import (
     encode_image_with_pseudo_tokens,
     encode_text_with_pseudo_tokens,
     template_token_ids,
@@ -34,19 +35,30 @@ from crossgap_qdrant.models import (
 )
 
 
+DEVICE = torch.device("cpu")
+PRECISIONS = ("fp32", "bf16")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _time(fn, repeat: int) -> list[float]:
     out = []
     for _ in range(repeat):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         out.append(time.perf_counter() - start)
     return out
 
 
 def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, repeat: int = 10) -> float:
     """Measured GFLOP/s of an [m, k] x [k, n] matmul."""
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
+    a = torch.randn(m, k).to(DEVICE, dtype)
+    b = torch.randn(k, n).to(DEVICE, dtype)
     torch.mm(a, b)
     secs = min(_time(lambda: torch.mm(a, b), repeat))
     return 2 * m * k * n / secs / 1e9
@@ -54,7 +66,7 @@ def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, repeat: int = 10) ->
 
 def reference_step_seconds(encode, targets, init, config, steps: int) -> float:
     """Median seconds of one published-algorithm step (forward, backward, torch.optim.AdamW), after a warm-up."""
-    tokens = torch.nn.Parameter(init.clone())
+    tokens = torch.nn.Parameter(init.clone().to(DEVICE))
     opt = torch.optim.AdamW([tokens], lr=config.lr, betas=config.betas, eps=config.eps,
                             weight_decay=config.weight_decay)
     reference_step(encode, tokens, opt, targets)
@@ -71,7 +83,7 @@ def bench_oti(model, tokenizer, args) -> dict:
     tower = text_tower(model)
     b = args.batch
     gen = torch.Generator().manual_seed(0)
-    pixels = torch.randn(b, 3, model.visual.image_size[0], model.visual.image_size[1], generator=gen)
+    pixels = torch.randn(b, 3, model.visual.image_size[0], model.visual.image_size[1], generator=gen).to(DEVICE)
     with torch.no_grad():
         targets = F.normalize(model.encode_image(pixels), dim=-1)
     cfg = OTIConfig(steps=args.oti_steps, batch_size=b)
@@ -83,7 +95,7 @@ def bench_oti(model, tokenizer, args) -> dict:
     out = {"batch": b, "steps": cfg.steps, "reference_ms_per_step": ref_step * 1e3,
            "reference_images_per_s": b / (ref_step * cfg.steps)}
     results = {}
-    for precision in ("fp32", "bf16"):
+    for precision in PRECISIONS:
         c = dataclasses.replace(cfg, precision=precision)
         oti_invert(model, tokenizer, targets[:4], dataclasses.replace(c, steps=2, batch_size=4), progress=False)
         res, secs = engine_run(lambda c: oti_invert(model, tokenizer, targets, c, progress=False), c)
@@ -115,7 +127,7 @@ def bench_oti(model, tokenizer, args) -> dict:
     width, layers = tower.width, len(tower.transformer.resblocks)
     suffix = int(ids.argmax()) - int(pos[0]) + 1
     flops_per_step = 2 * 2 * 12 * width * width * layers * suffix * b  # forward + input gradient
-    for precision in ("fp32", "bf16"):
+    for precision in PRECISIONS:
         achieved = flops_per_step / (out[precision]["ms_per_step"] / 1e3) / 1e9
         out[precision]["linear_gflops_achieved"] = achieved
     out["suffix_positions"] = suffix
@@ -126,14 +138,14 @@ def bench_ovi(model, args) -> dict:
     tower = vision_tower(model)
     b = args.batch
     gen = torch.Generator().manual_seed(1)
-    targets = F.normalize(torch.randn(b, model.text_projection.shape[1], generator=gen), dim=-1)
+    targets = F.normalize(torch.randn(b, model.text_projection.shape[1], generator=gen), dim=-1).to(DEVICE)
     cfg = OVIConfig(steps=args.ovi_steps, batch_size=b, num_tokens=1)
     init = initial_tokens(b, 1, tower.width, cfg.init_std, cfg.seed)
     ref_step = reference_step_seconds(lambda p: encode_image_with_pseudo_tokens(model, p), targets, init, cfg,
                                       args.ref_steps)
     out = {"batch": b, "steps": cfg.steps, "reference_ms_per_step": ref_step * 1e3}
     results = {}
-    for precision in ("fp32", "bf16"):
+    for precision in PRECISIONS:
         c = dataclasses.replace(cfg, precision=precision)
         ovi_invert(model, targets[:4], dataclasses.replace(c, steps=1, batch_size=4), progress=False)  # warm-up
         res, secs = engine_run(lambda c: ovi_invert(model, targets, c, progress=False), c)
@@ -158,17 +170,23 @@ def main() -> None:
     parser.add_argument("--skip-ovi", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     parser.add_argument("--quick", action="store_true", help="batch 16, 50 OTI steps, 3 OVI steps")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA adds fp16 to fp32 and bf16)")
     args = parser.parse_args()
+    global DEVICE, PRECISIONS
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        PRECISIONS = ("fp32", "bf16", "fp16")
     if args.quick:
         args.batch, args.oti_steps, args.ovi_steps, args.ref_steps = 16, 50, 3, 2
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, _, tokenizer = load_model(args.model, device="cpu", allow_random=True)  # cost only: random weights time the same
+    # cost only: random weights take the same time as pretrained ones
+    model, _, tokenizer = load_model(args.model, device=args.device, allow_random=True)
     report = {
         "benchmark": "inversion",
         "model": args.model,
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),

@@ -5,6 +5,7 @@ torch.optim.AdamW (single-tensor, foreach and fused implementations) on the same
 
     python benchmarks/bench_ops.py
     python benchmarks/bench_ops.py --batches 64 1024 --dims 512 --repeat 5
+    python benchmarks/bench_ops.py --device cuda
 """
 
 from __future__ import annotations
@@ -22,21 +23,31 @@ from crossgap_qdrant import ops
 HYPER = dict(lr=2e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
 
 
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def median_ms(fn, repeat: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
 
 
 def bench_cosine(b: int, d: int, dtype: torch.dtype, repeat: int) -> dict:
     gen = torch.Generator().manual_seed(0)
-    y = torch.randn(b, d, generator=gen).to(dtype).requires_grad_(True)
-    t = F.normalize(torch.randn(b, d, generator=gen), dim=-1)
+    y = torch.randn(b, d, generator=gen).to(DEVICE, dtype).requires_grad_(True)
+    t = F.normalize(torch.randn(b, d, generator=gen), dim=-1).to(DEVICE)
 
     def fused():
         (g,) = torch.autograd.grad(ops.cosine_loss(y, t).sum(), y)
@@ -53,11 +64,11 @@ def bench_cosine(b: int, d: int, dtype: torch.dtype, repeat: int) -> dict:
 
 def bench_adamw(b: int, r: int, d: int, repeat: int) -> dict:
     gen = torch.Generator().manual_seed(1)
-    p = torch.randn(b, r, d, generator=gen)
-    g = torch.randn(b, r, d, generator=gen)
+    p = torch.randn(b, r, d, generator=gen).to(DEVICE)
+    g = torch.randn(b, r, d, generator=gen).to(DEVICE)
     m, v = torch.zeros_like(p), torch.zeros_like(p)
-    step = torch.zeros(b, dtype=torch.int64)
-    active = torch.ones(b, dtype=torch.bool)
+    step = torch.zeros(b, dtype=torch.int64, device=DEVICE)
+    active = torch.ones(b, dtype=torch.bool, device=DEVICE)
     out = {"fused_ms": median_ms(lambda: ops.adamw_step(p, g, m, v, step, active, **HYPER), repeat)}
     for name, kw in {"torch_single_tensor": dict(foreach=False), "torch_foreach": dict(foreach=True),
                      "torch_fused": dict(fused=True)}.items():
@@ -85,10 +96,14 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 768])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"benchmark": "ops", "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    device = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
+    report = {"benchmark": "ops", "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "cosine_loss": {}, "adamw_step": {}}
     for b in args.batches:
         for d in args.dims:

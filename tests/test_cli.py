@@ -111,6 +111,7 @@ def test_evaluate_writes_report(capsys, tmp_path, images):
         (["ingest", ".", *MODEL, "--threads", "0"], EXIT_USAGE, "--threads"),
         (["ingest", ".", *MODEL, "--timeout", "0"], EXIT_USAGE, "--timeout"),
         (["evaluate", "/no/such/labels.tsv", *MODEL], EXIT_ERROR, "no such file"),
+        (["ingest", ".", *MODEL, "--background", "purple"], EXIT_USAGE, "--background"),
     ],
 )
 def test_errors(capsys, tmp_path, argv, code, message):
@@ -167,6 +168,16 @@ def test_ingest_fails_when_every_input_fails(capsys, tmp_path):
     assert code == EXIT_ERROR and "every input failed" in err
 
 
+def test_verbose_shows_what_the_package_does(capsys, tmp_path, images):
+    loc = ["--location", tmp_path / "q"]
+    code, _, err = run(capsys, "ingest", images / "dog", *MODEL, *loc, "--verbose")
+    assert code == EXIT_OK
+    assert "DEBUG: loaded test-tiny-clip" in err and "DEBUG: image batch: 2 new" in err
+    assert "DEBUG: OTI: 2 samples" in err
+    code, _, err = run(capsys, "ingest", images / "dog", *MODEL, *loc)
+    assert code == EXIT_OK and "DEBUG" not in err
+
+
 def test_format_table():
     assert format_table([(1, "ab")], ["n", "name"]).splitlines() == ["n  name", "-  ----", "1  ab"]
 
@@ -187,3 +198,23 @@ def test_subprocess_with_model_config_file(tmp_path, images):
                           env=env, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith("crossgap-qdrant: error: no collection")
     assert "Traceback" not in proc.stderr
+
+
+def test_fit_warm_start_then_search_with_it(capsys, tmp_path, images):
+    loc = ["--location", tmp_path / "q"]
+    assert run(capsys, "ingest", images, *MODEL, *loc)[0] == EXIT_OK
+    code, _, err = run(capsys, "search", images / "dog" / "0.png", *MODEL, *loc, "--warm-start")
+    assert code == EXIT_ERROR and "fit-warm-start" in err  # nothing fitted yet
+    code, out, err = run(capsys, "fit-warm-start", *MODEL, *loc, "--sample", "6", "--epochs", "5",
+                         "--warm-steps", "3", "--json")
+    assert code == EXIT_OK, err
+    fit = json.loads(out)
+    assert (fit["samples"], fit["steps"], fit["file"]) == (6, 3, "warm_start_oti.pt")
+    for flags in (["--warm-start"], ["--warm-steps", "0"]):
+        code, out, err = run(capsys, "search", images / "dog" / "0.png", *MODEL, *loc, "--mode", "query_inverted",
+                             "--limit", "2", "--json", *flags)
+        assert code == EXIT_OK and len(json.loads(out)["hits"]) == 2, err
+    code, out, _ = run(capsys, "info", *loc, "--json")
+    assert json.loads(out)["warm_start"]["image"]["steps"] == 3
+    code, _, err = run(capsys, "fit-warm-start", *MODEL, "--location", ":memory:")
+    assert code == EXIT_ERROR and "no" in err

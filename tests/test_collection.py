@@ -20,7 +20,8 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from crossgap_qdrant.store import edge as edge_module
-from crossgap_qdrant.store.client_engine import ClientCollection, QdrantServerError
+from crossgap_qdrant.store.client_engine import ClientCollection
+from crossgap_qdrant.store.connection import QdrantServerError
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.edge import CorruptMetadataError, EdgeCollection
 from crossgap_qdrant.store.edge_filters import UntranslatableError
@@ -604,3 +605,49 @@ def test_server_errors_carry_no_body_or_credentials():
     with pytest.raises(CollectionNotFoundError) as info:
         c.schema()
     assert "s3cr3t" not in str(info.value)
+
+
+@pytest.fixture
+def refusing_server():
+    """A loopback HTTP server that answers every request with one status and a body holding a secret."""
+    import http.server
+
+    state = {"status": 400}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status": {"error": "Wrong input"}, "token": "TOPSECRETBODY"}'
+            self.send_response(state["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status, error", [(400, QdrantServerError), (404, QdrantServerError),
+                                           (401, PermissionError)])
+def test_refused_connection_names_status_without_body_or_password(refusing_server, status, error):
+    port, state = refusing_server
+    state["status"] = status
+    with pytest.raises(error) as info:
+        open_collection(f"http://user:hunter2@127.0.0.1:{port}", "c", retry=RetryPolicy(attempts=1, deadline=5),
+                        client_kwargs={"check_compatibility": False})
+    message = str(info.value)
+    assert f"HTTP {status}" in message and f"http://127.0.0.1:{port}" in message
+    assert "TOPSECRETBODY" not in message and "hunter2" not in message and "user" not in message
+
+
+def test_malformed_server_url_is_named_without_its_password():
+    with pytest.raises(ValueError) as info:
+        open_collection("http://user:hunter2@host:notaport", "c")
+    assert "hunter2" not in str(info.value) and "numeric port" in str(info.value)

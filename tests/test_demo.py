@@ -9,6 +9,7 @@ import torch
 
 from crossgap_qdrant import datasets, demo
 from crossgap_qdrant.models import encode_texts, load_model
+from crossgap_qdrant.rivals import cut_grid
 
 needs_checkpoint = pytest.mark.skipif(not demo.DEMO_WEIGHTS_FILE.is_file(), reason="demo checkpoint not trained")
 needs_openclipart = pytest.mark.skipif(
@@ -80,7 +81,8 @@ def test_demo_smoke_run(tmp_path):
     text = out.getvalue()
     n = res["n_images"]
     assert n >= 5
-    assert set(res["modes"]) == {"native", "gallery_inverted", "query_inverted", "fused", "isoclip", "gap_shift"}
+    assert set(res["modes"]) == {"native", "gallery_inverted", "query_inverted", "fused", "isoclip", "pca",
+                                 "gap_shift"}
     for mode, entry in res["modes"].items():
         assert 0.0 <= entry["mAP"] <= 1.0 and entry["n_queries"] <= n
         assert entry["ci95"][0] <= entry["mAP"] <= entry["ci95"][1]
@@ -88,9 +90,9 @@ def test_demo_smoke_run(tmp_path):
     assert "modality gap" in text and "native" in text and "chance" in text
     assert 0 < res["chance_mAP"] < res["modes"]["native"]["mAP"]
     # the paired difference is the difference of the means (same queries for both methods)
-    for mode in ("gallery_inverted", "isoclip", "gap_shift"):
+    for mode in ("gallery_inverted", "isoclip", "pca", "gap_shift"):
         entry = res["modes"][mode]
         assert entry["diff_vs_native"] == pytest.approx(entry["mAP"] - res["modes"]["native"]["mAP"], abs=1e-9)
         assert entry["diff_ci95"][0] <= entry["diff_vs_native"] <= entry["diff_ci95"][1]
     cuts = res["isoclip_cuts"]
-    assert (cuts["k_top"], cuts["k_bottom"]) == (cuts["rank"] // 16, cuts["rank"] // 4)
+    assert cuts["source"] == "tuned" and (cuts["k_top"], cuts["k_bottom"]) in cut_grid(cuts["rank"])

@@ -1,6 +1,7 @@
 """Evaluation harness: data loading, torch/Qdrant agreement, bootstrap, report."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,25 @@ def test_loaders(tmp_path, image_folder):
     (tmp_path / "g.tsv").write_text("".join(f"{c}\t{image_folder}/{c}/{i}.png\n" for c in ("cat", "dog") for i in (1, 2)))
     split = load_split(tmp_path / "q.tsv", tmp_path / "g.tsv")
     assert split.modality == "image" and split.split and split.num_queries == 1 and len(split.gallery) == 4
+
+
+def test_unreadable_images_are_left_out_and_named(tiny_clip, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from crossgap_qdrant.evaluate import evaluate
+
+    root = make_image_folder(tmp_path / "set")
+    Image.new("RGB", (40, 40)).save(root / "cat" / "huge.png")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    shutil.copy(root / "cat" / "0.png", root / "loose.png")  # no class folder: no label
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 40 x 40 is over, 36 x 36 under
+    with caplog.at_level("WARNING"):
+        data = load_image_folder(root)
+        result = evaluate(tiny_clip, data, EvaluationConfig(methods=("native",), backends=("torch",), bootstrap=20))
+    assert sorted(Path(p).name for p in result.unreadable) == ["broken.png", "huge.png"]
+    assert "decompression bomb" in result.unreadable[str(root / "cat" / "huge.png")]
+    assert result.num_gallery == 9 and "loose.png" not in str(data.gallery)
+    assert "1 image file(s) directly in" in caplog.text and "left out of the evaluation" in caplog.text
 
 
 def test_loader_errors(tmp_path):
@@ -166,12 +186,21 @@ def test_split_and_texts_agree(tiny_clip, tmp_path):
 
 
 def test_method_names_are_the_store_modes():
+    from crossgap_qdrant.evaluate import KNOWN_METHODS, split_method
+    from crossgap_qdrant.evaluate.recommend import store_mode
     from crossgap_qdrant.store import MODES
 
     assert METHODS[: len(MODES)] == MODES
-    assert set(METHODS) == set(MODES) | {"isoclip", "gap_shift"}
+    assert set(METHODS) == set(MODES) | {"isoclip", "pca", "gap_shift", "native_hub", "gallery_inverted_hub",
+                                         "query_inverted_hub"}
+    assert set(KNOWN_METHODS) - set(METHODS) == {"isoclip_hub", "pca_hub", "gap_shift_hub"}
+    assert split_method("gallery_inverted_hub") == ("gallery_inverted", True) and split_method("pca") == ("pca", False)
+    assert store_mode("image", "isoclip_hub") == "image_isoclip" and store_mode("text", "query_inverted") == \
+        "query_inverted"
     with pytest.raises(ValueError, match="gap_shift"):
         EvaluationConfig(methods=("gapshift",))
+    with pytest.raises(ValueError, match="unknown method"):
+        EvaluationConfig(methods=("fused_hub",))  # fused ranks by RRF: nothing to correct
 
 
 def test_handle_names_the_model_in_the_report_never_its_path(tiny_clip, image_folder, tmp_path):
@@ -258,3 +287,170 @@ def test_plot_title_labels_and_panels(tmp_path, monkeypatch):
         assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1 and ext.y1 <= box.y1 + 1
     monkeypatch.undo()
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------- rivals, hubness, recommendation
+def _rows(per_method: dict, backend="torch", n=40):
+    """MethodResults whose per-query APs are given (arrays of n values), with paired differences."""
+    from crossgap_qdrant.evaluate import MethodResult
+    from crossgap_qdrant.evaluate.harness import _add_paired_differences
+    from crossgap_qdrant.metrics import RetrievalMetrics
+
+    results = []
+    for method, (ap, query_ms) in per_method.items():
+        ap = np.asarray(ap, dtype=np.float64)
+        metrics = RetrievalMetrics(ap=ap, ap_at_r=ap, r_precision=ap, precision_at={1: ap}, recall_at={1: ap},
+                                   hit_at={1: ap}, chance_ap=np.full(n, 0.1), query_index=np.arange(n))
+        results.append(MethodResult(method, backend, metrics, bootstrap_ci(ap, n=300), query_compute_ms=query_ms))
+    _add_paired_differences(results, n, 300)
+    return results
+
+
+def _result(rows):
+    from crossgap_qdrant.evaluate import EvaluationResult
+
+    return EvaluationResult("synthetic", "image", "m@0", 40, 40, rows)
+
+
+def test_recommendation_rule_on_synthetic_results():
+    from crossgap_qdrant.evaluate import recommend
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, size=40)
+    clear = base + 0.05 + rng.normal(0, 0.01, 40)  # consistently better: CI above zero
+    bigger_but_noisy = base + rng.normal(0.08, 0.6, 40)  # higher mean, CI includes zero
+    worse = base - 0.05
+    rec = recommend(_result(_rows({"native": (base, 1.0), "gallery_inverted": (clear, 1.0),
+                                   "query_inverted": (bigger_but_noisy, 50.0), "pca": (worse, 1.0)})))
+    assert rec["method"] == "gallery_inverted" and rec["mode"] == "gallery_inverted" and not rec["hubness"]
+    assert rec["diff_vs_native"][1] > 0 and rec["backend"] == "torch"
+    # the best of several winners; a tie in mAP goes to the cheaper query
+    rows = _rows({"native": (base, 1.0), "gallery_inverted": (clear, 1.0), "isoclip_hub": (clear + 0.02, 2.0),
+                  "query_inverted": (clear + 0.02, 80.0)})
+    rec = recommend(_result(rows))
+    assert rec["method"] == "isoclip_hub" and rec["mode"] == "image_isoclip" and rec["hubness"]
+    # nothing beats native with a CI above zero: native
+    rec = recommend(_result(_rows({"native": (base, 1.0), "query_inverted": (bigger_but_noisy, 5.0),
+                                   "pca": (worse, 1.0)})))
+    assert rec["method"] == "native" and rec["diff_vs_native"] is None and "keep native" in rec["reason"]
+    # no native, no recommendation; the torch rows decide when both backends ran
+    assert recommend(_result(_rows({"pca": (clear, 1.0)}))) is None
+    both = _rows({"native": (base, 1.0), "pca": (worse, 1.0)}) + _rows({"native": (base, 1.0), "pca": (clear, 1.0)},
+                                                                       backend="qdrant")
+    assert recommend(_result(both))["method"] == "native"
+    assert recommend(_result(both[2:]))["method"] == "pca"
+
+
+def test_crossfit_choice_scores_each_half_with_the_other_halfs_choice():
+    from crossgap_qdrant.evaluate.representations import crossfit_choice
+
+    per_query = np.array([[0.5] * 8, [0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1], [0.6] * 8])
+    best, assigned = crossfit_choice(per_query, seed=0)
+    assert best == 2  # mean 0.6 over all queries beats 0.5 and 0.5
+    fold = np.random.default_rng(0).permutation(8) % 2
+    for f in (0, 1):
+        other = per_query[:, fold != f].mean(1)
+        assert (assigned[fold == f] == np.argmax(other)).all()
+
+
+def test_evaluation_runs_every_representation_and_recommends(tiny_clip, image_folder, tmp_path):
+    data = load_image_folder(image_folder)
+    result = evaluate(tiny_clip, data, EvaluationConfig(**FAST))  # no cuts given: tuned on the sample
+    assert {r.method for r in result.by_backend("torch")} == set(METHODS) == {r.method for r in
+                                                                              result.by_backend("qdrant")}
+    iso = result.representations["isoclip"]
+    assert iso["cuts_source"] == "tuned" and iso["grid"][0]["k_top"] == 0 and iso["crossfitted"]
+    assert result.crossfitted == ("isoclip",) and "isoclip" not in result.agreement()
+    assert max(result.agreement().values()) < 1e-6, result.agreement()  # hub variants included: Formula == torch
+    assert "bundled class names" in result.representations["pca"]["vocabulary"]
+    assert result.representations["hubness"]["bank_size"] == 9
+    # the qdrant isoclip row uses the cuts chosen on every query: the torch row is cross-fitted
+    chosen = (iso["k_top"], iso["k_bottom"])
+    best = max(iso["grid"], key=lambda g: g["mAP"])
+    assert chosen == (best["k_top"], best["k_bottom"])
+    qdrant_iso = next(r for r in result.by_backend("qdrant") if r.method == "isoclip")
+    assert qdrant_iso.summary["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
+    # JSON: per method mAP, CI, difference vs native with CI, query cost, recommended
+    out = result.to_dict()
+    assert out["recommended"] == result.recommendation and out["recommended"]["rule"]
+    assert set(out["methods"]) == set(METHODS)
+    flags = [m for m, v in out["methods"].items() if v["recommended"]]
+    assert flags == [out["recommended"]["method"]]
+    for method, v in out["methods"].items():
+        assert v["ci95"][0] <= v["mAP"] <= v["ci95"][1] and v["query_ms"] > 0
+        assert (v["diff_vs_native"] is None) == (method == "native")
+    text = write_report(result, tmp_path / "r")["markdown"].read_text()
+    assert "Recommended:" in text and "Fitted on this sample:" in text and "cross-fitted" in text
+
+
+def test_published_cuts_are_used_when_the_backbone_has_them(tiny_clip, image_folder, monkeypatch):
+    from crossgap_qdrant.models import ClipModel
+    from crossgap_qdrant.rivals import isoclip
+
+    monkeypatch.setitem(isoclip.PUBLISHED_CUTS, ("test-tiny-clip", "some-tag"), (3, 5))
+    clip = ClipModel(tiny_clip.model, tiny_clip.preprocess, tiny_clip.tokenizer, "test-tiny-clip", "some-tag")
+    config = EvaluationConfig(methods=("native", "isoclip"), backends=("torch",), **FAST)
+    result = evaluate(clip, load_image_folder(image_folder), config)
+    iso = result.representations["isoclip"]
+    assert (iso["k_top"], iso["k_bottom"], iso["cuts_source"]) == (3, 5, "published") and not result.crossfitted
+    # published cuts that do not fit the model are reported, never replaced by a guess
+    monkeypatch.setitem(isoclip.PUBLISHED_CUTS, ("test-tiny-clip", "some-tag"), (150, 50))
+    result = evaluate(clip, load_image_folder(image_folder), config)
+    assert "leaves no direction" in result.skipped["isoclip"]
+
+
+def test_gap_shift_is_one_sided_in_the_evaluation(tiny_clip, image_folder):
+    from crossgap_qdrant.models import encode_images
+    from crossgap_qdrant.rivals import fit_gap_shift
+
+    data = load_image_folder(image_folder)
+    config = EvaluationConfig(methods=("native", "gap_shift"), backends=("torch",), **FAST)
+    result = evaluate(tiny_clip, data, config)
+    native = encode_images(tiny_clip, data.gallery)
+    shift = fit_gap_shift(tiny_clip.model, tiny_clip.tokenizer, tiny_clip.preprocess, image_features=native)
+    from crossgap_qdrant.metrics import retrieval_metrics
+
+    expected = retrieval_metrics(shift.image_to_text(native) @ native.T, data.gallery_labels, data.gallery_labels,
+                                 exclude=np.arange(len(native))).summary()["mAP"]
+    row = next(r for r in result.results if r.method == "gap_shift")
+    assert row.summary["mAP"] == pytest.approx(expected, abs=1e-6)
+    assert "gap-shifted query vs native images" in row.description
+
+
+def test_apply_records_the_choice_and_later_searches_use_it(tiny_clip, image_folder, tmp_path):
+    from crossgap_qdrant.evaluate import apply_recommendation
+    from crossgap_qdrant.store import CrossModalStore
+
+    data = load_image_folder(image_folder)
+    with CrossModalStore.open(str(tmp_path / "q"), "photos", tiny_clip, oti_config=OTIConfig(steps=2)) as store:
+        store.ingest_images(str(image_folder), progress=False)
+    config = EvaluationConfig(methods=("native", "pca", "gallery_inverted_hub"), backends=("torch",), **FAST)
+    result = evaluate(tiny_clip, data, config)
+    applied = apply_recommendation(result, tiny_clip, str(tmp_path / "q"), "photos", method="pca")
+    assert applied["mode"] == "image_pca" and applied["computed"] == 9 and not applied["hubness"]
+    with CrossModalStore.open(str(tmp_path / "q"), "photos", tiny_clip, create=False) as store:
+        assert store.default_mode("image") == "image_pca" and "image_pca" in store.encoder.derived
+        query = data.gallery[0]
+        assert [h.id for h in store.search_images(query, limit=3)] == [
+            h.id for h in store.search_images(query, mode="image_pca", limit=3)]
+    applied = apply_recommendation(result, tiny_clip, str(tmp_path / "q"), "photos", method="gallery_inverted_hub")
+    assert applied["hubness"] and applied["hubness_fit"]["points"] == 9 and applied["computed"] == 0
+    with CrossModalStore.open(str(tmp_path / "q"), "photos", tiny_clip, create=False) as store:
+        assert store.default_mode("image") == "gallery_inverted" and store.default_hubness("image")
+        hits = store.search_images(data.gallery[0], limit=3)
+        assert [h.score for h in hits] == pytest.approx(
+            [h.score for h in store.search_images(data.gallery[0], mode="gallery_inverted", hubness=True, limit=3)])
+    with pytest.raises(ValueError, match="was not fitted"):
+        apply_recommendation(result, tiny_clip, str(tmp_path / "q"), "photos", method="isoclip")
+
+
+def test_pca_vocabulary_is_the_users_texts_when_there_are_enough(tiny_clip):
+    few = LabelledSet("text", ["a red apple", "a green apple", "a fast car", "a red car"], list("ffcc"))
+    config = EvaluationConfig(methods=("native", "pca"), backends=("torch",), **FAST)
+    source = evaluate(tiny_clip, few, config).representations["pca"]["vocabulary"]
+    assert source.startswith("bundled class names (the 4 labelled texts are too few for 16 directions)")
+    many = LabelledSet("text", [f"a photo of item {i}" for i in range(20)], [str(i % 4) for i in range(20)])
+    assert evaluate(tiny_clip, many, config).representations["pca"]["vocabulary"] == "the labelled texts (20)"
+    given = EvaluationConfig(methods=("native", "pca"), backends=("torch",), vocabulary=["x", "y"], **FAST)
+    with pytest.raises(ValueError, match="at most 1 principal direction"):
+        evaluate(tiny_clip, few, given)  # a vocabulary the user chose is never silently replaced

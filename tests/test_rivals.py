@@ -1,19 +1,32 @@
-"""IsoCLIP projector band and modality-gap shift on tiny random models."""
+"""The rivals on tiny random models: IsoCLIP band and its published cuts, PCA projection, gap shift, hubness
+(DBNorm) values, and the records that rebuild them; PCA and hubness against small reference implementations."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from crossgap_qdrant.rivals import (
+    PUBLISHED_CUTS,
     FeatureTransform,
     IsoCLIPProjector,
     ModalityGapShift,
+    PCAProjector,
     TransformVector,
+    bank_sample,
+    bundled_class_names,
+    cut_grid,
     fit_gap_shift,
+    fit_pca_projector,
+    hub_corrected,
+    hub_values,
     image_pre_projection,
-    isoclip_cuts,
     isoclip_rank,
+    principal_basis,
+    published_cuts,
     text_pre_projection,
+    transform_from_record,
+    vector_from_record,
 )
 
 TEXTS = ["a photo of a dog", "a red car", "two cats on a sofa", "a mountain"]
@@ -122,6 +135,17 @@ def test_gap_shift_moves_means_together(tiny_clip, pixels):
     torch.testing.assert_close((img + shift.gap).mean(0), txt.mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_gap_shift_is_a_query_side_map_and_rebuilds(tiny_clip, pixels):
+    model, _, tokenizer = tiny_clip
+    img = F.normalize(model.encode_image(pixels), dim=-1)
+    shift = ModalityGapShift.fit(img, F.normalize(model.encode_text(tokenizer(TEXTS)), dim=-1))
+    vec = shift.vector("image")
+    assert vec.gallery == "native"  # the shifted query is compared with the native gallery
+    again = vector_from_record(model, vec.record())
+    torch.testing.assert_close(again.compute(model, pixels), vec.compute(model, pixels))
+    assert again.gallery == "native" and again.modality == "image"
+
+
 def test_gap_shift_as_derived_vector_and_fit(tiny_clip, pixels):
     model, preprocess, tokenizer = tiny_clip
     from PIL import Image
@@ -148,19 +172,172 @@ def test_gap_shift_errors():
         fit_gap_shift(None, None, None, images=[])
 
 
-def test_isoclip_rank_and_default_cuts_need_no_svd(tiny_clip, monkeypatch):
+def test_isoclip_rank_needs_no_svd(tiny_clip, monkeypatch):
     model, _, _ = tiny_clip
     monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: pytest.fail("no SVD needed for the rank"))
     assert isoclip_rank(model) == 32
-    assert isoclip_cuts(model) == (2, 8)  # r // 16, r // 4
-    assert isoclip_cuts(model, k_top=5) == (5, 8) and isoclip_cuts(model, 0, 0) == (0, 0)
+
+
+@pytest.mark.parametrize("name, tag, cuts", [
+    ("ViT-B-32", "openai", (150, 50)),
+    ("ViT-B-32-quickgelu", "openai", (150, 50)),  # open_clip's name for the same OpenAI weights
+    ("vit-b-32", "OpenAI", (150, 50)),
+    ("ViT-B-16", "openai", (200, 50)),
+    ("ViT-L-14", "openai", (250, 200)),
+    ("ViT-B-32", "datacomp_xl_s13b_b90k", (50, 50)),
+    ("ViT-B-16", "datacomp_xl_s13b_b90k", (100, 100)),
+    ("PE-Core-B-16", "meta", (300, 50)),
+    ("ViT-B-16-SigLIP2", "webli", (350, 50)),
+])
+def test_published_cuts_are_looked_up_by_name_and_tag(name, tag, cuts):
+    assert published_cuts(name, tag) == cuts
+    assert published_cuts(name, tag, modality="image") == cuts
+
+
+@pytest.mark.parametrize("name, tag, modality", [
+    ("ViT-B-32", "laion2b_s34b_b79k", "image"),  # same architecture, other weights: no published cuts
+    ("ViT-B-32", "openai", "text"),  # the published table is for image->image retrieval
+    ("ViT-B-32", None, "image"),
+    (None, "openai", "image"),
+    ("crossgap-demo-clip", "openclipart", "image"),
+])
+def test_no_published_cuts_are_guessed(name, tag, modality):
+    assert published_cuts(name, tag, modality) is None
+
+
+def test_published_table_matches_the_spec():
+    assert len(PUBLISHED_CUTS) == 7 and all(t + b < 512 for t, b in PUBLISHED_CUTS.values())
+
+
+def test_cut_grid_is_small_starts_uncut_and_leaves_directions():
+    grid = cut_grid(512)
+    assert grid[0] == (0, 0) and 4 <= len(grid) <= 12 and len(set(grid)) == len(grid)
+    assert all(t + b < 512 for t, b in grid) and (51, 51) in grid and (256, 128) in grid
+    assert all(t + b < 4 for t, b in cut_grid(4))
+
+
+def test_isoclip_records_its_cuts_and_rebuilds(tiny_clip, pixels):
+    model, _, _ = tiny_clip
+    iso = IsoCLIPProjector.from_model(model, 3, 5, cuts_source="tuned")
+    record = iso.vector("image").record()
+    assert record == {"kind": "isoclip", "modality": "image", "k_top": 3, "k_bottom": 5, "rank": 32,
+                      "cuts_source": "tuned"}
+    again = vector_from_record(model, record)
+    assert again.modality == "image" and again.transform.cuts_source == "tuned"
+    torch.testing.assert_close(again.compute(model, pixels), iso.encode_images(model, pixels))
+    with pytest.raises(ValueError, match="another model"):
+        transform_from_record(model, {**record, "rank": 64})
+    with pytest.raises(ValueError, match="unknown derived-vector kind"):
+        transform_from_record(model, {"kind": "magic"})
+
+
+# ------------------------------------------------------------------------------------------------ PCA
+def _pca_reference(features: np.ndarray, k: int) -> np.ndarray:
+    """Projection matrix onto the top-k eigenvectors of the covariance of the rows (textbook PCA)."""
+    centred = features - features.mean(0)
+    values, vectors = np.linalg.eigh(centred.T @ centred / (len(features) - 1))
+    top = vectors[:, np.argsort(values)[::-1][:k]]
+    return top @ top.T
+
+
+def test_pca_matches_the_textbook_reference():
+    rng = np.random.default_rng(0)
+    texts = rng.normal(size=(40, 12)) * np.linspace(3, 0.1, 12)  # distinct variances: a unique top-k span
+    basis = principal_basis(torch.tensor(texts, dtype=torch.float32), 5)
+    assert basis.shape == (12, 5)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(5), atol=1e-5, rtol=0)
+    projector = torch.tensor(_pca_reference(texts, 5), dtype=torch.float32)
+    torch.testing.assert_close(basis @ basis.T, projector, atol=1e-5, rtol=0)
+    # the transform: unit features projected onto the span, renormalised; the width stays E
+    pca = PCAProjector.fit(torch.tensor(texts, dtype=torch.float32), k=5)
+    x = torch.tensor(rng.normal(size=(7, 12)), dtype=torch.float32)
+    expected = F.normalize(F.normalize(x, dim=-1) @ torch.tensor(_pca_reference(
+        F.normalize(torch.tensor(texts), dim=-1).numpy(), 5), dtype=torch.float32), dim=-1)
+    torch.testing.assert_close(pca.project(x), expected, atol=1e-5, rtol=0)
+    assert PCAProjector.fit(torch.tensor(texts, dtype=torch.float32)).basis.shape == (12, 6)  # E // 2 default
+
+
+def test_pca_on_a_model_records_its_vocabulary_and_rebuilds(tiny_clip, pixels):
+    model, _, tokenizer = tiny_clip
+    names = bundled_class_names()
+    assert len(names) >= 300 and len(set(names)) == len(names) and all(n.strip() == n and n for n in names)
+    pca = fit_pca_projector(model, tokenizer)
+    assert pca.basis.shape == (32, 16) and pca.num_texts == len(names) and "bundled class names" in pca.vocabulary
+    vec = pca.vector("image")
+    out = vec.compute(model, pixels)
+    native = F.normalize(model.encode_image(pixels), dim=-1)
+    torch.testing.assert_close(out, pca.project(native), atol=1e-5, rtol=0)
+    again = vector_from_record(model, vec.record())
+    torch.testing.assert_close(again.transform.basis, pca.basis, atol=0, rtol=0)  # float32 bits survive
+    assert again.transform.vocabulary == pca.vocabulary and again.gallery == "self"
+    own = fit_pca_projector(model, tokenizer, TEXTS * 5, vocabulary="my captions", k=2)
+    assert own.vocabulary == "my captions" and own.num_texts == 20
+    with pytest.raises(ValueError, match="at most 3 principal directions"):
+        fit_pca_projector(model, tokenizer, TEXTS)  # 4 texts cannot give 16 directions
+    with pytest.raises(ValueError, match="non-empty vocabulary"):
+        fit_pca_projector(model, tokenizer, ["  "])
+
+
+# -------------------------------------------------------------------------------------------- hubness
+def _dual_inverted_softmax(scores, query_bank_scores, gallery_bank_scores, t):
+    """DBNorm's dual inverted softmax written out: [Q, G] scores, banks [B, G]."""
+    e = np.exp(t * scores)
+    return (e / np.exp(t * query_bank_scores).sum(0)) * (e / np.exp(t * gallery_bank_scores).sum(0))
+
+
+def test_hub_values_rank_exactly_as_the_dual_inverted_softmax():
+    rng = np.random.default_rng(1)
+    unit = lambda n: F.normalize(torch.tensor(rng.normal(size=(n, 16)), dtype=torch.float32), dim=-1)  # noqa
+    gallery, gallery_side_bank, query_side_bank, queries = unit(30), unit(25), unit(25), unit(6)
+    t = 20.0
+    hub = hub_values(gallery, query_side_bank, gallery_side_bank, temperature=t)
+    d = lambda a, b: a.double() @ b.double().T  # noqa: E731
+    scores = d(queries, gallery)
+    corrected = hub_corrected(scores, hub)
+    dis = _dual_inverted_softmax(scores.numpy(), d(query_side_bank, gallery).numpy(),
+                                 d(gallery_side_bank, gallery).numpy(), t)
+    # log(DIS) / 2t = score - hub + a constant (the banks' sizes): the same ranking, the same gaps
+    offset = np.log(dis) / (2 * t) - corrected.numpy()
+    np.testing.assert_allclose(offset, offset[0, 0], atol=1e-9)
+    assert (np.argsort(-dis, axis=1) == torch.argsort(-corrected, dim=1).numpy()).all()
+    # QB-Norm (query bank alone) is the single inverted softmax
+    single = hub_values(gallery, query_side_bank, temperature=t)
+    ref = np.log(np.exp(t * d(query_side_bank, gallery).numpy()).mean(0)) / t
+    np.testing.assert_allclose(single.numpy(), ref, atol=1e-9)
+    # the weight scales the correction
+    torch.testing.assert_close(hub_corrected(scores, hub, 0.5), scores - 0.5 * hub.double()[None])
+
+
+def test_an_item_is_never_in_its_own_banks():
+    rng = np.random.default_rng(2)
+    items = F.normalize(torch.tensor(rng.normal(size=(8, 6)), dtype=torch.float32), dim=-1)
+    own = torch.arange(8)
+    hub = hub_values(items, items, items, self_index=own, temperature=10.0, chunk=3)
+    sims = (items.double() @ items.double().T).numpy()
+    for g in range(8):
+        others = np.delete(sims[:, g], g)
+        expected = np.log(np.mean(np.exp(10.0 * others))) / 10.0  # both banks hold the same vectors here
+        assert hub[g].item() == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="only the item itself"):
+        hub_values(items[:1], items[:1], self_index=torch.tensor([0]))
+    with pytest.raises(ValueError, match="temperature"):
+        hub_values(items, items, temperature=0.0)
+    with pytest.raises(ValueError, match="same items"):
+        hub_values(items, items, items[:3])
+
+
+def test_bank_sample_is_deterministic():
+    assert bank_sample(5, 10).tolist() == [0, 1, 2, 3, 4]
+    a, b = bank_sample(100, 10, seed=3), bank_sample(100, 10, seed=3)
+    assert a.tolist() == b.tolist() and a.tolist() == sorted(set(a.tolist())) and len(a) == 10
 
 
 def test_both_rivals_are_one_kind_of_derived_vector(tiny_clip, pixels):
     model, _, tokenizer = tiny_clip
     img = F.normalize(model.encode_image(pixels), dim=-1)
     txt = F.normalize(model.encode_text(tokenizer(TEXTS)), dim=-1)
-    for transform in (IsoCLIPProjector.from_model(model, 1, 1), ModalityGapShift.fit(img, txt)):
+    for transform in (IsoCLIPProjector.from_model(model, 1, 1), ModalityGapShift.fit(img, txt),
+                      PCAProjector.fit(txt.repeat(5, 1) + 0.01 * torch.randn(20, 32), k=4)):
         assert isinstance(transform, FeatureTransform)
         for modality, inputs, direct in (("image", pixels, transform.encode_images),
                                          ("text", tokenizer(TEXTS), transform.encode_texts)):
@@ -177,3 +354,4 @@ def test_derived_vectors_satisfy_the_store_protocol(tiny_clip):
     model, _, _ = tiny_clip
     assert isinstance(IsoCLIPProjector.from_model(model).vector("image"), DerivedVector)
     assert isinstance(ModalityGapShift.fit(torch.ones(2, 4), -torch.ones(2, 4)).vector("text"), DerivedVector)
+    assert isinstance(PCAProjector(torch.eye(4)[:, :2]).vector("image"), DerivedVector)

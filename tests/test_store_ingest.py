@@ -31,7 +31,8 @@ def test_folder_ingestion_skips_corrupt_files_and_keeps_the_rest(stores, tiny_cl
     report = store.ingest_images(root, progress=False)
     assert report.inserted == 3 and report.inverted == 3
     assert [os.path.basename(item) for item, _ in report.failed] == ["broken.jpg"]
-    assert "unreadable image" in report.failed[0][1] and "broken.jpg" in report.failed[0][1]
+    reason = report.failed[0][1]  # the item names the file; the reason does not repeat it
+    assert reason == "not an image file PIL can read"
     assert store.count() == 3
     expected = {image_bytes_id(p.read_bytes()): str(p) for p in paths}
     records = store.collection.retrieve(list(expected), with_payload=True, with_vectors=True)
@@ -268,3 +269,44 @@ def test_derived_vectors_are_filled_from_raw_inputs_and_searchable(stores, tiny_
     assert str(hits[0].id) == first.ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="raw input"):
         store.search_images(native[0], mode="pixel_mean")
+
+
+def test_sources_are_recorded_as_absolute_paths(stores, tmp_path, monkeypatch):
+    (tmp_path / "pics").mkdir()
+    images(1)[0].save(tmp_path / "pics" / "a.png")
+    (tmp_path / "captions.txt").write_text("a cat\n")
+    monkeypatch.chdir(tmp_path)
+    store = stores.make()
+    ids = store.ingest_images("pics", progress=False).ids + store.ingest_texts("captions.txt", progress=False).ids
+    sources = {r.payload["source"] for r in store.collection.retrieve(ids, with_payload=True)}
+    assert sources == {str(tmp_path / "pics" / "a.png"), str(tmp_path / "captions.txt")}
+
+
+def test_id_policy_refuses_points_written_elsewhere(stores):
+    from qdrant_client import models
+
+    store = stores.make()
+    foreign = unit(1, seed=1)[0].tolist()
+    store.collection.upsert([models.PointStruct(id=7, vector={"image": foreign}, payload={"modality": "image"})])
+    with pytest.raises(IdConflictError, match="content is unknown"):
+        store.ingest_images(unit(1, seed=5), ids=[7], progress=False)
+    assert stored_vectors(store, [7], "image")[0] == pytest.approx(foreign, abs=1e-6)
+    report = store.ingest_images(unit(1, seed=5), ids=[7], overwrite=True, progress=False)
+    assert report.inserted == 1 and stored_vectors(store, [7], "image")[0] != pytest.approx(foreign, abs=1e-3)
+
+
+def test_image_background_is_configurable(stores, tiny_clip):
+    from PIL import Image
+
+    rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    rgba.paste((200, 30, 30, 255), (8, 8, 24, 24))
+    flat = {}
+    for colour in ((255, 255, 255), (0, 0, 0)):
+        image = Image.new("RGB", (32, 32), colour)
+        image.paste((200, 30, 30), (8, 8, 24, 24))
+        flat[colour] = encode_images(tiny_clip, [image])[0]
+    for name, colour in (("white", None), ("black", (0, 0, 0))):
+        store = stores.make(name, **({} if colour is None else {"image_background": colour}))
+        pid = store.ingest_images([rgba], invert=False, progress=False).ids[0]
+        stored = torch.tensor(stored_vectors(store, [pid], "image")[0])
+        torch.testing.assert_close(stored, flat[colour or (255, 255, 255)], atol=1e-5, rtol=1e-5)

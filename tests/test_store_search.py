@@ -133,6 +133,12 @@ def test_cross_modal_search_is_clip_search_on_native_vectors(gallery):
     assert ids_of(hits) == brute_force(store, image_feature, "text")[:3]
     assert all(h.payload["modality"] == "text" for h in hits)
     assert ids_of(store.search_texts(image=image_ids[0], limit=3)) == ids_of(hits)  # a stored image as query
+    # a stored text as a text->image query: a uuid.UUID names a point even under text= (a string is a text)
+    by_point = store.search_images(text=uuid.UUID(text_ids[2]), limit=4)
+    assert ids_of(by_point) == ids_of(store.search_images(text="a red car", limit=4))
+    assert store.modality_of(text_ids[2]) == "text" and store.modality_of(image_ids[0]) == "image"
+    with pytest.raises(PointNotFoundError, match="not in collection"):
+        store.modality_of(uuid.uuid4())
     with pytest.raises(ValueError, match="mode must be 'native'"):
         store.search_images(text="a red car", mode="gallery_inverted")
     with pytest.raises(TypeError, match="exactly one of"):
@@ -168,5 +174,30 @@ def test_a_mode_without_its_vectors_names_the_fix(tiny_clip, tmp_path):
             store.search_images(pil[0])  # default mode: gallery_inverted
         with pytest.raises(VectorsNotStoredError, match="holds no texts"):
             store.search_texts("a cat", mode="native")
+        with pytest.raises(VectorsNotStoredError, match="holds no texts"):
+            store.search_texts("a cat")  # the default mode, on a collection without any text
         assert len(store.search_images(pil[0], mode="native", limit=2)) == 2
         stores.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_store_on_cuda_equals_cpu(tiny_clip, tmp_path):
+    import copy
+
+    from crossgap_qdrant.models import ClipModel
+
+    gpu = ClipModel(copy.deepcopy(tiny_clip.model).cuda(), tiny_clip.preprocess, tiny_clip.tokenizer, tiny_clip.name)
+    pil = images(6, seed=9)
+    results = {}
+    for name, clip in (("cpu", tiny_clip), ("cuda", gpu)):
+        stores = Stores("edge", tmp_path / name, clip)
+        store = stores.make()
+        ids = store.ingest_images(pil, progress=False).ids
+        store.ingest_texts(TEXTS, progress=False)
+        results[name] = (torch.tensor(stored_vectors(store, ids, "image_oti")),
+                         ids_of(store.search_images(pil[0], mode="query_inverted", limit=3)),
+                         ids_of(store.search_images(text="a red car", limit=3)))
+        stores.close()
+    torch.testing.assert_close(results["cuda"][0], results["cpu"][0], atol=1e-4, rtol=1e-4)
+    assert results["cuda"][1:] == results["cpu"][1:]

@@ -2,8 +2,10 @@
 
 Both backends see the same vectors: the torch side scores the feature tensors of the harness; the Qdrant side
 writes the same native, inverted (precomputed) and derived vectors through
-:class:`~crossgap_qdrant.store.CrossModalStore` and searches the whole gallery of each query. Their metrics
-must therefore agree (:meth:`~crossgap_qdrant.evaluate.EvaluationResult.agreement`).
+:class:`~crossgap_qdrant.store.CrossModalStore` and searches the whole gallery of each query. Hubness
+correction uses the same banks (the gallery items) on both sides: computed here by
+:func:`crossgap_qdrant.rivals.hub_values`, fitted and applied by the store (a Formula query) there. Their
+metrics must therefore agree (:meth:`~crossgap_qdrant.evaluate.EvaluationResult.agreement`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,34 @@ import numpy as np
 import torch
 
 from crossgap_qdrant.evaluate.data import DataError, LabelledSet
+from crossgap_qdrant.evaluate.results import split_method
+from crossgap_qdrant.rivals import bank_sample, hub_corrected, hub_values
+from crossgap_qdrant.store.schema import VectorNames
+from crossgap_qdrant.store.search import mode_vectors
 
 RRF_K = 2  # qdrant-client's default ranking constant: score = sum over routes of 1 / (0-based position + k)
-DERIVED_METHODS = ("isoclip", "gap_shift")  # methods that search derived vectors on both sides
+
+
+def method_vectors(modality: str, base: str, derived: dict[str, Any]) -> tuple[str, str]:
+    """(query side, gallery side) of a method in the harness's vector names ("native", "inverted", and the
+    rivals' method names), by the store's own rule (:func:`crossgap_qdrant.store.search.mode_vectors`)."""
+    names = VectorNames(image="native", image_oti="inverted") if modality == "image" else VectorNames(
+        text="native", text_ovi="inverted")
+    return mode_vectors(names, modality, base, derived)
+
+
+def torch_hub(modality: str, base: str, vectors: dict[str, torch.Tensor], num_gallery: int,
+              derived: dict[str, Any], temperature: float, bank_size: int) -> torch.Tensor:
+    """[G] hub values of the gallery items for one method, the gallery items being the banks (as the store
+    fits them on the evaluation collection: :func:`crossgap_qdrant.store.hubness.fit_hubness`)."""
+    query_name, gallery_name = method_vectors(modality, base, derived)
+    rows = bank_sample(num_gallery, bank_size)
+    own = torch.full((num_gallery,), -1, dtype=torch.long)
+    own[rows] = torch.arange(len(rows))
+    gallery = vectors[gallery_name][:num_gallery]
+    gallery_bank = None if query_name == gallery_name else gallery[rows]
+    return hub_values(gallery, vectors[query_name][:num_gallery][rows], gallery_bank, self_index=own,
+                      temperature=temperature)
 
 
 def rrf_scores(similarities: Sequence[torch.Tensor], removed: torch.Tensor, k: int = RRF_K) -> torch.Tensor:
@@ -44,35 +71,37 @@ def rrf_scores(similarities: Sequence[torch.Tensor], removed: torch.Tensor, k: i
 
 
 def torch_similarities(method: str, vectors: dict[str, torch.Tensor], num_gallery: int, split: bool,
-                       removed: torch.Tensor) -> torch.Tensor:
+                       removed: torch.Tensor, *, modality: str = "image", derived: dict[str, Any] | None = None,
+                       hub: torch.Tensor | None = None, weight: float = 1.0) -> torch.Tensor:
     """Exact scores of one method over every (query, gallery) pair.
 
     Args:
         method: a method name (see :data:`crossgap_qdrant.evaluate.METHODS`).
         vectors: name -> [N, E] unit vectors of all items, gallery first then queries ("native",
-            "inverted", and one entry per derived method).
+            "inverted", and one entry per rival method).
         num_gallery: G.
         split: queries are the items after the gallery (else the gallery items are the queries).
         removed: [Q, G] bool, pairs left out (fused scores only; the metrics exclude them anyway).
+        modality: of the set.
+        derived: rival method -> its derived vector (which gallery vector a rival's query is compared with).
+        hub: [G] hub values, for a "_hub" method; ``weight`` scales them.
 
     Returns:
-        [Q, G] scores (cosines, or RRF scores for "fused").
+        [Q, G] scores (cosines, RRF scores for "fused", cosines minus weighted hub values for "_hub").
     """
-
-    def side(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        v = vectors[name]
-        return (v[num_gallery:] if split else v[:num_gallery]), v[:num_gallery]
-
-    if method == "native" or method in DERIVED_METHODS:
-        q, g = side(method if method in DERIVED_METHODS else "native")
-        return q @ g.T
-    qn, gn = side("native")
-    qi, gi = side("inverted")
-    if method == "query_inverted":
-        return qi @ gn.T
-    if method == "gallery_inverted":
-        return qn @ gi.T
-    return rrf_scores([qn @ gi.T, qi @ gn.T], removed)
+    base, corrected = split_method(method)
+    queries = slice(num_gallery, None) if split else slice(0, num_gallery)
+    if base == "fused":
+        qn, gn = vectors["native"][queries], vectors["native"][:num_gallery]
+        qi, gi = vectors["inverted"][queries], vectors["inverted"][:num_gallery]
+        return rrf_scores([qn @ gi.T, qi @ gn.T], removed)
+    query_name, gallery_name = method_vectors(modality, base, derived or {})
+    scores = vectors[query_name][queries] @ vectors[gallery_name][:num_gallery].T
+    if corrected:
+        if hub is None:
+            raise ValueError(f"method {method!r} needs the gallery's hub values")
+        return hub_corrected(scores, hub, weight)
+    return scores
 
 
 def hits_to_similarity(hits: Sequence[Sequence[Any]], gallery_ids: Sequence[int]) -> np.ndarray:
@@ -93,15 +122,7 @@ def hits_to_similarity(hits: Sequence[Sequence[Any]], gallery_ids: Sequence[int]
     return sim
 
 
-def _client(location: str, api_key: str | None):
-    """A client of our own for the evaluation collection, so that it can be dropped afterwards."""
-    from qdrant_client import QdrantClient
-
-    if location == ":memory:":
-        return QdrantClient(":memory:")
-    if location.startswith(("http://", "https://")):
-        return QdrantClient(url=location, api_key=api_key)
-    return QdrantClient(path=location)
+_DEFAULT = object()
 
 
 class QdrantBackend:
@@ -114,40 +135,41 @@ class QdrantBackend:
         clip: the model handle (:class:`~crossgap_qdrant.models.ClipModel`).
         model_id: recorded in the collection.
         data: the labelled set.
-        derived: method -> derived vector object (``modality``, ``dim``, ``compute``).
-        location: ":memory:", a folder, or a server URL.
-        api_key: server API key.
+        derived: rival method -> derived vector object (``modality``, ``dim``, ``compute``), stored as the
+            named vector "<modality>_<method>".
+        location: ":memory:", a folder (created if missing; the temporary collection is removed from it on
+            exit), or a server URL.
+        api_key, timeout, retry: for servers (see :func:`crossgap_qdrant.store.open_collection`).
+        engine: for a folder: None (qdrant-edge) or "local".
         oti_config, ovi_config: inversion settings recorded by the store.
     """
 
     def __init__(self, clip, *, model_id: str, data: LabelledSet, derived: dict[str, Any],
-                 location: str = ":memory:", api_key: str | None = None, oti_config=None, ovi_config=None):
-        from crossgap_qdrant.store import CrossModalStore
+                 location: str = ":memory:", api_key: str | None = None, oti_config=None, ovi_config=None,
+                 engine: str | None = None, timeout: float | None = None, retry: Any = _DEFAULT):
+        from crossgap_qdrant.store import CrossModalStore, RetryPolicy, open_collection
 
         self.data = data
         self.collection_name = f"crossgap-eval-{uuid.uuid4().hex[:12]}"
         self.modes = {m: f"{data.modality}_{m}" for m in derived}
-        self._client = _client(location, api_key)
+        self._collection = open_collection(location, self.collection_name, engine=engine, api_key=api_key,
+                                           timeout=timeout, retry=RetryPolicy() if retry is _DEFAULT else retry,
+                                           create_folder=True)
         try:
             self.store = CrossModalStore(
-                self._client, self.collection_name, clip, model_id=model_id, oti_config=oti_config,
+                self._collection, self.collection_name, clip, model_id=model_id, oti_config=oti_config,
                 ovi_config=ovi_config,
                 derived_vectors={self.modes[m]: vec for m, vec in derived.items()},
             )
         except BaseException:
-            self._client.close()
+            self._collection.drop()
             raise
 
     def __enter__(self) -> "QdrantBackend":
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.store.close()
-            if self._client.collection_exists(self.collection_name):
-                self._client.delete_collection(self.collection_name)
-        finally:
-            self._client.close()
+        self._collection.drop()
 
     def ingest(self, inverted: torch.Tensor | None, batch_size: int, progress: bool) -> dict[str, Any]:
         """Writes every item (gallery, then queries) with its native, derived and given inverted vectors.
@@ -176,12 +198,13 @@ class QdrantBackend:
         return {"inserted": report.inserted, "seconds_encoding": report.seconds_encoding,
                 "seconds_database": report.seconds_database, "seconds_inversion": report.seconds_inversion}
 
-    def similarities(self, methods: Sequence[str], latency_queries: int) -> tuple[dict[str, np.ndarray],
-                                                                                   dict[str, float]]:
+    def similarities(self, methods: Sequence[str], latency_queries: int, *, temperature: float = 20.0,
+                     weight: float = 1.0, bank_size: int = 1000) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Scores of every (query, gallery) pair through store searches, and the median search time.
 
         Args:
-            methods: method names; derived ones search their derived vectors.
+            methods: method names; rivals search their derived vectors; "_hub" methods first fit the hubness
+                statistics of their mode on the gallery points (``temperature``, ``weight``, ``bank_size``).
             latency_queries: queries timed one by one per method (limit 10).
 
         Returns:
@@ -198,16 +221,20 @@ class QdrantBackend:
         search = self.store.search_images if data.modality == "image" else self.store.search_texts
         sims, search_ms = {}, {}
         for method in methods:
-            mode = self.modes.get(method, method)
+            base, hub = split_method(method)
+            mode = self.modes.get(base, base)
+            if hub:
+                self.store.fit_hubness(data.modality, mode, bank_size=bank_size, temperature=temperature,
+                                       weight=weight, query_filter=flt)
+            options = dict(mode=mode, query_filter=flt, exclude_query=True, with_payload=False, hubness=hub)
             hits = []
             for start in range(0, len(query_ids), 64):
-                hits += search(query_ids[start : start + 64], mode=mode, limit=num_g, query_filter=flt,
-                               exclude_query=True, with_payload=False, prefetch_limit=num_g)
+                hits += search(query_ids[start : start + 64], limit=num_g, prefetch_limit=num_g, **options)
             sims[method] = hits_to_similarity(hits, range(num_g))
             times = []
             for qid in query_ids[:latency_queries]:
                 start_t = time.perf_counter()
-                search(qid, mode=mode, limit=10, query_filter=flt, exclude_query=True, with_payload=False)
+                search(qid, limit=10, **options)
                 times.append(1000 * (time.perf_counter() - start_t))
             search_ms[method] = statistics.median(times) if times else float("nan")
         return sims, search_ms

@@ -4,11 +4,14 @@ splits given as files."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from crossgap_qdrant.images import is_image_file
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -76,7 +79,47 @@ def load_image_folder(root: str | os.PathLike) -> LabelledSet:
             labels.append(class_dir.name)
     if not items:
         raise DataError(f"no images in class subfolders of {root} (expected {root}/<label>/<image>)")
+    loose = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
+    if loose:
+        logger.warning("%d image file(s) directly in %s are left out: they are in no class subfolder, so they have "
+                       "no label", len(loose), root)
     return LabelledSet("image", items, labels, name=root.name)
+
+
+def drop_unreadable_images(data: LabelledSet) -> tuple[LabelledSet, dict[str, str]]:
+    """The set without the images that cannot be opened or are too large to decode (checked from each file's
+    header, without decoding it), and {path: reason} of those left out.
+
+    Raises:
+        DataError: too few items are left (see :class:`LabelledSet`).
+    """
+    from PIL import Image
+
+    from crossgap_qdrant.images import ImageError, check_pixel_count
+
+    if data.modality != "image":
+        return data, {}
+    dropped: dict[str, str] = {}
+    for path in data.all_items:
+        try:
+            with Image.open(path) as image:
+                check_pixel_count(image, path)
+        except ImageError as exc:
+            dropped[path] = str(exc).removeprefix(f"{path}: ")
+        except Exception as exc:  # PIL raises several types on files it cannot identify
+            dropped[path] = f"not an image file PIL can read ({type(exc).__name__})"
+    if not dropped:
+        return data, {}
+
+    def keep(items, labels):
+        kept = [(i, lab) for i, lab in zip(items, labels) if i not in dropped]
+        return [i for i, _ in kept], [lab for _, lab in kept]
+
+    gallery, gallery_labels = keep(data.gallery, data.gallery_labels)
+    queries, query_labels = keep(data.queries, data.query_labels) if data.split else (None, None)
+    for path, reason in dropped.items():
+        logger.warning("left out of the evaluation: %s: %s", path, reason)
+    return LabelledSet("image", gallery, gallery_labels, queries, query_labels, data.name), dropped
 
 
 def _read_records(path: Path) -> list[tuple[str, str, int]]:
@@ -150,3 +193,28 @@ def load_labelled_set(path: str | os.PathLike, queries: str | os.PathLike | None
         return load_image_folder(path)
     return load_labelled_texts(path)
 
+
+def read_lines(path: str | os.PathLike | None, what: str) -> list[str] | None:
+    """The non-blank lines (stripped) of a UTF-8 text file, or None without a path; ``what`` names it in errors."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: no such file: {path}") from None
+    if not lines:
+        raise DataError(f"{what}: {path} holds no text")
+    return lines
+
+
+def read_images(folder: str | os.PathLike | None, what: str) -> list[str] | None:
+    """The image files under a folder (recursively), or None without a folder; ``what`` names it in errors."""
+    from crossgap_qdrant.images import list_image_files
+
+    if folder is None:
+        return None
+    images = [str(p) for p in list_image_files(Path(folder))]
+    if not images:
+        raise FileNotFoundError(f"{what}: no image files under {folder}")
+    return images

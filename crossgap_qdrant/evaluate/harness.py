@@ -1,18 +1,22 @@
 """The evaluation harness: features of every item, each method's scores from each backend, metrics and costs.
 
-==================  =============================================================================
-method              query vs gallery (images; texts are symmetric with OVI and the image space)
-==================  =============================================================================
-native              native image vs native image (the usual intra-modal search)
-gallery_inverted    native query vs OTI of the gallery (text space)
-query_inverted      OTI of the query (text space) vs native images
-fused               reciprocal rank fusion of the two inter-modal rankings (Qdrant's RRF, k = 2)
-isoclip             IsoCLIP features on both sides (:class:`~crossgap_qdrant.rivals.IsoCLIPProjector`)
-gap_shift           gap-shifted features on both sides (:class:`~crossgap_qdrant.rivals.ModalityGapShift`)
-==================  =============================================================================
+======================  ===========================================================================
+method                  query vs gallery (images; texts are symmetric with OVI and the image space)
+======================  ===========================================================================
+native                  native image vs native image (the usual intra-modal search)
+gallery_inverted        native query vs OTI of the gallery (text space): ours, inversion at ingestion
+query_inverted          OTI of the query (text space) vs native images: the paper's protocol
+fused                   reciprocal rank fusion of the two inter-modal rankings (Qdrant's RRF, k = 2)
+isoclip                 IsoCLIP band on both sides (:class:`~crossgap_qdrant.rivals.IsoCLIPProjector`)
+pca                     PCA projection on both sides (:class:`~crossgap_qdrant.rivals.PCAProjector`)
+gap_shift               gap-shifted query vs native images (:class:`~crossgap_qdrant.rivals.ModalityGapShift`)
+<method>_hub            the method re-scored by hubness correction (DBNorm, :mod:`crossgap_qdrant.rivals.hubness`)
+======================  ===========================================================================
 
-These names are the store's search modes (the derived ones as "<modality>_<method>" vectors), the CLI's
-``--methods`` values and the demo's rows, and they are what the report prints.
+These names are the store's search modes (the rivals as "<modality>_<method>" vectors, "_hub" as
+``hubness=True``), the CLI's ``--methods`` values and the report's rows. How the rivals are fitted on the
+labelled sample: :mod:`crossgap_qdrant.evaluate.representations`. Which method to serve:
+:func:`crossgap_qdrant.evaluate.recommend.recommend`.
 
 When queries and gallery coincide, each query's own item is excluded from its gallery. With a split, queries
 are stored too (payload role "query") and searched by point id with a filter on role "gallery", so a query's
@@ -22,40 +26,55 @@ inverted vector is computed once, as at ingestion.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from crossgap_qdrant.evaluate.backends import QdrantBackend, torch_similarities
-from crossgap_qdrant.evaluate.data import DataError, LabelledSet
+from crossgap_qdrant.evaluate.backends import QdrantBackend, torch_hub, torch_similarities
+from crossgap_qdrant.evaluate.data import DataError, LabelledSet, drop_unreadable_images
+from crossgap_qdrant.evaluate.recommend import recommend
+from crossgap_qdrant.evaluate.representations import fit_rivals
 from crossgap_qdrant.evaluate.results import (
-    DESCRIPTIONS,
+    KNOWN_METHODS,
     METHODS,
+    RIVALS,
     EvaluationResult,
     MethodResult,
+    describe,
+    split_method,
 )
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
+from crossgap_qdrant.rivals import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT
+
+INVERTING = ("gallery_inverted", "query_inverted", "fused")
+
 
 @dataclass
 class EvaluationConfig:
     """Settings of :func:`evaluate`.
 
     Attributes:
-        methods: which representations to evaluate (subset of :data:`METHODS`).
+        methods: which representations to evaluate (subset of :data:`KNOWN_METHODS`; default :data:`METHODS`).
         oti_config, ovi_config: inversion settings (None: the published defaults).
-        isoclip_k_top, isoclip_k_bottom: IsoCLIP cuts; None takes the defaults of
-            :func:`crossgap_qdrant.rivals.isoclip_cuts`.
+        isoclip_k_top, isoclip_k_bottom: IsoCLIP cuts to use; None: the published cuts of the backbone, else
+            cuts chosen on the labelled sample (:mod:`crossgap_qdrant.evaluate.representations`).
+        vocabulary: texts of the PCA projection (None: the set's texts for a text set, else the bundled class
+            names); ``vocabulary_source`` is recorded with it.
         gap_texts: texts to fit the text mean of the gap shift on image sets (None: generic captions).
         gap_images: images (paths) to fit the image mean of the gap shift on text sets; without them the
             method is skipped for text sets.
+        hub_temperature, hub_weight, hub_bank_size: hubness correction (the gallery items are the banks).
         ks: cut-offs for P@k, R@k and Hit@k.
         backends: "torch" and/or "qdrant".
         latency_queries: number of queries timed per method through Qdrant (limit 10 each).
         bootstrap: resamples for the confidence intervals (mAP and paired differences).
         batch_size: encoding batch size.
-        qdrant_location: ":memory:" (default), a folder, or a server URL for the Qdrant backend.
-        api_key: Qdrant server API key.
+        qdrant_location: ":memory:" (default), a folder, or a server URL for the Qdrant backend's temporary
+            collection (removed afterwards).
+        qdrant_engine: for a folder: None (qdrant-edge) or "local".
+        api_key, timeout, retry: for a server (seconds per request; retries and the total deadline per
+            operation, a :class:`crossgap_qdrant.store.RetryPolicy`; None: the default policy).
     """
 
     methods: Sequence[str] = METHODS
@@ -63,32 +82,55 @@ class EvaluationConfig:
     ovi_config: Any = None
     isoclip_k_top: int | None = None
     isoclip_k_bottom: int | None = None
+    vocabulary: Sequence[str] | None = None
+    vocabulary_source: str | None = None
     gap_texts: Sequence[str] | None = None
     gap_images: Sequence[str] | None = None
+    hub_temperature: float = DEFAULT_TEMPERATURE
+    hub_weight: float = DEFAULT_WEIGHT
+    hub_bank_size: int = 1000
     ks: Sequence[int] = (1, 5, 10)
     backends: Sequence[str] = ("torch", "qdrant")
     latency_queries: int = 20
     bootstrap: int = 1000
     batch_size: int = 64
     qdrant_location: str = ":memory:"
+    qdrant_engine: str | None = None
     api_key: str | None = None
+    timeout: float | None = None
+    retry: Any = None
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in KNOWN_METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(KNOWN_METHODS)}")
         bad = [b for b in self.backends if b not in ("torch", "qdrant")]
         if bad or not self.backends:
             raise ValueError(f"backends must be 'torch' and/or 'qdrant', got {list(self.backends)}")
+        if not self.hub_temperature > 0 or self.hub_bank_size < 1:
+            raise ValueError(f"hub_temperature must be > 0 and hub_bank_size >= 1, got {self.hub_temperature}, "
+                             f"{self.hub_bank_size}")
+        if self.vocabulary is not None:
+            self.vocabulary = [t.strip() for t in self.vocabulary if isinstance(t, str) and t.strip()]
+            if not self.vocabulary:
+                raise ValueError("the PCA vocabulary holds no text")
+            self.vocabulary_source = self.vocabulary_source or f"given texts ({len(self.vocabulary)})"
+
+    @property
+    def bases(self) -> set[str]:
+        """The methods whose vectors are needed (each "_hub" method needs its base's)."""
+        return {split_method(m)[0] for m in self.methods}
 
 
 @dataclass
 class _Features:
-    """Per-item vectors of all items (gallery first, then queries): name -> [N, E]; plus timings."""
+    """Per-item vectors of all items (gallery first, then queries): name -> [N, E]; timings; fitted rivals."""
 
     vectors: dict[str, torch.Tensor]
     seconds: dict[str, float]
     per_item_ms: dict[str, float]
+    fitted: Any = None
+    derived: dict[str, Any] = field(default_factory=dict)  # rival method -> its derived vector
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -99,48 +141,21 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def _load_pixels(preprocess: Callable, paths: Sequence[str]) -> torch.Tensor:
     """[N, 3, H, W] preprocessed images (the package's image loader); an unreadable file raises DataError."""
-    from crossgap_qdrant.images import ImageError, load_image
+    from crossgap_qdrant.images import ImageError, load_pixels
 
     try:
-        return torch.stack([preprocess(load_image(path)) for path in paths])
+        return load_pixels(preprocess, paths)
     except ImageError as exc:
         raise DataError(f"cannot read image: {exc}") from exc
 
 
-def _derived_vectors(model, tokenizer, preprocess, data: LabelledSet, config: EvaluationConfig,
-                     native: torch.Tensor, skipped: dict[str, str]) -> dict[str, Any]:
-    """The derived vector objects (``modality``, ``dim``, ``compute``) of the rival methods asked for."""
-    from crossgap_qdrant.rivals import IsoCLIPProjector, fit_gap_shift, isoclip_cuts
-
-    methods, derived = set(config.methods), {}
-    gallery = native[: len(data.gallery)]
-    if "isoclip" in methods:
-        explicit = config.isoclip_k_top is not None or config.isoclip_k_bottom is not None
-        try:
-            cuts = isoclip_cuts(model, config.isoclip_k_top, config.isoclip_k_bottom)
-            derived["isoclip"] = IsoCLIPProjector.from_model(model, *cuts).vector(data.modality)
-        except ValueError as exc:
-            if explicit:
-                raise
-            skipped["isoclip"] = str(exc)
-    if "gap_shift" in methods:
-        if data.modality == "image":
-            shift = fit_gap_shift(model, tokenizer, preprocess, image_features=gallery, texts=config.gap_texts)
-            derived["gap_shift"] = shift.vector("image")
-        elif config.gap_images:
-            shift = fit_gap_shift(model, tokenizer, preprocess, images=config.gap_images, text_features=gallery)
-            derived["gap_shift"] = shift.vector("text")
-        else:
-            skipped["gap_shift"] = "a text set needs a sample of images to fit the gap shift (gap_images)"
-    return derived
-
-
-def _compute_features(model, preprocess, tokenizer, data: LabelledSet, config: EvaluationConfig, arch: str,
-                      skipped: dict[str, str], progress: bool) -> tuple[_Features, dict[str, Any]]:
-    """Native, inverted and rival vectors of every item, timed; returns also the derived vector objects."""
+def _compute_features(clip, data: LabelledSet, config: EvaluationConfig, skipped: dict[str, str],
+                      score: Callable[[torch.Tensor], Any], progress: bool) -> _Features:
+    """Native, inverted and rival vectors of every item, timed (the rivals fitted on the sample first)."""
     from crossgap_qdrant.inversion import OTIConfig, OVIConfig, oti_invert, ovi_invert
     from crossgap_qdrant.models import encode_images, encode_texts, model_device
 
+    model, preprocess, tokenizer = clip
     items = data.all_items
     n = len(items)
     vectors, seconds = {}, {}
@@ -156,7 +171,7 @@ def _compute_features(model, preprocess, tokenizer, data: LabelledSet, config: E
         )
     vectors["native"] = native
 
-    if set(config.methods) & {"query_inverted", "gallery_inverted", "fused"}:
+    if config.bases & set(INVERTING):
         if data.modality == "image":
             result, seconds["invert"] = _timed(
                 lambda: oti_invert(model, tokenizer, native, config=config.oti_config or OTIConfig(), progress=progress)
@@ -164,11 +179,17 @@ def _compute_features(model, preprocess, tokenizer, data: LabelledSet, config: E
         else:
             result, seconds["invert"] = _timed(
                 lambda: ovi_invert(model, native, config=config.ovi_config or OVIConfig(), progress=progress,
-                                   model_name=arch)
+                                   model_name=clip.name, pretrained=clip.pretrained)
             )
         vectors["inverted"] = result.features.float().cpu()
 
-    derived = _derived_vectors(model, tokenizer, preprocess, data, config, native, skipped)
+    num_g = len(data.gallery)
+    queries = slice(num_g, None) if data.split else slice(0, num_g)
+    fitted, seconds["fit_rivals"] = _timed(lambda: fit_rivals(clip, data, config, native, inputs,
+                                                              config.bases & set(RIVALS), queries, slice(0, num_g),
+                                                              score))
+    skipped.update(fitted.skipped)
+    derived = {name: t.vector(data.modality) for name, t in fitted.transforms.items()}
     device = model_device(model)
     for name, vec in derived.items():
 
@@ -179,24 +200,25 @@ def _compute_features(model, preprocess, tokenizer, data: LabelledSet, config: E
 
         vectors[name], seconds[name] = _timed(run)
 
-    per_item = {k: 1000 * v / max(n, 1) for k, v in seconds.items()}
-    return _Features(vectors, seconds, per_item), derived
+    per_item = {k: 1000 * v / max(n, 1) for k, v in seconds.items() if k != "fit_rivals"}
+    return _Features(vectors, seconds, per_item, fitted, derived)
 
 
 def _method_costs(method: str, per_item: dict[str, float]) -> tuple[float, float]:
     """(query-time model ms, ingestion model ms per item) of a method, from the per-item stage timings."""
+    base, _ = split_method(method)  # hubness correction adds no model time
     encode = per_item.get("decode", 0.0) + per_item.get("encode", 0.0)
     invert = per_item.get("invert", 0.0)
-    if method == "native":
+    if base == "native":
         return encode, encode
-    if method == "query_inverted":
+    if base == "query_inverted":
         return encode + invert, encode
-    if method == "gallery_inverted":
+    if base == "gallery_inverted":
         return encode, encode + invert
-    if method == "fused":
+    if base == "fused":
         return encode + invert, encode + invert
     # rivals recompute from raw inputs; native stays stored beside them
-    extra = per_item.get(method, 0.0)
+    extra = per_item.get(base, 0.0)
     return per_item.get("decode", 0.0) + extra, encode + extra
 
 
@@ -207,6 +229,17 @@ def _add_paired_differences(results: list[MethodResult], num_queries: int, resam
         if r.method != "native" and r.backend in native:
             r.diff_vs_native = paired_bootstrap_ci(per_query(r.metrics, num_queries), native[r.backend],
                                                    n=resamples)
+
+
+def _representations(feats: _Features, methods: Sequence[str], config: EvaluationConfig, num_g: int) -> dict:
+    """What the report says about the fitted rivals and the hubness correction."""
+    info = {name: dict(v) for name, v in feats.fitted.info.items()}
+    if any(split_method(m)[1] for m in methods):
+        info["hubness"] = {"method": "DBNorm dual inverted softmax (query and gallery banks)",
+                           "temperature": config.hub_temperature, "weight": config.hub_weight,
+                           "bank_size": min(num_g, config.hub_bank_size),
+                           "banks": "the gallery items (an item is never in its own banks)"}
+    return info
 
 
 def evaluate(
@@ -249,48 +282,66 @@ def evaluate(
         raise TypeError("evaluate() needs a labelled set: evaluate(clip, data) or evaluate(model, preprocess, "
                         "tokenizer, data)")
     clip = as_clip_model(model if preprocess is None and tokenizer is None else (model, preprocess, tokenizer))
-    model, preprocess, tokenizer = clip
     model_id = model_id or clip.model_id
     config = config or EvaluationConfig()
+    data, unreadable = drop_unreadable_images(data)
     skipped: dict[str, str] = {}
-    feats, derived = _compute_features(model, preprocess, tokenizer, data, config, clip.name, skipped, progress)
-    methods = [m for m in config.methods if m not in skipped]
     num_g, num_q = len(data.gallery), data.num_queries
     removed = torch.zeros(num_q, num_g, dtype=torch.bool)
     if not data.split:
         removed.fill_diagonal_(True)
     query_labels = data.query_labels if data.split else data.gallery_labels
+
+    def metrics_of(sim):
+        return retrieval_metrics(sim, query_labels, data.gallery_labels, exclude=removed, ks=config.ks)
+
+    feats = _compute_features(clip, data, config, skipped, lambda sim: per_query(metrics_of(sim), num_q), progress)
+    for method in config.methods:
+        base = split_method(method)[0]
+        if base in skipped and method != base:
+            skipped[method] = f"{base} was skipped"
+    methods = [m for m in config.methods if m not in skipped]
     results: list[MethodResult] = []
     timings = {f"seconds_{k}": v for k, v in feats.seconds.items()}
 
     def record(method: str, backend: str, sim, search_ms: float | None) -> None:
-        metrics = retrieval_metrics(sim, query_labels, data.gallery_labels, exclude=removed, ks=config.ks)
+        metrics = metrics_of(sim)
         query_ms, ingest_ms = _method_costs(method, feats.per_item_ms)
         results.append(MethodResult(method, backend, metrics, bootstrap_ci(metrics.ap, n=config.bootstrap),
                                     search_ms=search_ms, query_compute_ms=query_ms, ingest_ms_per_item=ingest_ms,
-                                    description=DESCRIPTIONS[data.modality][method]))
+                                    description=describe(data.modality, method)))
 
     if "torch" in config.backends:
         start = time.perf_counter()
+        hubs = {base: torch_hub(data.modality, base, feats.vectors, num_g, feats.derived, config.hub_temperature,
+                                config.hub_bank_size)
+                for base, corrected in map(split_method, methods) if corrected}
         for method in methods:
-            record(method, "torch", torch_similarities(method, feats.vectors, num_g, data.split, removed), None)
+            base, _ = split_method(method)
+            sim = feats.fitted.crossfit_scores.get(method)
+            if sim is None:
+                sim = torch_similarities(method, feats.vectors, num_g, data.split, removed, modality=data.modality,
+                                         derived=feats.derived, hub=hubs.get(base), weight=config.hub_weight)
+            record(method, "torch", sim, None)
         timings["seconds_torch_search"] = time.perf_counter() - start
 
     ingest: dict[str, Any] = {}
     if "qdrant" in config.backends:
-        with QdrantBackend(clip, model_id=model_id, data=data, derived=derived,
+        with QdrantBackend(clip, model_id=model_id, data=data, derived=feats.derived,
                            location=config.qdrant_location, api_key=config.api_key, oti_config=config.oti_config,
-                           ovi_config=config.ovi_config) as backend:
+                           ovi_config=config.ovi_config, engine=config.qdrant_engine, timeout=config.timeout,
+                           **({} if config.retry is None else {"retry": config.retry})) as backend:
             ingest = backend.ingest(feats.vectors.get("inverted"), config.batch_size, progress)
             start = time.perf_counter()
-            sims, search_ms = backend.similarities(methods, config.latency_queries)
+            sims, search_ms = backend.similarities(methods, config.latency_queries, temperature=config.hub_temperature,
+                                                   weight=config.hub_weight, bank_size=config.hub_bank_size)
             timings["seconds_qdrant_search"] = time.perf_counter() - start
         for method in methods:
             record(method, "qdrant", sims[method], search_ms[method])
 
     _add_paired_differences(results, num_q, config.bootstrap)
     chance = [r.summary["chance mAP"] for r in results[:1]]
-    return EvaluationResult(
+    result = EvaluationResult(
         dataset=data.name,
         modality=data.modality,
         model_id=model_id,
@@ -300,6 +351,12 @@ def evaluate(
         results=results,
         chance_map=chance[0] if chance else float("nan"),
         skipped=skipped,
+        unreadable=unreadable,
         timings=timings,
         ingest=ingest,
+        representations=_representations(feats, methods, config, num_g),
+        crossfitted=tuple(m for m in feats.fitted.crossfit_scores if m in methods),
+        transforms=dict(feats.fitted.transforms),
     )
+    result.recommendation = recommend(result)
+    return result

@@ -1,4 +1,9 @@
-"""What the harness measured: the method names, one result per (method, backend), and the whole run."""
+"""What the harness measured: the method names, one result per (method, backend), and the whole run.
+
+Method names are the store's search modes ("native", "gallery_inverted", "query_inverted", "fused"), the
+rival representations ("isoclip", "pca", "gap_shift", searched as the derived vectors "<modality>_<name>"),
+and any of those but "fused" with the suffix "_hub": the same search re-scored by hubness correction.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,54 @@ from typing import Any
 
 from crossgap_qdrant.metrics import RetrievalMetrics
 
-METHODS = ("native", "gallery_inverted", "query_inverted", "fused", "isoclip", "gap_shift")
+STORE_MODES = ("native", "gallery_inverted", "query_inverted", "fused")
+RIVALS = ("isoclip", "pca", "gap_shift")
+HUB_SUFFIX = "_hub"
+#: The methods an evaluation runs by default.
+METHODS = STORE_MODES + RIVALS + ("native_hub", "gallery_inverted_hub", "query_inverted_hub")
+#: Every method name the harness knows (the default ones and hubness correction of the rivals).
+KNOWN_METHODS = METHODS + tuple(r + HUB_SUFFIX for r in RIVALS)
 
-#: What each method compares, per modality of the set (the report's legend).
-DESCRIPTIONS = {
+_BASE_DESCRIPTIONS = {
     "image": {
         "native": "native image vs native images",
-        "gallery_inverted": "native image vs OTI of the gallery",
-        "query_inverted": "OTI of the query vs native images",
+        "gallery_inverted": "native image vs OTI of the gallery (ours: inversion paid at ingestion)",
+        "query_inverted": "OTI of the query vs native images (the paper's protocol)",
         "fused": "RRF of gallery_inverted and query_inverted",
-        "isoclip": "IsoCLIP features on both sides",
-        "gap_shift": "gap-shifted features on both sides",
+        "isoclip": "IsoCLIP band on both sides",
+        "pca": "PCA projection (text vocabulary) on both sides",
+        "gap_shift": "gap-shifted query vs native images",
     },
     "text": {
         "native": "native text vs native texts",
-        "gallery_inverted": "native text vs OVI of the gallery",
-        "query_inverted": "OVI of the query vs native texts",
+        "gallery_inverted": "native text vs OVI of the gallery (ours: inversion paid at ingestion)",
+        "query_inverted": "OVI of the query vs native texts (the paper's protocol)",
         "fused": "RRF of gallery_inverted and query_inverted",
-        "isoclip": "IsoCLIP features on both sides",
-        "gap_shift": "gap-shifted features on both sides",
+        "isoclip": "IsoCLIP band on both sides",
+        "pca": "PCA projection (text vocabulary) on both sides",
+        "gap_shift": "gap-shifted query vs native texts",
     },
 }
+
+
+def split_method(method: str) -> tuple[str, bool]:
+    """(base method, hubness correction) of a method name; ValueError for an unknown name."""
+    if method not in KNOWN_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(KNOWN_METHODS)}")
+    if method.endswith(HUB_SUFFIX):
+        return method[: -len(HUB_SUFFIX)], True
+    return method, False
+
+
+def describe(modality: str, method: str) -> str:
+    """What a method compares, for the report's legend."""
+    base, hub = split_method(method)
+    text = _BASE_DESCRIPTIONS[modality][base]
+    return f"{text}, re-scored by hubness correction (DBNorm)" if hub else text
+
+
+#: What each method compares, per modality of the set (the report's legend).
+DESCRIPTIONS = {m: {k: describe(m, k) for k in KNOWN_METHODS} for m in _BASE_DESCRIPTIONS}
 
 @dataclass
 class MethodResult:
@@ -61,6 +93,11 @@ class MethodResult:
     def summary(self) -> dict[str, float]:
         return self.metrics.summary()
 
+    @property
+    def query_ms(self) -> float:
+        """Query-time cost: model time per query plus, for the Qdrant backend, the median search time."""
+        return self.query_compute_ms + (self.search_ms or 0.0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -84,6 +121,13 @@ class EvaluationResult:
     Attributes:
         model_name: display name of the model ("architecture/tag" or the checkpoint's file name; never a path).
         chance_map: mAP of a random ranking (mean over queries of relevant items / gallery size).
+        representations: what was fitted for the rivals (IsoCLIP cuts and where they came from, the PCA
+            vocabulary, the gap shift, the hubness parameters).
+        crossfitted: methods whose torch rows are cross-fitted (a parameter tuned on the other half of the
+            queries), so they are left out of the torch/Qdrant agreement.
+        recommendation: see :func:`crossgap_qdrant.evaluate.recommend.recommend`.
+        transforms: the fitted rival transforms by method (for :func:`~crossgap_qdrant.evaluate.apply`; not
+            serialised).
     """
 
     dataset: str
@@ -95,8 +139,13 @@ class EvaluationResult:
     model_name: str = ""
     chance_map: float = float("nan")
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it was not evaluated
+    unreadable: dict[str, str] = field(default_factory=dict)  # image left out of the set -> why
     timings: dict[str, float] = field(default_factory=dict)  # seconds of each stage
     ingest: dict[str, Any] = field(default_factory=dict)  # the Qdrant ingestion report
+    representations: dict[str, Any] = field(default_factory=dict)
+    crossfitted: tuple[str, ...] = ()
+    recommendation: dict[str, Any] | None = None
+    transforms: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def by_backend(self, backend: str) -> list[MethodResult]:
         return [r for r in self.results if r.backend == backend]
@@ -106,13 +155,40 @@ class EvaluationResult:
         torch_r = {r.method: r.summary for r in self.by_backend("torch")}
         out = {}
         for r in self.by_backend("qdrant"):
-            if r.method in torch_r:
+            if r.method in torch_r and r.method not in self.crossfitted:
                 a, b = torch_r[r.method], r.summary
                 out[r.method] = max(abs(a[k] - b[k]) for k in a)
         return out
 
+    def decision_rows(self) -> list[MethodResult]:
+        """The rows a recommendation is read from: the torch backend (exact) when it ran, else Qdrant's."""
+        return self.by_backend("torch") or self.by_backend("qdrant")
+
+    def method_summary(self) -> dict[str, dict[str, Any]]:
+        """Per method (decision rows): mAP, its CI, the paired difference vs native with its CI, the
+        query-time cost in ms (model time plus the median Qdrant search where it ran), and whether it is the
+        recommended one."""
+        chosen = (self.recommendation or {}).get("method")
+        searched = {r.method: r.search_ms for r in self.by_backend("qdrant")}
+        out = {}
+        for r in self.decision_rows():
+            diff = r.diff_vs_native
+            search_ms = searched.get(r.method)
+            out[r.method] = {
+                "mAP": r.summary["mAP"], "ci95": list(r.map_ci),
+                "diff_vs_native": None if diff is None else diff[0],
+                "diff_ci95": None if diff is None else [diff[1], diff[2]],
+                "query_ms": r.query_compute_ms + (search_ms or 0.0), "query_model_ms": r.query_compute_ms,
+                "search_ms": search_ms, "ingest_ms_per_item": r.ingest_ms_per_item,
+                "recommended": r.method == chosen,
+            }
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "recommended": self.recommendation,
+            "methods": self.method_summary(),
+            "representations": self.representations,
             "dataset": self.dataset,
             "modality": self.modality,
             "model_name": self.model_name,
@@ -122,7 +198,9 @@ class EvaluationResult:
             "chance_map": self.chance_map,
             "results": [r.to_dict() for r in self.results],
             "skipped": self.skipped,
+            "unreadable": self.unreadable,
             "agreement": self.agreement(),
+            "crossfitted": list(self.crossfitted),
             "timings": self.timings,
             "ingest": self.ingest,
         }

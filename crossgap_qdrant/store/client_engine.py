@@ -10,37 +10,25 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import shutil
 import sqlite3
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from qdrant_client import QdrantClient, models
 
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
-from crossgap_qdrant.store.connection import RetryPolicy, call_with_retries, describe_error, redact
+from crossgap_qdrant.store.connection import (
+    QdrantServerError,
+    RetryPolicy,
+    call_with_retries,
+    describe_error,
+    redact,
+)
 from crossgap_qdrant.store.errors import CollectionNotFoundError, SchemaMismatchError, StorageFullError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class QdrantServerError(RuntimeError):
-    """A Qdrant server refused a request (the message gives the status and Qdrant's short reason)."""
-
-
-def _server_reason(exc: BaseException) -> str:
-    """Qdrant's own one-line error ("status.error") of a refused request, without the rest of the body."""
-    from qdrant_client.http.exceptions import UnexpectedResponse
-
-    if not isinstance(exc, UnexpectedResponse):
-        return ""
-    try:
-        reason = exc.structured().get("status", {}).get("error", "")
-    except Exception:
-        return ""
-    if not isinstance(reason, str):
-        return ""
-    reason = " ".join(redact(w) if "://" in w else w for w in reason.split())
-    return f": {reason[:200]}"
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -63,6 +51,7 @@ class ClientCollection(Collection):
     """
 
     engine = "qdrant-client"
+    supports_formula = True  # servers since v1.14, and qdrant-client's local mode
 
     def __init__(self, client: QdrantClient, name: str, *, location: str, retry: RetryPolicy | None = RetryPolicy(),
                  server: bool = False, owns_client: bool = True, folder: str | None = None):
@@ -75,6 +64,11 @@ class ClientCollection(Collection):
         self.folder = folder
         self._closed = False
 
+    @property
+    def files_folder(self) -> str | None:
+        """Local mode: <folder>/crossgap_files/<collection> (beside qdrant-client's own files); else None."""
+        return os.path.join(self.folder, "crossgap_files", self.name) if self.folder else None
+
     def __repr__(self) -> str:
         return f"ClientCollection({self.location!r}, {self.name!r})"
 
@@ -85,19 +79,16 @@ class ClientCollection(Collection):
         self.close()
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        from qdrant_client.http.exceptions import UnexpectedResponse
-
         if self._closed:
             raise RuntimeError(f"collection {self.name!r} at {self.location} was closed; open it again")
         full_what = f"{what} ({self.location}, collection {self.name!r})"
         try:
             return call_with_retries(full_what, fn, self.retry if self.server else None,
                                      enforce_deadline=self.server)
-        except UnexpectedResponse as exc:
+        except QdrantServerError as exc:
             if exc.status_code == 404:
-                raise CollectionNotFoundError(
-                    f"could not {full_what}: not found ({describe_error(exc)}{_server_reason(exc)})") from None
-            raise QdrantServerError(f"could not {full_what}: {describe_error(exc)}{_server_reason(exc)}") from None
+                raise CollectionNotFoundError(str(exc)) from None
+            raise
         except Exception as exc:
             if _is_disk_full(exc):
                 where = self.folder or self.location
@@ -181,6 +172,16 @@ class ClientCollection(Collection):
             self._call(f"write the payload of {len(ids)} point(s)", lambda: self.client.set_payload(
                 collection_name=self.name, payload=dict(payload), points=list(ids), wait=True))
 
+    def set_payloads(self, items: Sequence[tuple[Any, Mapping[str, Any]]]) -> None:
+        step = 256
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            operations = [models.SetPayloadOperation(set_payload=models.SetPayload(payload=dict(payload),
+                                                                                  points=[point_id]))
+                          for point_id, payload in chunk]
+            self._call(f"write the payload of {len(chunk)} point(s)", lambda: self.client.batch_update_points(
+                collection_name=self.name, update_operations=operations, wait=True))
+
     def retrieve(self, ids: Sequence[Any], *, with_payload: bool | Sequence[str] = False,
                  with_vectors: bool | Sequence[str] = False) -> list[models.Record]:
         if not ids:
@@ -206,6 +207,16 @@ class ClientCollection(Collection):
         responses = self._call("query points", lambda: self.client.query_batch_points(
             collection_name=self.name, requests=list(requests)))
         return [response.points for response in responses]
+
+    def drop(self) -> None:
+        try:
+            if self.exists():
+                self._call("delete the collection", lambda: self.client.delete_collection(self.name))
+            folder = self.files_folder
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self._closed:

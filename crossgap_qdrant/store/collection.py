@@ -52,11 +52,20 @@ class Collection(abc.ABC):
         engine: "qdrant-edge" or "qdrant-client".
         name: the collection name.
         location: where it lives, with credentials removed (safe to print).
+        supports_formula: the engine runs Formula queries (re-scoring prefetched candidates from $score and
+            payload values); otherwise the store re-scores on the client.
     """
 
     engine: str
     name: str
     location: str
+
+    @property
+    def files_folder(self) -> str | None:
+        """A folder that belongs to the collection, for files kept with it (e.g. a fitted warm start); None
+        where the collection lives on a server or in memory (the caller then names a path)."""
+        return None
+    supports_formula: bool = False
 
     @abc.abstractmethod
     def exists(self) -> bool:
@@ -92,6 +101,11 @@ class Collection(abc.ABC):
     def set_payload(self, ids: Sequence[Any], payload: Mapping[str, Any]) -> None:
         """Merges ``payload`` into the payload of the given points."""
 
+    def set_payloads(self, items: Sequence[tuple[Any, Mapping[str, Any]]]) -> None:
+        """Merges a payload of its own into each of several points: ``[(id, payload), ...]``."""
+        for point_id, payload in items:
+            self.set_payload([point_id], payload)
+
     @abc.abstractmethod
     def retrieve(self, ids: Sequence[Any], *, with_payload: bool | Sequence[str] = False,
                  with_vectors: bool | Sequence[str] = False) -> list[models.Record]:
@@ -111,12 +125,28 @@ class Collection(abc.ABC):
     def query(self, requests: Sequence[models.QueryRequest]) -> list[list[models.ScoredPoint]]:
         """Runs vector queries (nearest, or prefetch + fusion), one result list per request.
 
-        Requests carry a dense vector (list of floats) as ``query`` or a FusionQuery over ``prefetch``es that
-        carry dense vectors; point-id queries and ``lookup_from`` are not used.
+        Requests carry a dense vector (list of floats) as ``query``, or a FusionQuery (or, where
+        :attr:`supports_formula`, a FormulaQuery) over ``prefetch``es that carry dense vectors; point-id
+        queries and ``lookup_from`` are not used.
         """
+
+    def info(self) -> dict[str, Any]:
+        """Engine, name, location, point count, named vectors (size, distance, points holding each),
+        quantization and metadata: what the collection is, read without a model."""
+        schema = self.schema()
+        vectors = {}
+        for vector_name, spec in schema.vectors.items():
+            has = models.Filter(must=[models.HasVectorCondition(has_vector=vector_name)])
+            vectors[vector_name] = {"size": spec.size, "distance": spec.distance, "points": self.count(has)}
+        return {"collection": self.name, "engine": self.engine, "location": self.location, "points": self.count(),
+                "vectors": vectors, "quantization": schema.quantized, "metadata": schema.metadata}
 
     def optimize(self) -> None:
         """Builds indexes after a large ingest where the engine needs to be told (Edge); a no-op elsewhere."""
+
+    @abc.abstractmethod
+    def drop(self) -> None:
+        """Deletes the collection with everything in it (and its files), then closes it."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -104,12 +104,37 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+class QdrantServerError(RuntimeError):
+    """A Qdrant server refused a request: the message gives the status and Qdrant's one-line reason, never the
+    response body.
+
+    Attributes:
+        status_code: the HTTP status.
+    """
+
+    def __init__(self, message: str, status_code: int):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def _server_reason(exc: BaseException) -> str:
+    """Qdrant's own one-line error ("status.error") of a refused request, without the rest of the body."""
+    try:
+        reason = exc.structured().get("status", {}).get("error", "")
+    except Exception:
+        return ""
+    if not isinstance(reason, str) or not reason:
+        return ""
+    reason = " ".join(redact(w) if "://" in w else w for w in reason.split())
+    return f": {reason[:200]}"
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line description of a Qdrant error without response bodies or credentials."""
     from qdrant_client.http.exceptions import UnexpectedResponse
 
     if isinstance(exc, UnexpectedResponse):
-        return f"HTTP {exc.status_code} {exc.reason_phrase}".strip()
+        return f"HTTP {exc.status_code} {exc.reason_phrase}".strip() + _server_reason(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""
     if "://" in text:  # transport errors may quote the URL they tried
         text = " ".join(redact(word) if "://" in word else word for word in text.split())
@@ -155,6 +180,7 @@ def call_with_retries(
 
     Raises:
         PermissionError: the server refused the credentials (401/403).
+        QdrantServerError: the server refused the request otherwise (status and Qdrant's reason, no body).
         ConnectionError: no answer after every attempt, or the deadline passed (the message names ``what``).
         Exception: a non-transient error, as raised by fn.
     """
@@ -175,6 +201,9 @@ def call_with_retries(
                     f"could not {what}: the server refused the credentials ({describe_error(exc)}); check api_key"
                 ) from None
             if not is_transient(exc):
+                if isinstance(exc, UnexpectedResponse):
+                    raise QdrantServerError(f"could not {what}: the server answered {describe_error(exc)}",
+                                            exc.status_code) from None
                 raise
             elapsed = clock() - start
             out_of_time = deadline is not None and elapsed >= deadline

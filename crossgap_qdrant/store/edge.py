@@ -4,6 +4,7 @@ Layout of a folder (``location``)::
 
     <folder>/<collection>/shard/            the EdgeShard (segments, write-ahead log, edge_config.json)
     <folder>/<collection>/collection.json   the collection's metadata (written atomically)
+    <folder>/<collection>/*                 files kept with the collection (e.g. warm_start_oti.pt)
 
 Edge has no collections and no collection metadata of its own: the shard holds the vectors and payload, and
 the sidecar JSON holds the metadata (the recorded model id). The sidecar is replaced atomically (a temporary
@@ -144,6 +145,7 @@ class EdgeCollection(Collection):
     """
 
     engine = "qdrant-edge"
+    supports_formula = True  # translated by edge_filters.edge_formula
 
     def __init__(self, folder: str, name: str, *, exact_search_below: int = EXACT_SEARCH_BELOW):
         _check_name(name)
@@ -161,6 +163,10 @@ class EdgeCollection(Collection):
 
     def __repr__(self) -> str:
         return f"EdgeCollection({self.folder!r}, {self.name!r})"
+
+    @property
+    def files_folder(self) -> str:
+        return self.path
 
     def __enter__(self) -> "EdgeCollection":
         return self
@@ -400,6 +406,10 @@ class EdgeCollection(Collection):
     def indexed_vectors(self) -> int:
         """Vectors covered by an HNSW index (0 before :meth:`optimize` has built one)."""
         return self._shard().info().indexed_vectors_count
+
+    def drop(self) -> None:
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
         shard, self._shard_handle = self._shard_handle, None

@@ -2,9 +2,11 @@
 
 Users pass ``models.Filter`` objects written for qdrant-client, and the store builds ``models.QueryRequest``s;
 the Edge engine (crossgap_qdrant.store.edge) runs them through these translations. Everything Edge supports
-is translated one to one; what it cannot run (point-id queries, ``lookup_from``, Formula, recommend, order-by
-queries, shard keys, ...) is refused with :class:`UntranslatableError` naming the part, never dropped, because
-a dropped condition would silently widen a result.
+is translated one to one (Formula queries over their arithmetic: sums, products, negation, division, powers,
+min/max and the unary functions); what it cannot run (point-id queries, ``lookup_from``, decay and geo or
+condition terms in formulas, recommend, order-by queries, shard keys, ...) is refused with
+:class:`UntranslatableError` naming the part, never dropped, because a dropped condition would silently
+widen a result.
 """
 
 from __future__ import annotations
@@ -200,10 +202,43 @@ def _fusion(query: Any) -> Any:
     raise _refuse(f"the query {type(query).__name__}")
 
 
+_NARY = {models.SumExpression: ("sum", "Sum"), models.MultExpression: ("mult", "Mult"),
+         models.MaxExpression: ("max", "Max"), models.MinExpression: ("min", "Min")}
+_UNARY = {models.NegExpression: ("neg", "Neg"), models.AbsExpression: ("abs", "Abs"),
+          models.SqrtExpression: ("sqrt", "Sqrt"), models.ExpExpression: ("exp", "Exp"),
+          models.LnExpression: ("ln", "Ln"), models.Log10Expression: ("log10", "Log10"),
+          models.AcoshExpression: ("acosh", "Acosh")}
+
+
+def edge_expression(expr: Any, where: str = "formula") -> Any:
+    """A qdrant-client formula expression as Edge's ``Expression`` ($score, payload keys, numbers, arithmetic)."""
+    e = qe.Expression
+    if isinstance(expr, bool):
+        raise _refuse(f"a boolean in a formula ({where})")
+    if isinstance(expr, (int, float)):
+        return e.Constant(float(expr))
+    if isinstance(expr, str):
+        return e.Variable(expr)
+    if type(expr) in _NARY:
+        field, name = _NARY[type(expr)]
+        return getattr(e, name)([edge_expression(x, where) for x in getattr(expr, field)])
+    if type(expr) in _UNARY:
+        field, name = _UNARY[type(expr)]
+        return getattr(e, name)(edge_expression(getattr(expr, field), where))
+    if isinstance(expr, models.DivExpression):
+        d = expr.div
+        return e.Div(edge_expression(d.left, where), edge_expression(d.right, where), d.by_zero_default)
+    if isinstance(expr, models.PowExpression):
+        return e.Pow(edge_expression(expr.pow.base, where), edge_expression(expr.pow.exponent, where))
+    raise _refuse(f"the formula term {type(expr).__name__} ({where})")
+
+
 def _scoring(query: Any, using: str | None, where: str) -> Any:
-    """The scoring part of a request or prefetch: a dense nearest query or a fusion."""
+    """The scoring part of a request or prefetch: a dense nearest query, a fusion or a formula."""
     if query is None:
         return None
+    if isinstance(query, models.FormulaQuery):
+        return qe.Formula(edge_expression(query.formula, where), dict(query.defaults or {}) or None)
     if isinstance(query, models.NearestQuery):
         if query.mmr is not None:
             raise _refuse(f"an MMR query ({where})")

@@ -11,13 +11,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from crossgap_qdrant.models import check_features, model_device
+from crossgap_qdrant.images import WHITE
+from crossgap_qdrant.models import check_features, encode_pixels, encode_token_ids, model_device, normalize_features
 from crossgap_qdrant.store.schema import DerivedVector
-
-UNIT_TOLERANCE = 1e-3
-
 
 def unit_vectors(features: Any, dim: int, what: str, consequence: str = "; nothing was written") -> torch.Tensor:
     """Validates [N, dim] (or [dim]) features and returns them as unit rows, [N, dim] float32 on CPU.
@@ -26,17 +23,12 @@ def unit_vectors(features: Any, dim: int, what: str, consequence: str = "; nothi
         TypeError: not a tensor/array, or not floating point.
         ValueError: wrong width, NaN/inf values or all-zero rows (the message names the rows).
     """
-    return _normalize(checked_rows(features, dim, what, consequence), what)
+    return normalize_features(checked_rows(features, dim, what, consequence), what)
 
 
 def checked_rows(features: Any, dim: int, what: str, consequence: str = "; nothing was written") -> torch.Tensor:
     """Validated features as given (not normalised), [N, dim] float32 on CPU; raises as :func:`unit_vectors`."""
     return check_features(as_rows(features, what).detach().cpu(), dim, what, consequence)
-
-
-def normalize_rows(features: torch.Tensor, what: str) -> torch.Tensor:
-    """Unit rows of validated features [N, E] (see the module docstring for why not F.normalize)."""
-    return _normalize(features, what)
 
 
 def as_rows(features: Any, what: str) -> torch.Tensor:
@@ -48,17 +40,6 @@ def as_rows(features: Any, what: str) -> torch.Tensor:
     return features[None] if features.dim() == 1 else features
 
 
-def _normalize(features: torch.Tensor, what: str) -> torch.Tensor:
-    scale = features.abs().amax(dim=1, keepdim=True)  # > 0: zero rows were refused
-    out = F.normalize((features.double() / scale.double()), dim=-1).float()
-    norms = out.norm(dim=1)
-    bad = ~torch.isfinite(out).all(dim=1) | ((norms - 1).abs() > UNIT_TOLERANCE)
-    if bool(bad.any()):  # cannot happen for finite non-zero input; kept as the last guard before a write
-        rows = bad.nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{what}: rows {rows} do not normalise to finite unit vectors")
-    return out
-
-
 class Encoder:
     """Turns raw images and texts into the vectors the store writes and queries with.
 
@@ -67,11 +48,13 @@ class Encoder:
         dim: the shared embedding width.
         oti_config, ovi_config: inversion settings.
         derived: extra named vectors computed from raw inputs.
+        image_background: RGB (or one grey level) under transparent pixels (white by default).
     """
 
     def __init__(self, clip: Any, dim: int, oti_config: Any, ovi_config: Any,
-                 derived: Mapping[str, DerivedVector]):
+                 derived: Mapping[str, DerivedVector], image_background: Any = WHITE):
         self.clip = clip
+        self.image_background = image_background
         self.model = clip.model
         self.dim = dim
         self.oti_config = oti_config
@@ -83,19 +66,17 @@ class Encoder:
         """Decoded (alpha onto white, EXIF applied) and preprocessed pixels [3, H, W]; raises ImageError."""
         from crossgap_qdrant.images import load_image
 
-        return self.clip.preprocess(load_image(source, name=name))
+        return self.clip.preprocess(load_image(source, name=name, background=self.image_background))
 
     def tokens(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, L] int64."""
         return self.clip.tokenizer(list(texts))
 
     # -------------------------------------------------------------------------------------------- vectors
-    @torch.no_grad()
     def native(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
         """Unit native features [N, E] of pixels [N, 3, H, W] or token ids [N, L]."""
-        inputs = inputs.to(model_device(self.model))
-        encode = self.model.encode_image if modality == "image" else self.model.encode_text
-        return unit_vectors(encode(inputs).float().cpu(), self.dim, f"{modality} encoder outputs", "")
+        encode = encode_pixels if modality == "image" else encode_token_ids
+        return unit_vectors(encode(self.model, inputs), self.dim, f"{modality} encoder outputs", "")
 
     def derived_for(self, modality: str) -> dict[str, DerivedVector]:
         return {n: d for n, d in self.derived.items() if d.modality == modality}
@@ -121,14 +102,16 @@ class Encoder:
         composition).
         """
         from crossgap_qdrant.inversion import oti_invert, ovi_invert, ovi_num_tokens, seeded_initial_tokens
-        from crossgap_qdrant.models import text_tower, vision_tower
+        from crossgap_qdrant.towers import text_tower, vision_tower
 
         if modality == "image":
             config, width, r = self.oti_config, text_tower(self.model).width, self.oti_config.num_tokens
         else:
             config, width = self.ovi_config, vision_tower(self.model).width
             r = ovi_num_tokens(self.model, config, self.clip.name, self.clip.pretrained)
-        init = seeded_initial_tokens([str(k) for k in keys], r, width, config.init_std, config.seed)
+        init = None  # a warm start predicts the initial tokens; else they are seeded by the item's key
+        if config.warm_start is None:
+            init = seeded_initial_tokens([str(k) for k in keys], r, width, config.init_std, config.seed)
         if modality == "image":
             result = oti_invert(self.model, self.clip.tokenizer, features, config=config, init_tokens=init,
                                 progress=progress)

@@ -144,7 +144,11 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
                                     retry=retry)
         safe = redact(location)
         client_kwargs.setdefault("https", location.startswith("https://"))
-        built = QdrantClient(url=location, api_key=api_key, timeout=timeout, **client_kwargs)
+        try:
+            built = QdrantClient(url=location, api_key=api_key, timeout=timeout, **client_kwargs)
+        except Exception as exc:  # its message quotes the URL, credentials included
+            raise ValueError(f"cannot use the server URL {safe!r} ({type(exc).__name__}); expected "
+                             "http(s)://host:port with a numeric port") from None
         try:
             call_with_retries(f"connect to the Qdrant server at {safe}", built.get_collections, retry)
         except BaseException:

@@ -17,14 +17,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from qdrant_client import models
 
+from crossgap_qdrant.models import normalize_features
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
-from crossgap_qdrant.store.encoder import Encoder, checked_rows, normalize_rows, unit_vectors
+from crossgap_qdrant.store.encoder import Encoder, checked_rows, unit_vectors
 from crossgap_qdrant.store.errors import IdConflictError
 from crossgap_qdrant.store.ids import CONTENT_KEY, PointId
 from crossgap_qdrant.store.schema import VectorNames
@@ -111,7 +112,7 @@ def image_items(images: Any, dim: int) -> list[Item] | torch.Tensor:
     items = []
     for i, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
-            items.append(Item(i, str(image), payload={"modality": "image", "source": str(image)}))
+            items.append(Item(i, str(image), payload={"modality": "image", "source": os.path.abspath(image)}))
         elif isinstance(image, Image.Image):
             items.append(Item(i, image, raw=image, payload={"modality": "image"}))
         else:
@@ -135,7 +136,7 @@ def text_items(texts: Any, dim: int) -> list[Item] | torch.Tensor:
                 text = line.rstrip("\r\n")
                 if text.strip():
                     items.append(Item(len(items), text, raw=text, payload={"modality": "text", "text": text,
-                                                                           "source": str(path), "line": lineno}))
+                                                                           "source": os.path.abspath(path), "line": lineno}))
         return items
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings or a file path")
@@ -199,7 +200,7 @@ class Ingestion:
         self.invert = self.invert or inverted_features is not None  # given vectors are written, none computed
         if isinstance(items, torch.Tensor):  # features as given, validated as a whole already
             # ids hash the caller's rows: normalising unit rows again can change their last bits
-            unit = normalize_rows(items, f"{self.modality} features")
+            unit = normalize_features(items, f"{self.modality} features")
             items = [Item(i, i, features=unit[i], digest=pid_lib.features_digest(row),
                           payload={"modality": self.modality}) for i, row in enumerate(items)]
         n = len(items)
@@ -265,7 +266,7 @@ class Ingestion:
         if conflicts:
             raise IdConflictError(
                 f"{len(conflicts)} given id(s) already hold other items: {'; '.join(conflicts[:5])}. Nothing was "
-                "written. Use new ids, or overwrite=True (CLI: --overwrite) to replace those points."
+                "written. Use new ids, or overwrite=True to replace those points."
             )
 
     def _conflict(self, payload: Mapping[str, Any], content: str) -> str | None:
@@ -274,7 +275,9 @@ class Ingestion:
         if stored_modality is not None and stored_modality != self.modality:
             return f"it is a stored {stored_modality}, this is an {self.modality}"
         stored = payload.get(CONTENT_KEY)
-        if stored is not None and stored != content:
+        if stored is None:  # written by another tool: its content cannot be shown to be this item
+            return f"it holds an item without a {CONTENT_KEY!r} record (written elsewhere), so its content is unknown"
+        if stored != content:
             return "it holds other content"
         return None
 
@@ -364,6 +367,9 @@ class Ingestion:
                 self.collection.update_vectors(updates[start : start + step])
         report.inserted += len(points)
         report.inverted += len(todo)
+        logger.debug("%s batch: %d new, %d completed, %d inverted (%d given), %d already stored, %d failed so far",
+                     self.modality, len(points), len(updates), len(todo), len(todo) - len(to_run),
+                     report.skipped_existing, len(report.failed))
         bar.update(len(points) + len(partial))
 
     def _encode(self, items: list[Item], report: IngestReport, raw_available: bool) -> dict[PointId, dict]:
@@ -376,12 +382,12 @@ class Ingestion:
         if self.modality == "image":
             ok, pixels = [], []
             for it in items:
+                name = str(it.source) if isinstance(it.source, str) else f"image #{it.index}"
                 try:
-                    pixels.append(self.encoder.pixels(it.raw, name=str(it.source) if isinstance(it.source, str)
-                                                      else f"image #{it.index}"))
+                    pixels.append(self.encoder.pixels(it.raw, name=name))
                     ok.append(it)
-                except Exception as exc:  # PIL raises many types on corrupt data
-                    report.failed.append((it.source, f"unreadable image ({exc})"))
+                except Exception as exc:  # the loader names the image; the report lists it beside the reason
+                    report.failed.append((it.source, str(exc).removeprefix(f"{name}: ")))
                     report.ids[it.index] = None
             if not ok:
                 return out

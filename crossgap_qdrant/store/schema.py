@@ -57,6 +57,27 @@ class DerivedVector(Protocol):
         ...
 
 
+def derived_gallery(vector: DerivedVector) -> str:
+    """What a query in a derived representation is compared with: "self" (the gallery's derived vectors; the
+    default) or "native" (the gallery's native vectors: a query-side map such as the gap shift). Optional
+    attribute ``gallery`` of a derived vector."""
+    side = getattr(vector, "gallery", "self")
+    if side not in ("self", "native"):
+        raise ValueError(f"a derived vector's gallery must be 'self' or 'native', got {side!r}")
+    return side
+
+
+def derived_record(vector: DerivedVector) -> dict[str, Any] | None:
+    """The parameters that rebuild a derived vector (optional method ``record()``), kept in the metadata."""
+    record = getattr(vector, "record", None)
+    return record() if callable(record) else None
+
+
+def hub_key(modality: str, mode: str) -> str:
+    """The payload key holding a point's hubness statistic for searches of ``modality`` in ``mode``."""
+    return f"hub_{modality}_{mode}"
+
+
 def check_modality(modality: str) -> str:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
@@ -77,6 +98,7 @@ def check_layout(names: VectorNames, derived: Mapping[str, DerivedVector]) -> No
             raise ValueError(f"derived vector {name!r}: modality must be 'image' or 'text', got {vector.modality!r}")
         if not isinstance(vector.dim, int) or vector.dim <= 0:
             raise ValueError(f"derived vector {name!r}: dim must be a positive int, got {vector.dim!r}")
+        derived_gallery(vector)
 
 
 def vector_sizes(names: VectorNames, dim: int, derived: Mapping[str, DerivedVector]) -> dict[str, int]:
@@ -94,10 +116,20 @@ def metadata(model_id: str, model_name: str, dim: int, names: VectorNames,
         "model": model_name,
         "embed_dim": dim,
         "vector_names": asdict(names),
-        "derived": {n: {"modality": d.modality, "dim": d.dim} for n, d in derived.items()},
+        "derived": {n: _derived_entry(d) for n, d in derived.items()},
     }
     record.update(extra or {})
     return {METADATA_KEY: record}
+
+
+def _derived_entry(vector: DerivedVector) -> dict[str, Any]:
+    entry = {"modality": vector.modality, "dim": vector.dim}
+    if derived_gallery(vector) != "self":
+        entry["gallery"] = derived_gallery(vector)
+    record = derived_record(vector)
+    if record is not None:
+        entry["transform"] = record
+    return entry
 
 
 def check_schema(schema: CollectionSchema, sizes: Mapping[str, int], model_id: str, where: str) -> dict[str, int]:

@@ -12,16 +12,25 @@ query_inverted     inverted query (other space)         native gallery vector: a
 fused              both inter-modal routes as Qdrant prefetches, combined by reciprocal rank fusion
 =================  ==================================  ===============================================
 
+A derived vector (IsoCLIP, PCA, gap shift, ...) is a mode of its own: the query's derived vector against the
+gallery's derived vectors, or against the native ones for a query-side map (``gallery`` "native", the gap
+shift); :func:`mode_vectors` names the two sides of every mode.
+
 Cross-modal search (text->image, image->text) is CLIP's own search: the native query feature against the
 other modality's native vectors (mode "native"). A query given as a point id reads the point's stored vectors
 (its inverted vector too, so query_inverted costs no optimisation) and is then searched by vector.
+
+Hubness correction (:class:`HubCorrection`, fitted by crossgap_qdrant.store.hubness) re-scores a cosine
+search's candidates with ``score - weight * payload[hub key]``: as a Formula query over a prefetch where the
+engine runs them (:attr:`Searcher.server_rescoring`), else on the client over the same candidates.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +38,12 @@ from qdrant_client import models
 
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
-from crossgap_qdrant.store.encoder import Encoder, checked_rows, normalize_rows
+from crossgap_qdrant.models import normalize_features
+from crossgap_qdrant.store.encoder import Encoder, checked_rows
 from crossgap_qdrant.store.errors import PointNotFoundError, VectorsNotStoredError
-from crossgap_qdrant.store.schema import VectorNames
+from crossgap_qdrant.store.schema import VectorNames, derived_gallery
+
+logger = logging.getLogger(__name__)
 
 MODES = ("native", "gallery_inverted", "query_inverted", "fused")
 DEFAULT_MODE = "gallery_inverted"
@@ -49,6 +61,75 @@ class Query:
     pid: pid_lib.PointId | None = None  # set for point-id queries until their vectors are read
 
 
+def mode_vectors(names: VectorNames, modality: str, mode: str, derived: dict[str, Any]) -> tuple[str, str]:
+    """(query-side vector, gallery vector) a same-modality search in ``mode`` compares (not for "fused")."""
+    native, inverted = names.native(modality), names.inverted(modality)
+    if mode == "native":
+        return native, native
+    if mode == "gallery_inverted":
+        return native, inverted
+    if mode == "query_inverted":
+        return inverted, native
+    if mode in derived:
+        return mode, (native if derived_gallery(derived[mode]) == "native" else mode)
+    raise ValueError(f"mode {mode!r} does not compare one query vector with one gallery vector")
+
+
+@dataclass(frozen=True)
+class HubCorrection:
+    """Re-scoring of a search's candidates by a stored per-point statistic: ``score - weight * payload[key]``.
+
+    Attributes:
+        key: the payload key holding each point's hub value.
+        weight: how much of the hub value is subtracted (1: DBNorm's dual inverted softmax).
+        default: the value of points without one (ingested after the fit): the mean of the fitted values.
+    """
+
+    key: str
+    weight: float = 1.0
+    default: float = 0.0
+
+    def formula(self) -> models.FormulaQuery:
+        """The server-side form: $score - weight * key, over the prefetched candidates."""
+        return models.FormulaQuery(
+            formula=models.SumExpression(sum=["$score", models.MultExpression(mult=[-self.weight, self.key])]),
+            defaults={self.key: self.default})
+
+    def rescore(self, points: list[models.ScoredPoint], limit: int, with_payload: Any) -> list[models.ScoredPoint]:
+        """The client-side form over candidates fetched with :meth:`candidate_payload`: the same arithmetic,
+        best first, ``limit`` kept, the payload cut back to what the caller asked for."""
+        def value(p: models.ScoredPoint) -> float:
+            v = (p.payload or {}).get(self.key, self.default)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else self.default
+
+        scored = sorted(((p.score - self.weight * value(p), i, p) for i, p in enumerate(points)),
+                        key=lambda t: (-t[0], t[1]))[:limit]
+        return [p.model_copy(update={"score": score, "payload": _selected(p.payload, with_payload)})
+                for score, _, p in scored]
+
+    def candidate_payload(self, with_payload: Any) -> Any:
+        """What to fetch with the candidates: the caller's selection plus the hub key."""
+        if with_payload is True or isinstance(with_payload, models.PayloadSelectorExclude):
+            return True
+        if isinstance(with_payload, models.PayloadSelectorInclude):
+            return list(with_payload.include) + [self.key]
+        if isinstance(with_payload, (list, tuple)):
+            return list(with_payload) + [self.key]
+        return [self.key]
+
+
+def _selected(payload: dict | None, with_payload: Any) -> dict | None:
+    """The part of a payload a ``with_payload`` selection asks for."""
+    if payload is None or with_payload is True:
+        return payload
+    if not with_payload:
+        return None
+    if isinstance(with_payload, models.PayloadSelectorExclude):
+        return {k: v for k, v in payload.items() if k not in set(with_payload.exclude)}
+    keys = set(with_payload.include if isinstance(with_payload, models.PayloadSelectorInclude) else with_payload)
+    return {k: v for k, v in payload.items() if k in keys}
+
+
 def check_limit(limit: Any, what: str = "limit") -> int:
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise ValueError(f"{what} must be an integer >= 1, got {limit!r}")
@@ -56,7 +137,12 @@ def check_limit(limit: Any, what: str = "limit") -> int:
 
 
 class Searcher:
-    """Plans and runs searches over one collection (see the module docstring)."""
+    """Plans and runs searches over one collection (see the module docstring).
+
+    Attributes:
+        server_rescoring: run hubness correction as a Formula query in the engine (default: where the engine
+            supports them); False re-scores the same candidates on the client.
+    """
 
     def __init__(self, collection: Collection, encoder: Encoder, names: VectorNames,
                  search_params: models.SearchParams | None):
@@ -64,19 +150,21 @@ class Searcher:
         self.encoder = encoder
         self.names = names
         self.search_params = search_params
+        self.server_rescoring = bool(getattr(collection, "supports_formula", False))
 
     # ----------------------------------------------------------------------------------------- resolving
     def resolve(self, modality: str, query: Any, literal_text: bool = False) -> tuple[list[Query], bool]:
         """(queries, is_batch) from features, a point id, a raw image or text, or a list of them.
 
-        A string in UUID form is a point id, unless ``literal_text`` (the caller said text=...).
+        An int or uuid.UUID is a point id; so is a string in UUID form, unless ``literal_text`` (the caller
+        said text=...).
         """
         from PIL import Image
 
         dim = self.encoder.dim
         if isinstance(query, (torch.Tensor, np.ndarray)):
             given = checked_rows(query, dim, f"{modality} query features", "")
-            unit = normalize_rows(given, f"{modality} query features")
+            unit = normalize_features(given, f"{modality} query features")
             return [Query(modality, features=u, exclude=pid_lib.features_id(modality, given[i]))
                     for i, u in enumerate(unit)], query.ndim == 2
         if isinstance(query, (list, tuple)):
@@ -99,7 +187,8 @@ class Searcher:
             if isinstance(query, (str, os.PathLike)):
                 raise FileNotFoundError(f"image query is neither an image file nor a point id: {str(query)!r}")
         else:
-            if pid_lib.is_point_id(query) and not literal_text:
+            # ints and uuid.UUID objects always name points; a string in UUID form does unless given as text=
+            if pid_lib.is_point_id(query) and not (literal_text and isinstance(query, str)):
                 return [Query(modality, pid=pid_lib.normalize_point_id(query))], False
             if isinstance(query, str):
                 if not query.strip():
@@ -164,8 +253,12 @@ class Searcher:
     # ------------------------------------------------------------------------------------------- running
     def search(self, query_modality: str, gallery_modality: str, query: Any, *, mode: str, limit: Any,
                query_filter: models.Filter | None, exclude_query: bool, with_payload, with_vectors,
-               prefetch_limit: int | None, search_params: models.SearchParams | None, literal_text: bool = False):
-        """Runs one search (see the module docstring); returns a list of points, or one list per query."""
+               prefetch_limit: int | None, search_params: models.SearchParams | None, literal_text: bool = False,
+               hubness: HubCorrection | None = None):
+        """Runs one search (see the module docstring); returns a list of points, or one list per query.
+
+        With ``hubness`` the candidates (``prefetch_limit`` per query) are re-scored by the correction.
+        """
         cross = query_modality != gallery_modality
         derived = self.encoder.derived_for(gallery_modality)
         if cross and mode != "native":
@@ -177,6 +270,9 @@ class Searcher:
         limit = check_limit(limit)
         prefetch_limit = check_limit(prefetch_limit, "prefetch_limit") if prefetch_limit is not None else max(
             4 * limit, 40)
+        if hubness is not None and (cross or mode == "fused"):
+            raise ValueError("hubness correction re-scores the cosine similarities of a same-modality search; "
+                             f"mode {mode!r} of a {query_modality}->{gallery_modality} search has none to correct")
         queries, batch = self.resolve(query_modality, query, literal_text)
         self._read_points(queries, mode, cross)
         if mode in derived:
@@ -190,7 +286,13 @@ class Searcher:
         params = search_params if search_params is not None else self.search_params
         requests = [self._request(gallery_modality, q, inv, mode, limit, query_filter, exclude_query, with_payload,
                                   with_vectors, prefetch_limit, params) for q, inv in zip(queries, inverted)]
+        if hubness is not None:
+            requests = [self._rescoring(r, hubness, limit, prefetch_limit) for r in requests]
         results = self.collection.query(requests)
+        logger.debug("%s->%s search, mode %s: %d quer%s, %d hits", query_modality, gallery_modality, mode,
+                     len(requests), "y" if len(requests) == 1 else "ies", sum(map(len, results)))
+        if hubness is not None and not self.server_rescoring:
+            results = [hubness.rescore(points, limit, with_payload) for points in results]
         if not any(results) and query_filter is None:
             self._explain_empty(gallery_modality, mode, cross)
         return results if batch else results[0]
@@ -200,23 +302,25 @@ class Searcher:
         native, inverted = self.names.native(modality), self.names.inverted(modality)
         using = inverted if (not cross and mode in ("gallery_inverted", "fused")) else native
         if mode in self.encoder.derived_for(modality):
-            using = mode
-        has = models.Filter(must=[models.HasVectorCondition(has_vector=using)])
-        if self.collection.count(has) > 0:
+            using = mode_vectors(self.names, modality, mode, self.encoder.derived)[1]
+
+        def count(name: str) -> int:
+            return self.collection.count(models.Filter(must=[models.HasVectorCondition(has_vector=name)]))
+
+        if count(using) > 0:
             return
-        if using == native:
+        natives = count(native) if using != native else 0
+        if natives == 0:
             how = "crossgap-qdrant ingest --texts FILE" if modality == "text" else "crossgap-qdrant ingest FOLDER"
             raise VectorsNotStoredError(
                 f"collection {self.collection.name!r} holds no {modality}s yet: ingest some first ({how})"
             )
-        natives = self.collection.count(models.Filter(must=[models.HasVectorCondition(has_vector=native)]))
-        if natives:
-            fix = (f"compute them with store.invert_missing({modality!r}) (CLI: crossgap-qdrant invert "
-                   f"--modality {modality})") if using == inverted else "re-ingest with this derived vector"
-            raise VectorsNotStoredError(
-                f"mode {mode!r} searches the {using!r} vectors, but none of the {natives} {modality}s in collection "
-                f"{self.collection.name!r} has one yet: {fix}, or search with mode 'native'"
-            )
+        fix = (f"compute them with store.invert_missing({modality!r}) (CLI: crossgap-qdrant invert "
+               f"--modality {modality})") if using == inverted else "re-ingest with this derived vector"
+        raise VectorsNotStoredError(
+            f"mode {mode!r} searches the {using!r} vectors, but none of the {natives} {modality}s in collection "
+            f"{self.collection.name!r} has one yet: {fix}, or search with mode 'native'"
+        )
 
     def _request(self, modality: str, q: Query, inverted, mode, limit, query_filter, exclude_query, with_payload,
                  with_vectors, prefetch_limit, params) -> models.QueryRequest:
@@ -239,10 +343,25 @@ class Searcher:
         elif mode == "query_inverted":
             vector, using = inverted, native
         else:  # a derived vector
-            vector, using = (q.stored or {}).get(mode), mode
+            vector = (q.stored or {}).get(mode)
+            using = mode_vectors(self.names, modality, mode, self.encoder.derived)[1]
             if vector is None:
                 vector = self.encoder.derived_vectors(modality, q.raw[None], only=[mode])[mode][0]
         return models.QueryRequest(query=_vector_list(vector), using=using, params=params, **common)
+
+
+    def _rescoring(self, base: models.QueryRequest, hub: HubCorrection, limit: int,
+                   prefetch_limit: int) -> models.QueryRequest:
+        """The request of a hub-corrected search: a Formula over the cosine candidates, or (client side) the
+        candidates themselves with the hub key in their payload."""
+        candidates = max(prefetch_limit, limit)
+        if not self.server_rescoring:
+            return base.model_copy(update={"limit": candidates,
+                                           "with_payload": hub.candidate_payload(base.with_payload)})
+        prefetch = models.Prefetch(query=base.query, using=base.using, filter=base.filter, params=base.params,
+                                   limit=candidates)
+        return models.QueryRequest(prefetch=[prefetch], query=hub.formula(), limit=limit,
+                                   with_payload=base.with_payload, with_vector=base.with_vector)
 
 
 def _vector_list(row: torch.Tensor) -> list[float]:

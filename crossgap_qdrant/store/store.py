@@ -19,7 +19,7 @@ from crossgap_qdrant.store import ingest as ingest_lib
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
-from crossgap_qdrant.store.errors import CollectionNotFoundError
+from crossgap_qdrant.store.errors import CollectionNotFoundError, PointNotFoundError
 from crossgap_qdrant.store.ingest import IngestReport, Ingestion
 from crossgap_qdrant.store.schema import (
     METADATA_KEY,
@@ -31,36 +31,32 @@ from crossgap_qdrant.store.schema import (
     metadata,
     vector_sizes,
 )
-from crossgap_qdrant.store.search import DEFAULT_MODE, MODES, Searcher
+from crossgap_qdrant.store.search import Searcher
+from crossgap_qdrant.store.settings import RecordedSettings
 
 logger = logging.getLogger(__name__)
 
 
 def describe_collection(collection: Collection) -> dict[str, Any]:
-    """Engine, location, recorded model, vectors with sizes and point counts: read without a model."""
-    schema = collection.schema()
-    recorded = schema.metadata.get(METADATA_KEY) or {}
-    vectors = {}
-    for name, spec in schema.vectors.items():
-        has = models.Filter(must=[models.HasVectorCondition(has_vector=name)])
-        vectors[name] = {"size": spec.size, "distance": spec.distance, "points": collection.count(has)}
+    """:meth:`Collection.info` with the model the store recorded (name, id, width, vector names, derived
+    vectors, default modes) in place of the raw metadata."""
+    info = collection.info()
+    recorded = info.pop("metadata").get(METADATA_KEY) or {}
     return {
-        "collection": collection.name,
-        "engine": collection.engine,
-        "location": collection.location,
+        **{k: info[k] for k in ("collection", "engine", "location")},
         "model": recorded.get("model"),
         "model_id": recorded.get("model_id"),
         "embed_dim": recorded.get("embed_dim"),
         "vector_names": recorded.get("vector_names"),
         "derived_vectors": recorded.get("derived", {}),
         "default_modes": recorded.get("default_modes", {}),
-        "points": collection.count(),
-        "vectors": vectors,
-        "quantization": schema.quantized,
+        "hubness": recorded.get("hubness", {}),
+        "warm_start": recorded.get("warm_start", {}),
+        **{k: info[k] for k in ("points", "vectors", "quantization")},
     }
 
 
-class CrossModalStore:
+class CrossModalStore(RecordedSettings):
     """A Qdrant collection of images and texts with native, inverted and derived named vectors.
 
     Args:
@@ -79,6 +75,10 @@ class CrossModalStore:
         retry: retries and total deadline of server calls; None disables retries.
         upsert_batch_size: points per write request.
         create: create a missing collection; False raises CollectionNotFoundError (reading never writes).
+        image_background: RGB (or one grey level) that transparent image pixels are flattened onto, at
+            ingestion and for image queries; white by default, as CLIP-style models saw line art.
+        warm_start: invert with the collection's recorded warm starts (:meth:`fit_warm_start`,
+            :meth:`use_warm_start`): a few exact steps from a learned prediction instead of the published budget.
     """
 
     def __init__(
@@ -103,9 +103,12 @@ class CrossModalStore:
         retry: RetryPolicy | None = RetryPolicy(),
         upsert_batch_size: int = 256,
         create: bool = True,
+        image_background: int | tuple[int, int, int] = (255, 255, 255),
+        warm_start: bool = False,
     ):
         from crossgap_qdrant.inversion import OTIConfig, OVIConfig
-        from crossgap_qdrant.models import as_clip_model, embed_dim
+        from crossgap_qdrant.models import as_clip_model
+        from crossgap_qdrant.towers import embed_dim
 
         self.clip = _handle(model, tokenizer, preprocess, as_clip_model)
         self.model_id = model_id if model_id is not None else self.clip.model_id
@@ -114,14 +117,15 @@ class CrossModalStore:
         self.collection = _collection(client, collection_name, retry)
         self.collection_name = self.collection.name
         self.names = vector_names
-        self.derived = dict(derived_vectors or {})
+        self.derived = {**recorded_derived(self.collection, self.clip.model), **dict(derived_vectors or {})}
         self.oti_config = oti_config if oti_config is not None else OTIConfig()
         self.ovi_config = ovi_config if ovi_config is not None else OVIConfig()
         self.upsert_batch_size = upsert_batch_size
         self.dim = embed_dim(self.clip.model)
         self._owns_collection = False
         check_layout(self.names, self.derived)
-        self.encoder = Encoder(self.clip, self.dim, self.oti_config, self.ovi_config, self.derived)
+        self.encoder = Encoder(self.clip, self.dim, self.oti_config, self.ovi_config, self.derived,
+                               image_background)
         self._metadata = metadata(self.model_id, _display_name(self.clip), self.dim, self.names, self.derived)
         quantized = self._ensure_collection(create, shard_number, replication_factor, quantization_config, on_disk)
         params = None
@@ -129,6 +133,10 @@ class CrossModalStore:
             params = models.SearchParams(
                 quantization=models.QuantizationSearchParams(rescore=rescore, oversampling=oversampling))
         self.searcher = Searcher(self.collection, self.encoder, self.names, params)
+        if warm_start:
+            self.use_warm_start()
+        logger.debug("collection %r at %s on %s, model %s", self.collection_name, self.location, self.engine,
+                     self.model_id)
 
     # ------------------------------------------------------------------------------------- construction
     @classmethod
@@ -280,32 +288,11 @@ class CrossModalStore:
                                          batch_size=batch_size, progress=progress, query_filter=query_filter)
 
     # --------------------------------------------------------------------------------------------- search
-    def default_mode(self, modality: str) -> str:
-        """The mode a same-modality search uses when none is given: recorded by the evaluation, else
-        gallery_inverted."""
-        recorded = self._metadata[METADATA_KEY].get("default_modes") or {}
-        return recorded.get(check_modality(modality), DEFAULT_MODE)
-
-    def set_default_mode(self, modality: str, mode: str | None) -> None:
-        """Records the mode later searches of ``modality`` use by default (None: back to gallery_inverted)."""
-        check_modality(modality)
-        if mode is not None and mode not in MODES and mode not in self.encoder.derived_for(modality):
-            raise ValueError(f"unknown {modality} mode {mode!r}")
-        record = dict(self._metadata[METADATA_KEY])
-        modes = dict(record.get("default_modes") or {})
-        if mode is None:
-            modes.pop(modality, None)
-        else:
-            modes[modality] = mode
-        record["default_modes"] = modes
-        schema = self.collection.schema()
-        self.collection.set_metadata({**schema.metadata, METADATA_KEY: record})
-        self._metadata = {METADATA_KEY: record}
-
     def search_images(self, query: Any = None, *, text: Any = None, image: Any = None, mode: str | None = None,
                       limit: int = 10, query_filter: models.Filter | None = None, exclude_query: bool = True,
                       with_payload: bool | Sequence[str] = True, with_vectors: bool | Sequence[str] = False,
-                      prefetch_limit: int | None = None, search_params: models.SearchParams | None = None):
+                      prefetch_limit: int | None = None, search_params: models.SearchParams | None = None,
+                      hubness: bool | None = None):
         """Searches the images: by image (natively or inter-modally) or by text (CLIP's text->image search).
 
         Args:
@@ -318,29 +305,33 @@ class CrossModalStore:
             limit: results per query.
             query_filter: a Qdrant filter on the gallery (e.g. on payload fields).
             exclude_query: leave the query's own point out of the results (its content id or given id).
-            prefetch_limit: candidates per route for "fused" (default max(4 * limit, 40)).
+            prefetch_limit: candidates per route for "fused", and candidates re-scored by hubness correction
+                (default max(4 * limit, 40)).
             search_params: Qdrant search parameters; default rescoring when the collection is quantized.
+            hubness: re-score with the fitted hubness statistics of the mode (:meth:`fit_hubness`): True,
+                False, or None to follow the collection's recorded default (:meth:`set_default_mode`).
 
         Returns:
             A list of ScoredPoint, or one list per query for a batch.
         """
         return self._search("image", query, text, image, mode, limit, query_filter, exclude_query, with_payload,
-                            with_vectors, prefetch_limit, search_params)
+                            with_vectors, prefetch_limit, search_params, hubness)
 
     def search_texts(self, query: Any = None, *, text: Any = None, image: Any = None, mode: str | None = None,
                      limit: int = 10, query_filter: models.Filter | None = None, exclude_query: bool = True,
                      with_payload: bool | Sequence[str] = True, with_vectors: bool | Sequence[str] = False,
-                     prefetch_limit: int | None = None, search_params: models.SearchParams | None = None):
+                     prefetch_limit: int | None = None, search_params: models.SearchParams | None = None,
+                     hubness: bool | None = None):
         """Searches the texts: by text (natively or inter-modally, with OVI) or by image (image->text).
 
         ``query`` is a text query (as ``text``); a string in UUID form is a point id. Other arguments as in
         :meth:`search_images`.
         """
         return self._search("text", query, text, image, mode, limit, query_filter, exclude_query, with_payload,
-                            with_vectors, prefetch_limit, search_params)
+                            with_vectors, prefetch_limit, search_params, hubness)
 
     def _search(self, gallery, query, text, image, mode, limit, query_filter, exclude_query, with_payload,
-                with_vectors, prefetch_limit, search_params):
+                with_vectors, prefetch_limit, search_params, hubness=None):
         given = [(name, value) for name, value in (("query", query), ("text", text), ("image", image))
                  if value is not None]
         if len(given) != 1:
@@ -350,12 +341,38 @@ class CrossModalStore:
         query_modality = gallery if name == "query" else name
         if mode is None:
             mode = self.default_mode(gallery) if query_modality == gallery else "native"
+        hub = None
+        if query_modality == gallery:
+            hub = self.hub_correction(gallery, mode, hubness)
+        elif hubness:
+            raise ValueError(f"hubness correction applies to {gallery}->{gallery} searches, not {query_modality}->"
+                             f"{gallery}")
         return self.searcher.search(query_modality, gallery, value, mode=mode, limit=limit, query_filter=query_filter,
                                     exclude_query=exclude_query, with_payload=with_payload, with_vectors=with_vectors,
                                     prefetch_limit=prefetch_limit, search_params=search_params,
-                                    literal_text=name == "text")
+                                    literal_text=name == "text", hubness=hub)
 
     # ---------------------------------------------------------------------------------------- inspection
+    def modality_of(self, point_id: Any) -> str:
+        """"image" or "text": the modality of a stored point (its native vector says which).
+
+        Raises:
+            PointNotFoundError: no such point, or it holds neither native vector.
+        """
+        from crossgap_qdrant.store.ids import normalize_point_id
+
+        pid = normalize_point_id(point_id)
+        names = [self.names.native("image"), self.names.native("text")]
+        records = self.collection.retrieve([pid], with_vectors=names)
+        if not records:
+            raise PointNotFoundError(f"point {pid} is not in collection {self.collection_name!r}")
+        held = [m for m, name in zip(("image", "text"), names) if name in (records[0].vector or {})]
+        if len(held) != 1:
+            raise PointNotFoundError(f"point {pid} in collection {self.collection_name!r} holds "
+                                     f"{'both' if held else 'neither'} native vector{'s' if held else ''} "
+                                     f"({', '.join(names)})")
+        return held[0]
+
     def count(self, modality: str | None = None) -> int:
         """Number of points (all, or those holding the native vector of ``modality``)."""
         flt = None
@@ -366,6 +383,24 @@ class CrossModalStore:
     def info(self) -> dict[str, Any]:
         """Engine, collection, location, model, vector names and sizes, and point counts per vector."""
         return describe_collection(self.collection)
+
+
+def recorded_derived(collection: Collection, model: Any) -> dict[str, DerivedVector]:
+    """The derived vectors an existing collection records with their parameters (e.g. a rival representation
+    applied by ``evaluate --apply``), rebuilt for ``model``; {} for a new collection."""
+    if not collection.exists():
+        return {}
+    from crossgap_qdrant.rivals import vector_from_record
+
+    out = {}
+    for name, entry in ((collection.schema().metadata.get(METADATA_KEY) or {}).get("derived") or {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("transform"), dict):
+            try:
+                out[name] = vector_from_record(model, entry["transform"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"collection {collection.name!r} records derived vector {name!r}, which cannot be "
+                                 f"rebuilt for this model: {exc}") from None
+    return out
 
 
 def _handle(model, tokenizer, preprocess, as_clip_model):

@@ -1,0 +1,213 @@
+"""Inter-modal queries at interactive latency: the exact step at small batches, and the learned warm start.
+
+Prints one JSON document with three parts, all measured in this run:
+
+quality    the committed demo model on the main job's held-out openclipart images (crossgap_qdrant.demo): a warm
+           start fitted on training-split images (never the held-out ones), then, for K in {0, 5, 10, 20}, the
+           cosine of warm-started OTI features after K exact steps to the exact 150-step features (mean, 5th
+           percentile, min), and image->image mAP of query_inverted (OTI query vs native gallery, the paper's
+           protocol) and gallery_inverted (native query vs OTI gallery) with bootstrap 95% CIs and the paired
+           difference to the exact run. ``chosen_k`` is the smallest K whose mean cosine reaches 0.99.
+cost       OpenCLIP ViT-B-32 with random weights (the cost of pretrained weights), one thread unless --threads:
+           the OTI step at batch 1 and 8 (the published step, our autograd step, our hand-written step);
+           per-query latency of each search mode end to end (encode the query image, invert, search an embedded
+           Qdrant (qdrant-edge) collection of --gallery points) at batch 1; backfill throughput (images/s) of
+           exact OTI against the warm start at ``chosen_k``. The warm start used for cost has the fitted
+           network's size with untrained weights: its cost does not depend on its weights.
+machine    CPU, threads, torch version.
+
+    python benchmarks/bench_query.py                 # about 15 minutes on one core
+    python benchmarks/bench_query.py --quick         # smaller sets, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crossgap_qdrant import load_model
+from crossgap_qdrant.inversion import OTIConfig, oti_invert, reference_step
+from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
+from crossgap_qdrant.towers import text_tower
+from crossgap_qdrant.warm_start import WarmStart, fit_warm_start
+
+KS = (0, 5, 10, 20)
+
+
+def _median_ms(fn, repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
+    c = (a * b).sum(-1)
+    return {"mean": round(float(c.mean()), 4), "p5": round(float(c.quantile(0.05)), 4), "min": round(float(c.min()), 4)}
+
+
+def _map(query: torch.Tensor, gallery: torch.Tensor, labels) -> np.ndarray:
+    """Per-query AP of full rankings (the query's own item removed)."""
+    sim = (query @ gallery.T).numpy()
+    return per_query(retrieval_metrics(sim, labels, labels, exclude=np.arange(len(labels))), len(labels))
+
+
+def _ci(ap: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
+    lo, hi = bootstrap_ci(ap, n=1000, seed=seed)
+    out = {"mAP": round(100 * float(ap.mean()), 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)]}
+    if base is not None:
+        diff, dlo, dhi = paired_bootstrap_ci(ap, base, n=1000, seed=seed)
+        out |= {"diff_vs_exact": round(100 * diff, 2), "diff_ci95": [round(100 * dlo, 2), round(100 * dhi, 2)]}
+    return out
+
+
+def quality(args) -> dict:
+    from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
+
+    clip = load_model("crossgap-demo", device="cpu")
+    rows = load_or_build_manifest(None)
+    held = demo_subset(rows, per_category=args.per_category, seed=0)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    random.Random(0).shuffle(train_rows)
+    train_rows = train_rows[: args.fit_samples]
+    side = max(128, int(clip.model.visual.image_size[0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        held_feats = clip.encode_images(flatten_to_folder(held, Path(tmp) / "held", size=side))
+        train_feats = clip.encode_images(flatten_to_folder(train_rows, Path(tmp) / "train", size=side))
+    labels = [r["category"] for r in held]
+    start = time.perf_counter()
+    warm, fit = fit_warm_start(clip, train_feats, "oti")
+    fit_s = time.perf_counter() - start
+    exact = oti_invert(clip, held_feats, OTIConfig(), progress=False).features
+    base_q, base_g = _map(exact, held_feats, labels), _map(held_feats, exact, labels)
+    out = {"model": clip.display_name, "held_out_images": len(held), "categories": len(set(labels)),
+           "fit": {**fit.to_dict(), "seconds": round(fit_s, 1)},
+           "exact": {"query_inverted": _ci(base_q, None, 0), "gallery_inverted": _ci(base_g, None, 0),
+                     "native": _ci(_map(held_feats, held_feats, labels), None, 0)},
+           "warm": {}}
+    for k in KS:
+        feats = oti_invert(clip, held_feats, OTIConfig(steps=k, warm_start=warm), progress=False).features
+        out["warm"][str(k)] = {"cosine_to_exact": _cosines(feats, exact),
+                               "query_inverted": _ci(_map(feats, held_feats, labels), base_q, 0),
+                               "gallery_inverted": _ci(_map(held_feats, feats, labels), base_g, 0)}
+    reached = [k for k in KS if out["warm"][str(k)]["cosine_to_exact"]["mean"] >= 0.99]
+    out["chosen_k"] = reached[0] if reached else None
+    return out
+
+
+def step_costs(clip) -> dict:
+    from crossgap_qdrant import ops
+    from crossgap_qdrant.oti_step import SuffixStep
+    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
+    from crossgap_qdrant.towers import encode_text_with_pseudo_tokens, template_token_ids
+
+    model, tokenizer = clip.model, clip.tokenizer
+    encoder = CachedTemplateTextEncoder(model, tokenizer, "a photo of {}", 1, torch.float32)
+    handwritten = SuffixStep(encoder)
+    ids, positions = template_token_ids(tokenizer, "a photo of {}", 1)
+    out = {}
+    for b in (1, 8):
+        target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
+        tokens = torch.randn(b, 1, text_tower(model).width) * 0.02
+
+        def autograd_step():
+            p = tokens.detach().requires_grad_(True)
+            loss = ops.cosine_loss(encoder(p), target)
+            torch.autograd.grad(loss.sum(), p)
+
+        param = torch.nn.Parameter(tokens.clone())
+        opt = torch.optim.AdamW([param], lr=2e-2)
+        published = _median_ms(lambda: reference_step(
+            lambda t: encode_text_with_pseudo_tokens(model, ids, positions, t), param, opt, target), 5, 1)
+        ours_auto = _median_ms(autograd_step, 20)
+        ours_hand = _median_ms(lambda: handwritten(tokens, target, 1.0), 20)
+        out[f"batch_{b}"] = {"published_ms": round(published, 1), "autograd_ms": round(ours_auto, 1),
+                             "handwritten_ms": round(ours_hand, 1),
+                             "speedup_vs_published": round(published / min(ours_auto, ours_hand), 1)}
+    return out
+
+
+def cost(args, chosen_k: int | None) -> dict:
+    from PIL import Image
+
+    from crossgap_qdrant.store import CrossModalStore
+
+    torch.manual_seed(0)
+    clip = load_model("ViT-B-32", device="cpu", allow_random=True)
+    k = chosen_k if chosen_k is not None else KS[-1]
+    out = {"model": "ViT-B-32 (random weights)", "step": step_costs(clip), "warm_k": k}
+    warm = WarmStart("oti", clip.embed_dim, 1, text_tower(clip.model).width,
+                     model_id=clip.model_id, template="a photo of {}").eval().requires_grad_(False)
+
+    rng = np.random.default_rng(0)
+    query = Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    gallery = F.normalize(torch.randn(args.gallery, clip.embed_dim), dim=-1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CrossModalStore.open(tmp, "bench", clip)
+        try:
+            store.ingest_images(gallery, inverted_features=F.normalize(torch.randn_like(gallery), dim=-1),
+                                progress=False)
+            latency = {}
+            for mode in ("native", "gallery_inverted"):
+                latency[mode] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10), 10)
+            exact_cfg, warm_cfg = store.encoder.oti_config, OTIConfig(steps=k, warm_start=warm)
+            plans = [("query_inverted", "exact_150", exact_cfg, 3), ("query_inverted", f"warm_{k}", warm_cfg, 5),
+                     ("query_inverted", "warm_0", OTIConfig(steps=0, warm_start=warm), 10),
+                     ("fused", f"warm_{k}", warm_cfg, 5)]
+            for mode, label, config, repeat in plans:
+                store.encoder.oti_config = config
+                latency[f"{mode}_{label}"] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10),
+                                                        repeat, 1)
+            store.encoder.oti_config = exact_cfg
+        finally:
+            store.close()
+    out["query_latency_ms"] = {name: round(ms, 1) for name, ms in latency.items()}
+
+    feats = F.normalize(torch.randn(args.backfill, clip.embed_dim), dim=-1)
+    start = time.perf_counter()
+    oti_invert(clip, feats, OTIConfig(), progress=False)
+    exact_s = time.perf_counter() - start
+    start = time.perf_counter()
+    oti_invert(clip, feats, OTIConfig(steps=k, warm_start=warm), progress=False)
+    warm_s = time.perf_counter() - start
+    out["backfill_images_per_s"] = {"exact_150": round(args.backfill / exact_s, 2),
+                                    f"warm_{k}": round(args.backfill / warm_s, 2),
+                                    "speedup": round(exact_s / warm_s, 1), "batch": min(64, args.backfill)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fit-samples", type=int, default=2000, help="training images the warm start is fitted on")
+    parser.add_argument("--per-category", type=int, default=30, help="held-out images per category (the main job's)")
+    parser.add_argument("--gallery", type=int, default=1000, help="points in the latency benchmark's collection")
+    parser.add_argument("--backfill", type=int, default=64, help="images inverted for the backfill throughput")
+    parser.add_argument("--quick", action="store_true", help="500 fit samples, 10 per category, 16 backfill images")
+    args = parser.parse_args()
+    if args.quick:
+        args.fit_samples, args.per_category, args.backfill = 500, 10, 16
+    torch.set_num_threads(args.threads)
+    report = {"benchmark": "query", "machine": {"cpu": platform.processor() or platform.machine(),
+                                                "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    report["quality"] = quality(args)
+    report["cost"] = cost(args, report["quality"]["chosen_k"])
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

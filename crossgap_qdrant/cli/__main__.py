@@ -1,0 +1,5 @@
+"""``python -m crossgap_qdrant.cli``."""
+
+from crossgap_qdrant.cli import run
+
+run()

@@ -1,0 +1,141 @@
+"""The commands that work on a collection: ingest, invert, search, fit-warm-start, info."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from typing import Any
+
+from crossgap_qdrant.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    PROG,
+    UsageError,
+    described_collection,
+    emit,
+    format_table,
+    load_handle,
+    open_store,
+    report_rows,
+)
+
+
+def cmd_ingest(args) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for path in args.inputs:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    clip = load_handle(args)
+    totals: dict[str, Any] = {"inserted": 0, "skipped_existing": 0, "inverted": 0, "duplicates": 0, "failed": [],
+                              "seconds_encoding": 0.0, "seconds_inversion": 0.0, "seconds_database": 0.0}
+    items = 0
+    with open_store(args, clip) as store:
+        for path in args.inputs:
+            ingest = store.ingest_texts if args.texts else store.ingest_images
+            report = ingest(path, invert=not args.no_invert, batch_size=args.batch_size, progress=args.progress)
+            items += len(report.ids)
+            report_rows(report, totals)
+        totals["points"] = store.count()
+        totals["engine"] = store.engine
+    totals["failed"] = [{"item": str(item), "reason": reason} for item, reason in totals["failed"]]
+    rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in totals.items() if k != "failed"]
+    text = format_table(rows, ["", "value"])
+    if totals["failed"]:
+        text += "\nfailed:\n" + "\n".join(f"  {f['item']}: {f['reason']}" for f in totals["failed"])
+    emit(args, totals, text)
+    if items and len(totals["failed"]) == items:
+        print(f"{PROG}: error: every input failed; nothing was ingested", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_invert(args) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    clip = load_handle(args)
+    with open_store(args, clip, create=False) as store:
+        report = store.invert_missing(args.modality, batch_size=args.batch_size, progress=args.progress)
+    data = {"inverted": report.inverted, "failed": [{"item": str(i), "reason": r} for i, r in report.failed],
+            "seconds_inversion": report.seconds_inversion}
+    text = f"inverted {report.inverted} {args.modality}(s)"
+    if report.failed:
+        text += "\nfailed:\n" + "\n".join(f"  {f['item']}: {f['reason']}" for f in data["failed"])
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_search(args) -> int:
+    from crossgap_qdrant.store import MODES
+
+    if args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    query: Any = args.query
+    gallery = args.gallery[:-1]  # "image" | "text"
+    query_modality = "text" if args.text else "image"
+    point_id = False
+    if not args.text and not os.path.exists(query):
+        from crossgap_qdrant.store.ids import is_point_id
+
+        if not query.isdigit() and not is_point_id(query):
+            raise UsageError(f"{query!r} is neither an image file nor a point id; for a text query add --text")
+        query = int(query) if query.isdigit() else uuid.UUID(query)  # ids as objects: never read as text
+        point_id = True
+    clip = load_handle(args)
+    with open_store(args, clip, create=False) as store:
+        if point_id:  # a stored point is an image or a text: the collection says which
+            query_modality = store.modality_of(query)
+        if query_modality != gallery and args.mode not in (None, "native"):
+            raise UsageError(f"{query_modality}->{gallery} search compares native CLIP vectors; --mode {args.mode} "
+                             f"is for {gallery}->{gallery} search")
+        derived = store.encoder.derived_for(gallery)
+        if args.mode is not None and args.mode not in MODES and args.mode not in derived:
+            raise UsageError(f"--mode must be one of {', '.join(MODES + tuple(derived))}, got {args.mode!r}")
+        mode = args.mode or (store.default_mode(gallery) if query_modality == gallery else "native")
+        if args.hubness and query_modality != gallery:
+            raise UsageError(f"--hubness applies to {gallery}->{gallery} search, not {query_modality}->{gallery}")
+        hubness = query_modality == gallery and store.hub_correction(gallery, mode, args.hubness) is not None
+        search = store.search_images if gallery == "image" else store.search_texts
+        points = search(**{query_modality: query}, mode=mode, limit=args.limit, hubness=args.hubness)
+    hits = [{"rank": i + 1, "id": str(p.id), "score": float(p.score), "payload": p.payload or {}}
+            for i, p in enumerate(points)]
+    rows = []
+    for h in hits:
+        payload = h["payload"]
+        what = payload.get("text") or payload.get("source") or ""
+        rows.append((h["rank"], f"{h['score']:.4f}", h["id"], what, payload.get("label", "")))
+    emit(args, {"query": args.query, "query_modality": query_modality, "gallery": gallery, "mode": mode,
+                 "hubness": hubness, "hits": hits},
+          format_table(rows, ["rank", "score", "id", "item", "label"]) if rows else "no results")
+    return EXIT_OK
+
+
+
+def cmd_info(args) -> int:
+    info = described_collection(args)
+    rows = [(name, v["size"], v["distance"], v["points"]) for name, v in info["vectors"].items()]
+    text = "\n".join([
+        f"collection: {info['collection']} at {info['location']} ({info['engine']})",
+        f"model: {info['model'] or 'unknown (not recorded)'}, id {info['model_id']} "
+        f"(embedding width {info['embed_dim']})",
+        f"points: {info['points']}",
+        "",
+        format_table(rows, ["vector", "size", "distance", "points"]),
+    ])
+    emit(args, info, text)
+    return EXIT_OK
+
+
+def cmd_fit_warm_start(args) -> int:
+    if args.sample < 2:
+        raise UsageError(f"--sample must be >= 2, got {args.sample}")
+    clip = load_handle(args)
+    with open_store(args, clip, create=False, use_warm_start=False) as store:
+        fit = store.fit_warm_start(args.modality, sample=args.sample, steps=args.warm_steps, path=args.file,
+                                   progress=args.progress, epochs=args.epochs)
+        record = store.info()["warm_start"][args.modality]
+    data = {"modality": args.modality, "file": record["file"], "steps": record["steps"], **fit.to_dict()}
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in data.items()]
+    emit(args, data, format_table(rows, ["", "value"]))
+    return EXIT_OK

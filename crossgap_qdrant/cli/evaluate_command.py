@@ -1,0 +1,73 @@
+"""``crossgap-qdrant evaluate``: every representation on a labelled set, a recommendation, and --apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crossgap_qdrant.cli.common import (
+    EXIT_OK,
+    UsageError,
+    described_collection,
+    emit,
+    inversion_configs,
+    load_handle,
+    parse_cuts,
+    retry_policy,
+)
+
+
+def cmd_evaluate(args) -> int:
+    from crossgap_qdrant import evaluate as harness
+    from crossgap_qdrant.evaluate import (KNOWN_METHODS, METHODS, EvaluationConfig, apply_recommendation,
+                                          load_labelled_set, markdown_table, write_report)
+    from crossgap_qdrant.evaluate.data import read_images, read_lines
+    from crossgap_qdrant.evaluate.report import applied_text, recommendation_text
+
+    methods = METHODS
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        unknown = [m for m in methods if m not in KNOWN_METHODS]
+        if unknown or not methods:
+            raise UsageError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from "
+                             f"{', '.join(KNOWN_METHODS)}")
+    if args.apply_method is not None and args.apply_method not in methods:
+        raise UsageError(f"--apply-method {args.apply_method!r} is not among the evaluated methods "
+                         f"({', '.join(methods)})")
+    if args.bootstrap < 1:
+        raise UsageError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    cuts = parse_cuts(args.isoclip)
+    data = load_labelled_set(args.data, queries=args.queries)
+    vocabulary = read_lines(args.vocabulary, "--vocabulary")
+    if args.apply or args.apply_method:
+        described_collection(args)  # the collection to apply to exists: fail before the evaluation runs
+    clip = load_handle(args)
+    oti, ovi = inversion_configs(args)
+    config = EvaluationConfig(
+        methods=methods, oti_config=oti, ovi_config=ovi,
+        isoclip_k_top=cuts[0] if cuts else None, isoclip_k_bottom=cuts[1] if cuts else None,
+        vocabulary=vocabulary, vocabulary_source=f"--vocabulary {Path(args.vocabulary).name}" if vocabulary else None,
+        gap_texts=read_lines(args.gap_texts, "--gap-texts"), gap_images=read_images(args.gap_images, "--gap-images"),
+        backends=("torch", "qdrant") if args.backend == "both" else (args.backend,),
+        bootstrap=args.bootstrap, qdrant_location=args.eval_location, api_key=args.api_key,
+        qdrant_engine=args.engine, timeout=args.timeout, retry=retry_policy(args),
+    )
+    result = harness.evaluate(clip, data, config, progress=args.progress)
+    out = result.to_dict()
+    text = markdown_table(result)
+    text = f"{text}\n\n{recommendation_text(result)}"
+    if args.out:
+        paths = write_report(result, args.out)
+        out["report"] = {k: str(v) for k, v in paths.items()}
+        text += f"\nreport: {paths['markdown']}, plot: {paths['plot']}"
+    if result.skipped:
+        text += "\n" + "\n".join(f"skipped {m}: {why}" for m, why in result.skipped.items())
+    if result.unreadable:
+        text += "\n" + "\n".join(f"left out {path}: {why}" for path, why in result.unreadable.items())
+    if args.apply or args.apply_method:
+        applied = apply_recommendation(result, clip, args.location, args.collection, method=args.apply_method,
+                                       engine=args.engine, api_key=args.api_key, timeout=args.timeout,
+                                       retry=retry_policy(args), progress=args.progress)
+        out["applied"] = applied
+        text += "\n" + applied_text(applied)
+    emit(args, out, text)
+    return EXIT_OK

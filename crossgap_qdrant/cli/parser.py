@@ -1,0 +1,157 @@
+"""The command line's flags and subcommands (argparse)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from crossgap_qdrant.cli.common import PROG
+
+
+def output_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    g.add_argument("--progress", action="store_true", default=None,
+                   help="show progress bars on stderr (default: when stderr is a terminal)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings and errors only")
+    g.add_argument("--verbose", "-v", action="store_true", help="log what happens (debug level)")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for PyTorch (default: PyTorch's choice; 1 is best on a busy machine)")
+
+
+def location_flags(parser: argparse.ArgumentParser, location_default: str = "./qdrant_data") -> None:
+    g = parser.add_argument_group("collection")
+    g.add_argument("--collection", default="crossgap", help="Qdrant collection (default: %(default)s)")
+    g.add_argument("--location", default=location_default,
+                   help="a folder (Qdrant's engine, embedded), ':memory:', or a server URL http(s)://host:port "
+                        "(default: %(default)s)")
+    g.add_argument("--engine", choices=("edge", "local"), default=None,
+                   help="for a folder: Qdrant's embedded engine (edge, the default) or qdrant-client's local mode")
+    g.add_argument("--api-key", default=os.environ.get("QDRANT_API_KEY"),
+                   help="Qdrant server API key (default: $QDRANT_API_KEY)")
+    g.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds one server operation may take, retries included (default: %(default)s)")
+    g.add_argument("--retries", type=int, default=3,
+                   help="retries of a server call on transient errors (default: %(default)s)")
+
+
+def model_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="crossgap-demo (the bundled demo model), an open_clip architecture such as ViT-B-32 (with "
+                        "--pretrained), hf-hub:org/repo, or local-dir:PATH")
+    g.add_argument("--pretrained", default=None,
+                   help="open_clip pretrained tag (e.g. openai) or a checkpoint file; 'none' for random weights "
+                        "(meaningless results, for tests)")
+    g.add_argument("--model-config", default=None, metavar="JSON",
+                   help="an open_clip model config file, registered under the --model name")
+    g.add_argument("--seed", type=int, default=0, help="seed of random weights (--pretrained none)")
+    g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    g.add_argument("--steps", type=int, default=None, help="inversion steps (OTI and OVI), overriding the published")
+    g.add_argument("--background", default="white", metavar="COLOUR",
+                   help="what transparent image pixels are flattened onto: white, black or R,G,B "
+                        "(default: %(default)s)")
+    g.add_argument("--warm-start", action="store_true",
+                   help="invert with the collection's warm start (fit-warm-start): a few exact steps from its "
+                        "prediction instead of the published 150 (OTI) or 1000 (OVI)")
+    g.add_argument("--warm-steps", type=int, default=None, metavar="K",
+                   help="exact steps after the warm start's prediction (implies --warm-start; default: as recorded)")
+    g.add_argument("--isoclip", default=None, metavar="TOP,BOTTOM",
+                   help="add the IsoCLIP vector (<modality>_isoclip) with these singular-direction cuts")
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Inter-modal image and text search in Qdrant (OTI/OVI modality inversion).",
+        epilog="Exit codes: 0 ok, 1 runtime or data error, 2 usage error.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("ingest", help="add images (folders or files) or texts to a collection")
+    p.add_argument("inputs", nargs="+", help="image folders or files; with --texts, text files (one text a line)")
+    p.add_argument("--texts", action="store_true", help="inputs are text files")
+    p.add_argument("--no-invert", action="store_true", help="store native (and derived) vectors only")
+    p.add_argument("--batch-size", type=int, default=64)
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("search", help="search the images (or --gallery texts) of a collection",
+                       description="Search a collection. The query is an image file or a stored point id, or with "
+                                   "--text a text. --gallery picks what is searched: images (default) or texts. "
+                                   "text->image and image->text compare native CLIP vectors; image->image and "
+                                   "text->text use --mode.")
+    p.add_argument("query", help="an image file, a stored point id (an image or a text: the collection knows "
+                                 "which), or with --text a text")
+    p.add_argument("--text", action="store_true", help="the query is a text")
+    p.add_argument("--gallery", choices=("images", "texts"), default="images",
+                   help="search the images or the texts (default: %(default)s)")
+    p.add_argument("--mode", default=None,
+                   help="image->image and text->text: native, gallery_inverted, query_inverted, fused, or a derived "
+                        "vector name (default: the collection's recorded mode, else gallery_inverted)")
+    p.add_argument("--hubness", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-score by the hubness statistics fitted for the mode (evaluate --apply, or "
+                        "CrossModalStore.fit_hubness); default: as recorded with the collection's mode")
+    p.add_argument("--limit", type=int, default=10)
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("invert", help="compute the inverted vectors a collection lacks (after --no-invert)")
+    p.add_argument("--modality", choices=("image", "text"), default="image")
+    p.add_argument("--batch-size", type=int, default=64)
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("evaluate", help="measure every representation on a labelled set, recommend one (and "
+                                        "with --apply make a collection's searches use it)")
+    p.add_argument("data", help="a folder of class subfolders of images, a labelled text file "
+                                "('label<TAB>text' lines or JSON lines), or with --queries the gallery file")
+    p.add_argument("--queries", default=None, help="query file of a query/gallery split ('label<TAB>item' lines)")
+    p.add_argument("--out", default=None, help="folder for report.md, map.png and results.json")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all; also "
+                                                    "isoclip_hub, pca_hub, gap_shift_hub)")
+    p.add_argument("--backend", choices=("torch", "qdrant", "both"), default="both")
+    p.add_argument("--vocabulary", default=None, metavar="FILE",
+                   help="texts (one a line) of the PCA projection (default: the set's texts for a text set, else "
+                        "the bundled class names)")
+    p.add_argument("--gap-texts", default=None, help="text file to fit the gap shift's text mean (image sets)")
+    p.add_argument("--gap-images", default=None,
+                   help="image folder (searched recursively) to fit the gap shift's image mean (text sets)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the mAP CI")
+    p.add_argument("--apply", action="store_true",
+                   help="record the recommended method in --collection at --location: later searches without "
+                        "--mode use it (a rival's vectors and hubness statistics are computed for the stored points)")
+    p.add_argument("--apply-method", default=None, metavar="METHOD",
+                   help="with --apply, record this evaluated method instead of the recommended one")
+    p.add_argument("--eval-location", default=":memory:",
+                   help="where the evaluation's temporary Qdrant collection lives: ':memory:' (default), a folder "
+                        "or a server URL")
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("fit-warm-start",
+                       help="fit a warm start for query-side inversion and backfills from the stored vectors",
+                       description="Distils exact inversions of up to --sample stored native vectors into a small "
+                                   "network that predicts pseudo tokens; kept with the collection (a file in its "
+                                   "folder, or --file for a server) and used with --warm-start.")
+    p.add_argument("--modality", choices=("image", "text"), default="image",
+                   help="image (OTI warm start) or text (OVI) (default: %(default)s)")
+    p.add_argument("--sample", type=int, default=2000, help="stored vectors inverted exactly (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=300, help="training epochs of the network (default: %(default)s)")
+    p.add_argument("--file", default=None, help="where the warm start is written (needed for a server location)")
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("info", help="collection, model, vector names and counts (no model needed)")
+    location_flags(p)
+    output_flags(p)
+    return parser
+
+

@@ -1,0 +1,150 @@
+"""What a collection records beyond its points, read and written by the store: the default search mode per
+modality, hubness statistics, and warm starts for inversion. :class:`RecordedSettings` is the part of
+:class:`~crossgap_qdrant.store.CrossModalStore` that manages them (the store's metadata record, the collection,
+the names, the encoder and the model handle are the store's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from qdrant_client import models
+
+from crossgap_qdrant.store import hubness as hubness_lib
+from crossgap_qdrant.store import warm as warm_lib
+from crossgap_qdrant.store.schema import METADATA_KEY, check_modality
+from crossgap_qdrant.store.search import DEFAULT_MODE, MODES
+
+
+class RecordedSettings:
+    """Default modes, hubness correction and warm starts recorded in the collection's metadata."""
+
+    # --------------------------------------------------------------------------------------- default modes
+    def default_mode(self, modality: str) -> str:
+        """The mode a same-modality search uses when none is given: recorded by the evaluation, else
+        gallery_inverted."""
+        recorded = self._metadata[METADATA_KEY].get("default_modes") or {}
+        return recorded.get(check_modality(modality), DEFAULT_MODE)
+
+    def default_hubness(self, modality: str) -> bool:
+        """Whether searches in the default mode apply hubness correction (recorded by the evaluation)."""
+        return bool((self._metadata[METADATA_KEY].get("default_hubness") or {}).get(check_modality(modality)))
+
+    def set_default_mode(self, modality: str, mode: str | None, hubness: bool = False) -> None:
+        """Records the mode later searches of ``modality`` use by default (None: back to gallery_inverted),
+        and whether they apply hubness correction (fit it first: :meth:`fit_hubness`)."""
+        check_modality(modality)
+        if mode is not None and mode not in MODES and mode not in self.encoder.derived_for(modality):
+            raise ValueError(f"unknown {modality} mode {mode!r}")
+        record = self._metadata[METADATA_KEY]
+        if hubness:
+            hubness_lib.hub_correction(record, modality, mode or DEFAULT_MODE, True)  # raises when not fitted
+        modes = {k: v for k, v in (record.get("default_modes") or {}).items() if k != modality}
+        hub = {k: v for k, v in (record.get("default_hubness") or {}).items() if k != modality}
+        self._record(default_modes={**modes, **({modality: mode} if mode else {})},
+                     default_hubness={**hub, **({modality: True} if hubness else {})})
+
+    def fit_hubness(self, modality: str = "image", mode: str | None = None, *, bank_size: int = 1000,
+                    temperature: float = 20.0, weight: float = 1.0, query_filter: models.Filter | None = None,
+                    seed: int = 0) -> dict[str, Any]:
+        """Fits DBNorm hubness statistics for ``mode`` searches (default: the default mode) and stores them: one
+        payload value per point (crossgap_qdrant.store.hubness), parameters in the collection metadata.
+
+        Searches apply them with ``hubness=True`` (or by default after :meth:`set_default_mode` with
+        ``hubness=True``). Points added later use the mean value until the next fit.
+
+        Returns:
+            The recorded parameters (key, temperature, weight, default, bank_size, points, vectors).
+        """
+        check_modality(modality)
+        mode = mode or self.default_mode(modality)
+        fitted = hubness_lib.fit_hubness(self.collection, self.names, self.encoder.derived_for(modality), modality,
+                                         mode, bank_size=bank_size, temperature=temperature, weight=weight,
+                                         query_filter=query_filter, seed=seed)
+        stats = dict(self._metadata[METADATA_KEY].get("hubness") or {})
+        stats[modality] = {**(stats.get(modality) or {}), mode: fitted}
+        self._record(hubness=stats)
+        return fitted
+
+    def hub_correction(self, modality: str, mode: str, hubness: bool | None = None):
+        """The hubness correction a ``modality`` search in ``mode`` applies (None: none), for ``hubness`` True,
+        False or None (the recorded default; see crossgap_qdrant.store.hubness.hub_correction)."""
+        return hubness_lib.hub_correction(self._metadata[METADATA_KEY], check_modality(modality), mode, hubness)
+
+    # ----------------------------------------------------------------------------------------- warm starts
+    def fit_warm_start(self, modality: str = "image", *, sample: int = 2000, steps: int | None = None,
+                       path: str | os.PathLike | None = None, progress: bool = True, **options: Any):
+        """Fits a warm start for inverting ``modality`` from up to ``sample`` stored native vectors, keeps it
+        with the collection, and uses it from now on (:meth:`use_warm_start`).
+
+        Its exact inversions use the store's settings (``oti_config`` / ``ovi_config``, published by default).
+
+        Args:
+            modality: "image" (OTI) or "text" (OVI).
+            sample: stored native vectors inverted exactly as the distillation set.
+            steps: exact steps after the warm start's prediction in later inversions (default
+                :data:`crossgap_qdrant.store.warm.WARM_STEPS`).
+            path: where the file goes; default the collection's own folder (embedded engines; required for a
+                server or ":memory:", which keep no files).
+            options: passed to :func:`crossgap_qdrant.warm_start.fit_warm_start` (hidden, epochs, ...).
+
+        Returns:
+            The fit's report (:class:`crossgap_qdrant.warm_start.WarmStartFit`).
+        """
+        from crossgap_qdrant.warm_start import fit_warm_start
+
+        modality = check_modality(modality)
+        steps = warm_lib.WARM_STEPS if steps is None else steps
+        target = warm_lib.file_path(self.collection, modality, path)
+        features = warm_lib.sample_native(self.collection, self.names, modality, sample)
+        exact = dataclasses.replace(self._exact_config(modality), warm_start=None)
+        warm, fit = fit_warm_start(self.clip, features, warm_lib.KIND[modality], exact, progress=progress,
+                                   **options)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        warm.save(target)
+        recorded = dict(self._metadata[METADATA_KEY].get(warm_lib.WARM_KEY) or {})
+        recorded[modality] = warm_lib.record_for(self.collection, target, steps, fit)
+        self._record(**{warm_lib.WARM_KEY: recorded})
+        self._attach_warm_start(modality, warm, steps)
+        return fit
+
+    def use_warm_start(self, modality: str | None = None, steps: int | None = None) -> None:
+        """Inverts with the collection's recorded warm start from now on: query-side inversion (query_inverted,
+        fused), ingestion and backfills take ``steps`` exact steps (default: the recorded budget) after its
+        prediction, instead of the published 150 (OTI) or 1000 (OVI).
+
+        Args:
+            modality: "image", "text", or None for every modality that has one.
+
+        Raises:
+            LookupError: no warm start is recorded for ``modality`` (fit one with :meth:`fit_warm_start`).
+            FileNotFoundError, ValueError: its file is missing or is not the recorded one.
+        """
+        recorded = self._metadata[METADATA_KEY].get(warm_lib.WARM_KEY) or {}
+        wanted = [check_modality(modality)] if modality is not None else sorted(recorded)
+        if not wanted or any(m not in recorded for m in wanted):
+            missing = modality or "image or text"
+            raise LookupError(f"collection {self.collection.name!r} has no {missing} warm start: fit one first "
+                              f"(store.fit_warm_start, CLI: crossgap-qdrant fit-warm-start)")
+        for m in wanted:
+            warm = warm_lib.load_recorded(self.collection, m, recorded[m])
+            self._attach_warm_start(m, warm, recorded[m]["steps"] if steps is None else steps)
+
+    def _exact_config(self, modality: str):
+        return self.oti_config if modality == "image" else self.ovi_config
+
+    def _attach_warm_start(self, modality: str, warm, steps: int) -> None:
+        config = dataclasses.replace(self._exact_config(modality), warm_start=warm, steps=steps)
+        if modality == "image":
+            self.encoder.oti_config = config
+        else:
+            self.encoder.ovi_config = config
+
+    def _record(self, **changes: Any) -> None:
+        """Merges ``changes`` into the collection's metadata record (and this store's copy)."""
+        record = {**self._metadata[METADATA_KEY], **changes}
+        schema = self.collection.schema()
+        self.collection.set_metadata({**schema.metadata, METADATA_KEY: record})
+        self._metadata = {METADATA_KEY: record}

@@ -1,0 +1,112 @@
+"""``crossgap-qdrant evaluate``: every representation with CIs and a recommendation in --json, --apply making
+later searches use it, and ``search --hubness``."""
+
+import json
+
+import pytest
+
+from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from crossgap_qdrant.evaluate import METHODS
+from tests.test_cli import MODEL, images, run  # noqa: F401  (the images fixture)
+
+
+def test_evaluate_json_lists_every_method_with_cis_and_a_recommendation(capsys, tmp_path, images):  # noqa: F811
+    vocabulary = tmp_path / "vocab.txt"
+    vocabulary.write_text("\n".join(f"a photo of thing {i}" for i in range(40)) + "\n")
+    code, out, err = run(capsys, "evaluate", images, *MODEL, "--json", "--bootstrap", "30", "--vocabulary",
+                         vocabulary, "--out", tmp_path / "report")
+    assert code == EXIT_OK, err
+    result = json.loads(out)
+    assert set(result["methods"]) == set(METHODS)
+    for method, entry in result["methods"].items():
+        assert entry["ci95"][0] <= entry["mAP"] <= entry["ci95"][1]
+        assert entry["query_ms"] > 0 and isinstance(entry["recommended"], bool)
+        if method != "native":
+            low, high = entry["diff_ci95"]
+            assert low <= entry["diff_vs_native"] <= high
+    rec = result["recommended"]
+    assert rec["method"] in METHODS and result["methods"][rec["method"]]["recommended"]
+    assert result["representations"]["pca"]["vocabulary"] == "--vocabulary vocab.txt"
+    assert result["representations"]["isoclip"]["cuts_source"] == "tuned"
+    assert "applied" not in result
+    assert "Recommended:" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_apply_makes_later_searches_use_the_choice(capsys, tmp_path, images):  # noqa: F811
+    loc = ["--location", tmp_path / "q", "--collection", "photos"]
+    code, _, err = run(capsys, "ingest", images, *MODEL, *loc)
+    assert code == EXIT_OK, err
+    code, out, err = run(capsys, "evaluate", images, *MODEL, *loc, "--json", "--bootstrap", "20", "--backend",
+                         "torch", "--methods", "native,isoclip,native_hub", "--apply-method", "native_hub")
+    assert code == EXIT_OK, err
+    applied = json.loads(out)["applied"]
+    assert applied["mode"] == "native" and applied["hubness"] and applied["hubness_fit"]["points"] == 6
+    query = next(images.glob("*/*.png"))
+    code, out, err = run(capsys, "search", query, *MODEL, *loc, "--json", "--limit", "3")
+    assert code == EXIT_OK, err
+    default = json.loads(out)
+    assert default["mode"] == "native" and default["hubness"] is True
+    code, out, _ = run(capsys, "search", query, *MODEL, *loc, "--json", "--limit", "3", "--no-hubness")
+    plain = json.loads(out)
+    assert plain["hubness"] is False and [h["score"] for h in plain["hits"]] != [h["score"] for h in default["hits"]]
+    # --apply takes the recommendation; a rival gets its vectors for the stored points
+    code, out, err = run(capsys, "evaluate", images, *MODEL, *loc, "--json", "--bootstrap", "20", "--backend",
+                         "torch", "--methods", "native,isoclip", "--apply-method", "isoclip")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["applied"]["computed"] == 6
+    code, out, err = run(capsys, "search", query, *MODEL, *loc, "--json", "--limit", "3")
+    assert code == EXIT_OK and json.loads(out)["mode"] == "image_isoclip" and json.loads(out)["hubness"] is False
+    code, out, err = run(capsys, "evaluate", images, *MODEL, *loc, "--json", "--bootstrap", "20", "--backend",
+                         "torch", "--methods", "native,pca", "--apply")
+    assert code == EXIT_OK, err
+    result = json.loads(out)
+    assert result["applied"]["method"] == result["recommended"]["method"]
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--apply-method", "pca", "--methods", "native,isoclip"], EXIT_USAGE, "not among the evaluated"),
+    (["--methods", "native,fused_hub"], EXIT_USAGE, "unknown method"),
+    (["--vocabulary", "/no/such/file.txt"], EXIT_ERROR, "no such file"),
+])
+def test_evaluate_flag_errors(capsys, images, argv, code, message):  # noqa: F811
+    got, _, err = run(capsys, "evaluate", images, *MODEL, *argv)
+    assert got == code and message in err
+
+
+def test_apply_to_a_missing_collection_is_a_clear_error(capsys, tmp_path, images):  # noqa: F811
+    code, _, err = run(capsys, "evaluate", images, *MODEL, "--location", tmp_path / "none", "--backend", "torch",
+                       "--methods", "native", "--bootstrap", "10", "--apply")
+    assert code == EXIT_ERROR and "no Qdrant folder" in err
+    (tmp_path / "folder").mkdir()
+    code, _, err = run(capsys, "evaluate", images, *MODEL, "--location", tmp_path / "folder", "--collection", "x",
+                       "--backend", "torch", "--methods", "native", "--bootstrap", "10", "--apply")
+    assert code == EXIT_ERROR and "no collection 'x'" in err
+
+
+def test_evaluation_collection_is_removed_and_reads_create_nothing(capsys, tmp_path, images, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "eval_db"
+    code, _, err = run(capsys, "evaluate", images, *MODEL, "--bootstrap", "10", "--methods", "native",
+                       "--eval-location", folder)
+    assert code == EXIT_OK, err
+    assert folder.is_dir() and not any(folder.iterdir())  # the temporary Edge collection is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_db"]  # no ./qdrant_data or anything else
+
+
+def test_evaluation_server_follows_timeout_and_retries(capsys, images):  # noqa: F811
+    import socket
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # accepts connections (the kernel does), never answers
+    try:
+        url = f"http://user:hunter2@127.0.0.1:{server.getsockname()[1]}"
+        start = time.monotonic()
+        code, _, err = run(capsys, "evaluate", images, *MODEL, "--methods", "native", "--eval-location", url,
+                           "--timeout", "2", "--retries", "0")
+        elapsed = time.monotonic() - start
+    finally:
+        server.close()
+    assert code == EXIT_ERROR and elapsed < 15, (elapsed, err)
+    assert "2 s deadline" in err and "hunter2" not in err and "Traceback" not in err
