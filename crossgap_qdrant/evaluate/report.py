@@ -70,20 +70,22 @@ def _plot(result: EvaluationResult, path: Path) -> None:
     lows = [max(0.0, m - 100 * r.map_ci[0]) for m, r in zip(maps, rows)]
     highs = [max(0.0, 100 * r.map_ci[1] - m) for m, r in zip(maps, rows)]
     chosen = (result.recommendation or {}).get("method")
-    bars = ax.bar(x, maps, yerr=[lows, highs], capsize=4, color="#4c72b0", label="mAP, 95% bootstrap CI")
-    for bar, r in zip(bars, rows):
-        if r.method == chosen:
-            bar.set_color("#dd8452")
-            bar.set_label(f"recommended: {chosen}")
+    from matplotlib.patches import Patch
+
+    colours = ["#dd8452" if r.method == chosen else "#4c72b0" for r in rows]
+    ax.bar(x, maps, yerr=[lows, highs], capsize=4, color=colours)
+    handles = [Patch(color="#4c72b0", label="mAP, 95% bootstrap CI")]
+    if chosen is not None:
+        handles.append(Patch(color="#dd8452", label=f"recommended: {chosen}"))
     if not math.isnan(result.chance_map):
-        ax.axhline(100 * result.chance_map, color="#555555", linestyle="--", linewidth=1,
-                   label=f"chance (random ranking): {100 * result.chance_map:.1f}%")
+        handles.append(ax.axhline(100 * result.chance_map, color="#555555", linestyle="--", linewidth=1,
+                                  label=f"chance (random ranking): {100 * result.chance_map:.1f}%"))
     ax.set_xticks(list(x), [r.method for r in rows], rotation=35, ha="right")
     ax.set_ylabel("mAP (%)")
     ax.set_ylim(0, max([m + h for m, h in zip(maps, highs)] + [1.0]) * 1.3)  # headroom for the legend
     ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= 100])
     ax.set_title("mAP per method\n(95% bootstrap CI)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
 
     if diffs:
         d = [100 * r.diff_vs_native[0] for r in diffs]
