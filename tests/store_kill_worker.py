@@ -4,7 +4,7 @@ Usage: python tests/store_kill_worker.py ENGINE FOLDER N BATCH PAUSE_SECONDS
 
 ENGINE is "edge" or "local". With PAUSE_SECONDS > 0 it prints "INVERTING" before every inversion and pauses
 before the second one, so the test can SIGKILL it after batch 1 is written, while batch 2 is being inverted.
-At the end it prints "REPORT {json}".
+It prints "READY" once the store is open (before ingesting) and "REPORT {json}" at the end.
 """
 
 import json
@@ -34,6 +34,7 @@ def main(engine: str, folder: str, n: int, batch: int, pause: float) -> None:
     torch.manual_seed(0)
     clip = load_model("test-tiny-clip", device="cpu", allow_random=True)
     store = CrossModalStore.open(folder, COLLECTION, clip, engine=engine, oti_config=OTIConfig(steps=2))
+    print("READY", flush=True)  # the store is open: what follows is the ingestion
     if pause > 0:
         invert = store.encoder.invert
         calls = []

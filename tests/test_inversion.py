@@ -357,3 +357,31 @@ def test_engine_on_cuda_equals_cpu_with_and_without_cuda_graphs(tiny_clip):
                                ovi_invert(model, feats, ovi, progress=False).features, atol=1e-4, rtol=1e-4)
     bf16 = oti_invert(gpu, tok, feats, dataclasses.replace(cfg, precision="bf16"), progress=False).features
     assert ((bf16 * cpu).sum(-1) > 0.98).all()
+
+
+# --------------------------------------------------------------------------------- the hand-written step
+@pytest.mark.parametrize("quick_gelu", [False, True])
+@pytest.mark.parametrize("r, template", [(1, "a photo of {}"), (2, "a photo of {}.")])
+def test_handwritten_step_equals_the_published_forward_and_its_gradient(tiny_clip, quick_gelu, r, template):
+    from conftest import TINY_CLIP
+
+    from crossgap_qdrant.models import load_model
+    from crossgap_qdrant.oti_step import SuffixStep
+
+    if quick_gelu:
+        register_model_config("test-tiny-quickgelu", {**TINY_CLIP, "quick_gelu": True})
+        torch.manual_seed(3)
+        model, _, tok = load_model("test-tiny-quickgelu", device="cpu", allow_random=True)
+        assert type(model.transformer.resblocks[0].mlp[1]).__name__ == "QuickGELU"
+    else:
+        model, _, tok = tiny_clip
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randn(5, r, 48, generator=gen) * 0.3
+    targets = F.normalize(torch.randn(5, 32, generator=gen), dim=-1)
+    loss, grad = SuffixStep(CachedTemplateTextEncoder(model, tok, template, r, torch.float32))(tokens, targets, 0.2)
+    ids, positions = template_token_ids(tok, template, r)
+    p = tokens.clone().requires_grad_(True)
+    published = 1 - F.cosine_similarity(encode_text_with_pseudo_tokens(model, ids, positions, p), targets)
+    (published.sum() * 0.2).backward()
+    torch.testing.assert_close(loss, published.detach(), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(grad, p.grad, rtol=1e-4, atol=2e-6 * p.grad.abs().max().item())

@@ -192,10 +192,12 @@ def test_repeated_sigkills_at_random_moments_lose_and_duplicate_nothing(tmp_path
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     rng = random.Random(0)
     for _ in range(25):
-        proc = subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        time.sleep(rng.uniform(2.0, 6.0))  # the worker's start (imports, model) takes about 2 s
+        proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        assert proc.stdout.readline().strip() == "READY"  # start-up (imports, model) takes seconds on a busy CPU
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment of the ingestion (all of it takes about 2 s)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
         _stored(engine, folder)  # the folder opens after every kill
     done = subprocess.run(worker, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
