@@ -1,7 +1,10 @@
 """The collection engines side by side: ingestion rate, query latency and Edge's HNSW recall; prints JSON.
 
-Points are random unit vectors of width --dim in the store's layout: image items hold "image" and
-"image_oti", text items "text" and "text_ovi" (half of each), with a small payload. Vectors are drawn and
+Points are unit vectors of width --dim in the store's layout: image items hold "image" and "image_oti", text
+items "text" and "text_ovi" (half of each), with a small payload. By default they lie around 1000 random centres
+(--distribution clustered), as embeddings of a real collection do; uniformly random vectors (--distribution
+uniform) are the worst case for an HNSW index (every point about equally far from every other), so its recall
+there says little about real data; the brute-force engines do not care. Vectors are drawn and
 turned into points before the clock starts, and the Collection layer is called directly, so what is timed
 is the engine. Engines:
 
@@ -37,6 +40,7 @@ from qdrant_client import models
 from crossgap_qdrant.store.engines import open_collection
 
 VECTORS = ("image", "image_oti", "text", "text_ovi")
+CENTRES, SPREAD = 1000, 1.0  # "clustered": points around 1000 centres, noise as large as the centre
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -44,13 +48,24 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def make_batches(n: int, dim: int, batch: int, seed: int) -> list[list[models.PointStruct]]:
+def clustered_rows(rng: np.random.Generator, centres: np.ndarray, n: int, spread: float) -> np.ndarray:
+    """Unit rows near random centres (each row: a centre plus Gaussian noise of norm about ``spread``)."""
+    dim = centres.shape[1]
+    rows = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, dim), dtype=np.float32) * (
+        spread / np.sqrt(dim))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def make_batches(n: int, dim: int, batch: int, seed: int, distribution: str) -> list[list[models.PointStruct]]:
     """All points, batched; even ids are images (image, image_oti), odd ids texts (text, text_ovi)."""
     rng = np.random.default_rng(seed)
+    centres = unit_rows(np.random.default_rng(seed + 7), CENTRES, dim)
+    draw = ((lambda m: unit_rows(rng, m, dim)) if distribution == "uniform"
+            else (lambda m: clustered_rows(rng, centres, m, SPREAD)))
     batches = []
     for start in range(0, n, batch):
         stop = min(n, start + batch)
-        a, b = unit_rows(rng, stop - start, dim), unit_rows(rng, stop - start, dim)
+        a, b = draw(stop - start), draw(stop - start)
         points = []
         for j, pid in enumerate(range(start, stop)):
             names = ("image", "image_oti") if pid % 2 == 0 else ("text", "text_ovi")
@@ -146,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefetch-limit", type=int, default=40)
     parser.add_argument("--dir", default=None, help="where the on-disk engines write (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distribution", choices=("clustered", "uniform"), default="clustered",
+                        help="points near 1000 centres (like the embeddings of a real collection; the default) or "
+                             "uniform on the sphere (the worst case for HNSW: its recall there says little)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -157,14 +175,20 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {
         "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
         "dim": args.dim, "queries": args.queries, "batch": args.batch, "prefetch_limit": args.prefetch_limit,
+        "distribution": args.distribution,
         "layout": "even ids: image+image_oti, odd ids: text+text_ovi; filter matches 10% of points",
         "runs": [],
     }
     try:
         qrng = np.random.default_rng(args.seed + 1)
-        requests = query_requests(unit_rows(qrng, args.queries, args.dim), args.prefetch_limit)
+        if args.distribution == "uniform":
+            queries = unit_rows(qrng, args.queries, args.dim)
+        else:  # queries from the same distribution as the points (other draws)
+            queries = clustered_rows(qrng, unit_rows(np.random.default_rng(args.seed + 7), CENTRES, args.dim),
+                                     args.queries, SPREAD)
+        requests = query_requests(queries, args.prefetch_limit)
         for n in sizes:
-            batches = make_batches(n, args.dim, args.batch, args.seed)
+            batches = make_batches(n, args.dim, args.batch, args.seed, args.distribution)
             for engine in engines:
                 if engine == "local" and n > args.local_max_points:
                     report["runs"].append({"mode": "local", "points": n, "skipped": (

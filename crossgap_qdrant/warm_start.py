@@ -5,10 +5,14 @@ exact inversions (the published algorithm, this package's engine) of a sample of
 tokens, and the network learns to predict them. Inverting from its prediction then needs a few exact steps
 instead of the published 150 (OTI) or 1000 (OVI); with ``steps=0`` the prediction alone is used.
 
-    warm, report = fit_warm_start(clip, image_features, "oti")          # distil from exact OTI
+    warm, fit = fit_warm_start(clip, image_features, "oti")             # distil from exact OTI
     warm.save("oti_warm_start.pt")
-    config = OTIConfig(steps=10, warm_start=WarmStart.load("oti_warm_start.pt"))
-    oti_invert(clip, query_features, config)                             # 10 exact steps from the prediction
+    config = OTIConfig(steps=fit.steps, lr=fit.lr, warm_start=WarmStart.load("oti_warm_start.pt"))
+    oti_invert(clip, query_features, config)                             # a few exact steps from the prediction
+
+The fit measures, on a held-out part of the sample, how close the warm-started features come to the exact ones
+after K steps, against how close two exact runs from different random initial tokens come to each other, and
+recommends the fewest steps that reach that level.
 
 A warm start belongs to one model (its ``model_id``), one inversion kind, one template and token count: the
 inversion refuses one that does not fit.
@@ -127,27 +131,52 @@ class WarmStart(nn.Module):
 
 @dataclass
 class WarmStartFit:
-    """How a fit went.
+    """How a fit went, measured on the held-out part of the sample.
 
     Attributes:
         samples: features inverted exactly (the distillation set); ``validation`` of them held out.
-        epochs: training epochs run.
+        epochs, feature_epochs: training epochs of the two stages.
         token_r2: fraction of the held-out target tokens' variance the prediction explains.
-        cosine_at_0: mean cosine, on the held-out samples, between the features of the predicted tokens
-            (no exact step) and the exact inversion's features.
+        cosine_at_0: mean cosine between the features of the predicted tokens (no exact step) and the exact
+            inversion's features.
+        exact_floor: mean cosine between the exact inversion and an exact inversion from other random initial
+            tokens: how far apart two exact results are (OTI and OVI solutions are not unique), the level a
+            warm start cannot be asked to beat.
+        curve: "K@lr" -> mean cosine to the exact features after K exact steps at learning rate lr from the
+            prediction.
+        steps, lr: the recommended budget: the fewest steps (and the learning rate) whose mean cosine reaches
+            ``exact_floor`` - 0.002, else the best point of the curve.
         seconds_exact, seconds_training: time spent on the exact inversions and on training.
     """
 
     samples: int
     validation: int
     epochs: int
+    feature_epochs: int
     token_r2: float
     cosine_at_0: float
+    exact_floor: float
+    curve: dict[str, float]
+    steps: int
+    lr: float
     seconds_exact: float
     seconds_training: float
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+CURVE_STEPS = (0, 3, 5, 10, 20)
+FLOOR_MARGIN = 0.002
+
+
+def _recommend(curve: dict[tuple[int, float], float], floor: float) -> tuple[int, float]:
+    reached = [(k, -v, lr) for (k, lr), v in curve.items() if v >= floor - FLOOR_MARGIN]
+    if reached:
+        k, _, lr = min(reached)
+        return k, lr
+    (k, lr), _ = max(curve.items(), key=lambda kv: (kv[1], -kv[0][0]))
+    return k, lr
 
 
 def _inversion(kind: str):
@@ -170,7 +199,9 @@ def fit_warm_start(
     hidden: int = 1024,
     dropout: float = 0.1,
     epochs: int = 300,
+    feature_epochs: int = 30,
     lr: float = 1e-3,
+    feature_lr: float = 1e-4,
     weight_decay: float = 1e-4,
     batch_size: int = 256,
     validation: float = 0.1,
@@ -188,6 +219,9 @@ def fit_warm_start(
             are the warm start's.
         hidden, dropout: the network's size and regularisation.
         epochs, lr, weight_decay, batch_size: AdamW training on the token targets (MSE in standardised units).
+        feature_epochs, feature_lr: then training through the frozen tower, on the cosine between the features
+            of the predicted tokens and the exact inversion's features (what a warm start with few steps is
+            judged by); 0 skips it.
         validation: fraction of the samples held out to measure the fit (at least one sample when N >= 2).
         seed: seeds the split, the network's initialisation and the batches.
 
@@ -222,27 +256,88 @@ def fit_warm_start(
     val, train = order[:n_val], order[n_val:]
     torch.manual_seed(seed)
     warm = WarmStart(kind, features.shape[1], num_tokens, width, hidden=hidden, dropout=dropout,
-                     model_id=clip.model_id, template=template)
+                     model_id=clip.model_id, template=template).to(clip.device)
     mean = targets[train].mean(0)
     scale = (targets[train] - mean).pow(2).mean().sqrt().clamp_min(1e-8)
-    warm.token_mean.copy_(mean)
-    warm.token_scale.copy_(scale)
+    warm.token_mean.copy_(mean.to(clip.device))
+    warm.token_scale.copy_(scale.to(clip.device))
     start = time.perf_counter()
     _train(warm, features[train], (targets[train] - mean) / scale, epochs, lr, weight_decay, batch_size, gen,
            progress)
+    if feature_epochs:
+        encode = _tower_encoder(clip, kind, template, num_tokens)
+        _train_through_tower(warm, encode, features[train], exact.features[train], feature_epochs, feature_lr,
+                             weight_decay, batch_size, gen, progress)
     seconds_training = time.perf_counter() - start
     warm.eval().requires_grad_(False)
 
     predicted = warm.predict(features[val])
     residual = (predicted - targets[val]).pow(2).sum()
     spread = (targets[val] - targets[val].mean(0)).pow(2).sum().clamp_min(1e-12)
-    zero_step = dataclasses.replace(config, steps=0, warm_start=warm, stopping=None)
-    at_0 = _inversion(kind)(clip, features[val], zero_step, progress=False).features
-    report = WarmStartFit(samples=n, validation=n_val, epochs=epochs,
+    reference = exact.features[val]
+    reseeded = invert_exact(clip, features[val], kind, dataclasses.replace(config, seed=config.seed + 1))
+    floor = float((reseeded.features * reference).sum(-1).mean())
+    curve = {}
+    for lr_k in (config.lr, config.lr / 4):
+        for k in CURVE_STEPS:
+            if k == 0 and (0, config.lr) in curve:
+                continue
+            run = dataclasses.replace(config, steps=k, lr=lr_k, warm_start=warm, stopping=None)
+            curve[(k, lr_k)] = float((_inversion(kind)(clip, features[val], run, progress=False).features
+                                      * reference).sum(-1).mean())
+    steps, best_lr = _recommend(curve, floor)
+    report = WarmStartFit(samples=n, validation=n_val, epochs=epochs, feature_epochs=feature_epochs,
                           token_r2=float(1 - residual / spread) if n_val > 1 else math.nan,
-                          cosine_at_0=float((at_0 * exact.features[val]).sum(-1).mean()),
-                          seconds_exact=seconds_exact, seconds_training=seconds_training)
+                          cosine_at_0=curve[(0, config.lr)], exact_floor=floor,
+                          curve={f"{k}@{lr_k:g}": round(v, 5) for (k, lr_k), v in curve.items()},
+                          steps=steps, lr=best_lr, seconds_exact=seconds_exact, seconds_training=seconds_training)
     return warm, report
+
+
+def _tower_encoder(clip, kind: str, template: str | None, num_tokens: int):
+    """Pseudo tokens [B, R, W] -> unnormalised features [B, E] through the frozen tower, differentiable."""
+    from crossgap_qdrant.patch_encoder import PseudoPatchImageEncoder
+    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
+    from crossgap_qdrant.towers import (UnsupportedModelError, encode_image_with_pseudo_tokens,
+                                        encode_text_with_pseudo_tokens, template_token_ids)
+
+    try:
+        if kind == "oti":
+            return CachedTemplateTextEncoder(clip.model, clip.tokenizer, template, num_tokens, torch.float32)
+        return PseudoPatchImageEncoder(clip.model, torch.float32)
+    except UnsupportedModelError:  # towers the fast paths do not cover: the model's own forward
+        if kind == "oti":
+            ids, positions = template_token_ids(clip.tokenizer, template, num_tokens)
+            return lambda tokens: encode_text_with_pseudo_tokens(clip.model, ids, positions, tokens)
+        return lambda tokens: encode_image_with_pseudo_tokens(clip.model, tokens)
+
+
+def _train_through_tower(warm: WarmStart, encode, x: torch.Tensor, target: torch.Tensor, epochs: int, lr: float,
+                         weight_decay: float, batch_size: int, gen: torch.Generator, progress: bool) -> None:
+    """Fine-tunes the network on 1 - cos(features of its predicted tokens, target features [N, E])."""
+    device = warm.token_mean.device
+    warm.train().requires_grad_(True)
+    opt = torch.optim.AdamW(list(warm.net.parameters()), lr=lr, weight_decay=weight_decay)
+    n = x.shape[0]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="fit warm start through the tower", unit="epoch")
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for lo in range(0, n, batch_size):
+            idx = perm[lo : lo + batch_size]
+            features = encode(warm(x[idx].to(device)))
+            loss = (1 - F.cosine_similarity(features.float(), target[idx].to(device), dim=-1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"1 - cos {loss.item():.4f}", refresh=False)
+    if bar is not None:
+        bar.close()
 
 
 def _train(warm: WarmStart, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, weight_decay: float,
@@ -260,7 +355,8 @@ def _train(warm: WarmStart, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, desc="fit warm start", unit="epoch")
-    flat = y.reshape(n, -1)
+    device = warm.token_mean.device
+    x, flat = x.to(device), y.reshape(n, -1).to(device)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for lo in range(0, n, batch_size):

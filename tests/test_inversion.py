@@ -228,6 +228,22 @@ def test_an_items_result_depends_on_its_batch_only_within_the_bound(tiny_clip):
         assert (other - runs[0]).abs().max() <= BATCH_INVARIANCE_BOUND
 
 
+def test_bf16_without_bf16_hardware_warns(tiny_clip, monkeypatch):
+    import warnings
+
+    from crossgap_qdrant import inversion_config
+
+    model, _, tok = tiny_clip
+    cfg = OTIConfig(steps=1, precision="bf16")
+    monkeypatch.setattr(inversion_config, "cpu_has_bf16", lambda: False)
+    with pytest.warns(inversion_config.SlowPrecisionWarning, match="fp32"):
+        oti_invert(model, tok, torch.randn(2, 32), cfg, progress=False)
+    monkeypatch.setattr(inversion_config, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", inversion_config.SlowPrecisionWarning)
+        oti_invert(model, tok, torch.randn(2, 32), cfg, progress=False)
+
+
 def test_oti_empty_input(tiny_clip):
     model, _, tok = tiny_clip
     res = oti_invert(model, tok, torch.empty(0, 32), OTIConfig(steps=2), progress=False)

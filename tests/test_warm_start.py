@@ -33,11 +33,22 @@ def test_fit_reports_and_the_prediction_starts_near_the_exact_result(tiny_clip, 
     warm, fit, test = fitted
     assert (fit.samples, fit.validation, fit.epochs) == (48, 5, 150)
     assert fit.seconds_exact > 0 and fit.seconds_training > 0 and -1 <= fit.token_r2 <= 1
+    assert len(fit.curve) == 9 and fit.curve["0@0.02"] == pytest.approx(fit.cosine_at_0, abs=1e-5) and -1 <= fit.exact_floor <= 1
+    assert f"{fit.steps}@{fit.lr:g}" in fit.curve
     exact = oti_invert(tiny_clip, test, OTIConfig(steps=60), progress=False).features
     for k in (0, 3):
         warm_k = oti_invert(tiny_clip, test, OTIConfig(steps=k, warm_start=warm), progress=False).features
         cold_k = oti_invert(tiny_clip, test, OTIConfig(steps=k), progress=False).features
         assert (warm_k * exact).sum(-1).mean() > (cold_k * exact).sum(-1).mean() + 0.05, k
+
+
+def test_the_recommended_budget_is_the_fewest_steps_that_reach_the_exact_floor():
+    from crossgap_qdrant.warm_start import _recommend
+
+    curve = {(0, 0.02): 0.95, (3, 0.02): 0.985, (5, 0.02): 0.991, (3, 0.005): 0.989, (5, 0.005): 0.99}
+    assert _recommend(curve, floor=0.99) == (3, 0.005)  # 0.989 is within the 0.002 margin; fewer steps win
+    assert _recommend(curve, floor=0.9) == (0, 0.02)
+    assert _recommend(curve, floor=0.999) == (5, 0.02)  # none reaches it: the best point
 
 
 def test_zero_steps_returns_the_features_of_the_predicted_tokens(tiny_clip, fitted):
@@ -120,5 +131,5 @@ def test_a_server_store_needs_a_path_for_its_warm_start(tiny_clip, tmp_path):
         store.fit_warm_start("image", sample=4, epochs=2, progress=False)
     fit = store.fit_warm_start("image", sample=4, epochs=2, hidden=32, path=tmp_path / "w.pt", progress=False)
     assert fit.samples == 4 and (tmp_path / "w.pt").is_file()
-    assert dataclasses.replace(store.encoder.oti_config, warm_start=None).steps == 10  # the default budget
+    assert (store.encoder.oti_config.steps, store.encoder.oti_config.lr) == (fit.steps, fit.lr)  # the fit's choice
     stores.close()

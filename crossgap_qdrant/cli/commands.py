@@ -135,7 +135,9 @@ def cmd_fit_warm_start(args) -> int:
         fit = store.fit_warm_start(args.modality, sample=args.sample, steps=args.warm_steps, path=args.file,
                                    progress=args.progress, epochs=args.epochs)
         record = store.info()["warm_start"][args.modality]
-    data = {"modality": args.modality, "file": record["file"], "steps": record["steps"], **fit.to_dict()}
+    # the budget used from now on (--warm-steps, else the fit's recommendation) after the fit's own figures
+    data = {**fit.to_dict(), "modality": args.modality, "file": record["file"], "steps": record["steps"],
+            "lr": record["lr"]}
     rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in data.items()]
     emit(args, data, format_table(rows, ["", "value"]))
     return EXIT_OK

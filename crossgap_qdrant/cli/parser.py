@@ -52,14 +52,24 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--background", default="white", metavar="COLOUR",
                    help="what transparent image pixels are flattened onto: white, black or R,G,B "
                         "(default: %(default)s)")
-    g.add_argument("--warm-start", action="store_true",
-                   help="invert with the collection's warm start (fit-warm-start): a few exact steps from its "
-                        "prediction instead of the published 150 (OTI) or 1000 (OVI)")
-    g.add_argument("--warm-steps", type=int, default=None, metavar="K",
-                   help="exact steps after the warm start's prediction (implies --warm-start; default: as recorded)")
     g.add_argument("--isoclip", default=None, metavar="TOP,BOTTOM",
                    help="add the IsoCLIP vector (<modality>_isoclip) with these singular-direction cuts")
 
+
+
+def warm_flags(parser: argparse.ArgumentParser, use: bool = True) -> None:
+    g = parser.add_argument_group("warm start")
+    if use:
+        g.add_argument("--warm-start", action="store_true",
+                       help="invert with the collection's warm start (fit-warm-start): a few exact steps from its "
+                            "prediction instead of the published 150 (OTI) or 1000 (OVI)")
+        g.add_argument("--warm-steps", type=int, default=None, metavar="K",
+                       help="exact steps after the warm start's prediction (implies --warm-start; default: the "
+                            "recorded budget)")
+    else:
+        g.add_argument("--warm-steps", type=int, default=None, metavar="K",
+                       help="exact steps after the prediction that later inversions take (default: the fewest that "
+                            "the fit measured to reach the exact inversion's own spread)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-invert", action="store_true", help="store native (and derived) vectors only")
     p.add_argument("--batch-size", type=int, default=64)
     model_flags(p)
+    warm_flags(p)
     location_flags(p)
     output_flags(p)
 
@@ -97,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CrossModalStore.fit_hubness); default: as recorded with the collection's mode")
     p.add_argument("--limit", type=int, default=10)
     model_flags(p)
+    warm_flags(p)
     location_flags(p)
     output_flags(p)
 
@@ -104,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=("image", "text"), default="image")
     p.add_argument("--batch-size", type=int, default=64)
     model_flags(p)
+    warm_flags(p)
     location_flags(p)
     output_flags(p)
 
@@ -146,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=300, help="training epochs of the network (default: %(default)s)")
     p.add_argument("--file", default=None, help="where the warm start is written (needed for a server location)")
     model_flags(p)
+    warm_flags(p, use=False)
     location_flags(p)
     output_flags(p)
 

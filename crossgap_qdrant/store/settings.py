@@ -84,8 +84,9 @@ class RecordedSettings:
         Args:
             modality: "image" (OTI) or "text" (OVI).
             sample: stored native vectors inverted exactly as the distillation set.
-            steps: exact steps after the warm start's prediction in later inversions (default
-                :data:`crossgap_qdrant.store.warm.WARM_STEPS`).
+            steps: exact steps after the warm start's prediction in later inversions; default the fit's
+                recommendation (the fewest steps that bring the held-out features as close to the exact ones
+                as two exact runs are to each other; see :class:`crossgap_qdrant.warm_start.WarmStartFit`).
             path: where the file goes; default the collection's own folder (embedded engines; required for a
                 server or ":memory:", which keep no files).
             options: passed to :func:`crossgap_qdrant.warm_start.fit_warm_start` (hidden, epochs, ...).
@@ -96,7 +97,6 @@ class RecordedSettings:
         from crossgap_qdrant.warm_start import fit_warm_start
 
         modality = check_modality(modality)
-        steps = warm_lib.WARM_STEPS if steps is None else steps
         target = warm_lib.file_path(self.collection, modality, path)
         features = warm_lib.sample_native(self.collection, self.names, modality, sample)
         exact = dataclasses.replace(self._exact_config(modality), warm_start=None)
@@ -105,15 +105,16 @@ class RecordedSettings:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         warm.save(target)
         recorded = dict(self._metadata[METADATA_KEY].get(warm_lib.WARM_KEY) or {})
-        recorded[modality] = warm_lib.record_for(self.collection, target, steps, fit)
+        steps = fit.steps if steps is None else steps
+        recorded[modality] = warm_lib.record_for(self.collection, target, steps, fit.lr, fit)
         self._record(**{warm_lib.WARM_KEY: recorded})
-        self._attach_warm_start(modality, warm, steps)
+        self._attach_warm_start(modality, warm, steps, fit.lr)
         return fit
 
     def use_warm_start(self, modality: str | None = None, steps: int | None = None) -> None:
         """Inverts with the collection's recorded warm start from now on: query-side inversion (query_inverted,
-        fused), ingestion and backfills take ``steps`` exact steps (default: the recorded budget) after its
-        prediction, instead of the published 150 (OTI) or 1000 (OVI).
+        fused), ingestion and backfills take ``steps`` exact steps (default: the recorded budget, at the
+        recorded learning rate) after its prediction, instead of the published 150 (OTI) or 1000 (OVI).
 
         Args:
             modality: "image", "text", or None for every modality that has one.
@@ -130,13 +131,14 @@ class RecordedSettings:
                               f"(store.fit_warm_start, CLI: crossgap-qdrant fit-warm-start)")
         for m in wanted:
             warm = warm_lib.load_recorded(self.collection, m, recorded[m])
-            self._attach_warm_start(m, warm, recorded[m]["steps"] if steps is None else steps)
+            lr = recorded[m].get("lr", self._exact_config(m).lr)
+            self._attach_warm_start(m, warm, recorded[m]["steps"] if steps is None else steps, lr)
 
     def _exact_config(self, modality: str):
         return self.oti_config if modality == "image" else self.ovi_config
 
-    def _attach_warm_start(self, modality: str, warm, steps: int) -> None:
-        config = dataclasses.replace(self._exact_config(modality), warm_start=warm, steps=steps)
+    def _attach_warm_start(self, modality: str, warm, steps: int, lr: float) -> None:
+        config = dataclasses.replace(self._exact_config(modality), warm_start=warm, steps=steps, lr=lr)
         if modality == "image":
             self.encoder.oti_config = config
         else:

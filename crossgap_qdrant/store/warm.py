@@ -3,8 +3,8 @@
 A warm start (crossgap_qdrant.warm_start) turns query-side inversion and backfills from 150 (OTI) or 1000 (OVI)
 exact steps into a few. The file goes into the collection's own folder on embedded engines
 (``Collection.files_folder``); a server keeps no files, so there the caller names a path. The metadata records,
-per modality, the file (relative to the collection's folder when inside it), its SHA-256, the step budget to use
-with it, and how the fit went.
+per modality, the file (relative to the collection's folder when inside it), its SHA-256, the step budget and
+learning rate to use with it (the fit's measured recommendation unless given), and how the fit went.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from qdrant_client import models
 
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.schema import VectorNames
-
-WARM_STEPS = 10
-"""Exact steps after the warm start's prediction by default (see benchmarks/bench_query.py for the measurement)."""
 
 WARM_KEY = "warm_start"
 KIND = {"image": "oti", "text": "ovi"}
@@ -64,11 +61,11 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def record_for(collection: Collection, path: str, steps: int, fit: Any) -> dict[str, Any]:
-    """The metadata entry of a saved warm start."""
+def record_for(collection: Collection, path: str, steps: int, lr: float, fit: Any) -> dict[str, Any]:
+    """The metadata entry of a saved warm start: its file, SHA-256, step budget and learning rate, the fit."""
     folder = collection.files_folder
     stored = os.path.relpath(path, folder) if folder and os.path.dirname(path) == os.path.abspath(folder) else path
-    return {"file": stored, "sha256": _sha256(path), "steps": steps,
+    return {"file": stored, "sha256": _sha256(path), "steps": steps, "lr": lr,
             "fit": dataclasses.asdict(fit) if dataclasses.is_dataclass(fit) else dict(fit)}
 
 
