@@ -123,7 +123,13 @@ def step_costs(clip) -> dict:
     encoder = CachedTemplateTextEncoder(model, tokenizer, "a photo of {}", 1, torch.float32)
     handwritten = SuffixStep(encoder)
     ids, positions = template_token_ids(tokenizer, "a photo of {}", 1)
-    out = {}
+    # The floor of a step at batch 1: reading every weight matrix of the text tower twice (forward x W^T,
+    # backward g W), here as one 2-row product each, with nothing else.
+    weights = [m.weight for m in model.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    weights += [blk.attn.in_proj_weight for blk in model.transformer.resblocks]
+    rows = [(torch.randn(2, w.shape[1]), torch.randn(2, w.shape[0])) for w in weights]
+    out = {"weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 1e6, 1),
+           "weight_stream_ms": round(_median_ms(lambda: [(x @ w.T, g @ w) for (x, g), w in zip(rows, weights)], 10), 1)}
     for b in (1, 8):
         target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
         tokens = torch.randn(b, 1, text_tower(model).width) * 0.02
@@ -202,14 +208,22 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=1000, help="points in the latency benchmark's collection")
     parser.add_argument("--backfill", type=int, default=64, help="images inverted for the backfill throughput")
     parser.add_argument("--quick", action="store_true", help="500 fit samples, 10 per category, 16 backfill images")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="skip the quality part; the cost part uses --warm-steps and --warm-lr")
+    parser.add_argument("--warm-steps", type=int, default=10)
+    parser.add_argument("--warm-lr", type=float, default=5e-3)
     args = parser.parse_args()
     if args.quick:
         args.fit_samples, args.per_category, args.backfill = 500, 10, 16
     torch.set_num_threads(args.threads)
     report = {"benchmark": "query", "machine": {"cpu": platform.processor() or platform.machine(),
                                                 "threads": torch.get_num_threads(), "torch": torch.__version__}}
-    report["quality"] = quality(args)
-    report["cost"] = cost(args, report["quality"]["chosen"])
+    if args.cost_only:
+        chosen = {"steps": args.warm_steps, "lr": args.warm_lr}
+    else:
+        report["quality"] = quality(args)
+        chosen = report["quality"]["chosen"]
+    report["cost"] = cost(args, chosen)
     print(json.dumps(report, indent=2))
 
 

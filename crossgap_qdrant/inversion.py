@@ -10,12 +10,15 @@ By default the result equals the published algorithm (``oti_invert_reference`` /
 full sequence, torch.optim.AdamW, batch-mean cosine loss) to float tolerance. Reduced precision and
 per-sample early stopping are opt-in. Settings: crossgap_qdrant.inversion_config.
 
-Batch composition: an item's result does not depend on which other items share its batch except through
-float rounding (matrix products sum in an order that depends on the row count, and 150 steps carry the
-difference on); an item's initial tokens and its gradient scale do not depend on its batch. Measured on the demo
-model with 40 openclipart images inverted in batches of 1, 3, 7, 16, 17, 33 and 40 (float32, CPU, both step
-implementations), an item's features moved by at most 2.6e-5 per coordinate; ``BATCH_INVARIANCE_BOUND`` (1e-4)
-is the bound the tests check.
+Batch composition: an item's initial tokens and its gradient scale do not depend on its batch, so its result
+differs between batchings only through float rounding (matrix products sum in an order that depends on the row
+count) as the 150 steps carry it on. Where the tower reaches the target closely, that stays at float level: on
+the previous demo model (final loss 0.05), 40 openclipart images inverted in batches of 1, 3, 7, 16, 17, 33 and 40
+moved by at most 2.6e-5 per coordinate; ``BATCH_INVARIANCE_BOUND`` (1e-4) is what the tests check on such
+targets. Where it cannot (the current demo model: final loss 0.36, the OTI vector far from the image feature)
+the optimisation amplifies rounding: up to 0.03 per coordinate, cosine at least 0.996 (mean 0.9999) between
+batchings of the same 40 images; two exact runs from different initial tokens differ far more (mean cosine
+0.990 on the main job's images, benchmarks/bench_query.py).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ STEP_CHOICES = ("auto", "autograd", "handwritten")
 # "auto" takes the hand-written OTI step up to this many samples per batch (float32, CPU), where graph
 # overhead is a large share of a step; above it both run the same matmuls and autograd is as fast.
 HANDWRITTEN_MAX_BATCH = 16
-# Largest per-coordinate difference of an item's float32 features between batchings (see the module doc).
+# Per-coordinate difference of an item's float32 features between batchings, on targets the tower reaches
+# closely (see the module docstring for the measurements, and for targets it cannot reach).
 BATCH_INVARIANCE_BOUND = 1e-4
 
 

@@ -97,9 +97,9 @@ class Encoder:
                ) -> torch.Tensor:
         """OTI (images) or OVI (texts) of unit features [N, E]; returns [N, E] unit rows.
 
-        Each item's initial pseudo tokens are seeded by its key (the point id), so an item's inverted vector
-        does not depend on the run that computed it (see crossgap_qdrant.inversion for the bound on batch
-        composition).
+        Each item's initial pseudo tokens are seeded by its key (the point id; or predicted by a warm start),
+        so an item's inverted vector depends on the run that computed it only through float rounding carried
+        by the optimisation (crossgap_qdrant.inversion states what was measured).
         """
         from crossgap_qdrant.inversion import oti_invert, ovi_invert, ovi_num_tokens, seeded_initial_tokens
         from crossgap_qdrant.towers import text_tower, vision_tower
