@@ -102,15 +102,8 @@ def _initial_tokens(kind: str, model, targets, config, num_tokens: int, width: i
     if init_tokens is None and config.warm_start is not None:
         from crossgap_qdrant.checkpoints import weights_digest
 
-        warm = config.warm_start
-        digest = weights_digest(model)[:16] if warm.model_id else None
-        warm.check_fits(kind, targets.shape[1], num_tokens, width, template)
-        if digest is not None and warm.model_id.rsplit("@", 1)[-1] != digest:
-            from crossgap_qdrant.warm_start import WarmStartMismatchError
-
-            raise WarmStartMismatchError(f"the warm start was fitted for model {warm.model_id}, not these weights "
-                                         f"(@{digest}): fit one for this model")
-        init_tokens = warm.predict(targets)
+        config.warm_start.check_fits(kind, targets.shape[1], num_tokens, width, template, weights_digest(model))
+        init_tokens = config.warm_start.predict(targets)
     if init_tokens is None:
         init_tokens = initial_tokens(targets.shape[0], num_tokens, width, config.init_std, config.seed)
     if tuple(init_tokens.shape) != expected:
@@ -157,18 +150,8 @@ def oti_invert(
     dtype = check_precision(config.precision, device)
     if config.step not in STEP_CHOICES:
         raise ValueError(f"step must be one of {STEP_CHOICES}, got {config.step!r}")
-    ids, positions = template_token_ids(tokenizer, config.template, config.num_tokens)
-
-    def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
-        return encode_text_with_pseudo_tokens(m, ids, positions, tokens)
-
     def build(dtype: torch.dtype):
-        if config.prefix_cache and tower.causal:
-            try:
-                return CachedTemplateTextEncoder(model, tokenizer, config.template, config.num_tokens, dtype)
-            except UnsupportedModelError:
-                pass
-        return full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
+        return oti_encoder(model, tokenizer, config.template, config.num_tokens, dtype, config.prefix_cache)
 
     encode = build(dtype)
     # The reported features always come from a float32 forward, whatever precision the steps ran in.
@@ -183,6 +166,35 @@ def oti_invert(
                 "with LayerNorm, GELU/QuickGELU and no layer scale; use step='autograd'"
             )
     return run_engine(encode, final, targets, init, config, progress, "OTI", loss_and_grad)
+
+
+def oti_encoder(model: nn.Module, tokenizer: Callable, template: str, num_tokens: int, dtype: torch.dtype,
+                prefix_cache: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pseudo words [B, R, W] -> unnormalised text features [B, E], differentiable: the exact prefix-cached
+    suffix forward where the tower allows it (causal, open_clip blocks), else the model's own full forward."""
+    if prefix_cache and text_tower(model).causal:
+        try:
+            return CachedTemplateTextEncoder(model, tokenizer, template, num_tokens, dtype)
+        except UnsupportedModelError:
+            pass
+    ids, positions = template_token_ids(tokenizer, template, num_tokens)
+
+    def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
+        return encode_text_with_pseudo_tokens(m, ids, positions, tokens)
+
+    return full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
+
+
+def ovi_encoder(model: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pseudo patches [B, R, W] -> unnormalised image features [B, E], differentiable: the contiguous ViT
+    forward where the tower allows it, else the model's own forward."""
+    try:
+        return PseudoPatchImageEncoder(model, dtype)
+    except UnsupportedModelError:
+        def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
+            return encode_image_with_pseudo_tokens(m, tokens)
+
+        return full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
 
 
 def _reduced_precision(model: nn.Module, dtype: torch.dtype, fn):
@@ -276,18 +288,8 @@ def ovi_invert(
     model, model_name, pretrained = _ovi_inputs(model, model_name, pretrained)
     device, targets, init = _ovi_setup(model, text_features, config, init_tokens, model_name, pretrained)
     dtype = check_precision(config.precision, device)
-
-    def full(tokens: torch.Tensor, m=model) -> torch.Tensor:
-        return encode_image_with_pseudo_tokens(m, tokens)
-
-    def build(dtype: torch.dtype):
-        try:
-            return PseudoPatchImageEncoder(model, dtype)
-        except UnsupportedModelError:
-            return full if dtype == torch.float32 else _reduced_precision(model, dtype, full)
-
-    encode = build(dtype)
-    final = encode if dtype == torch.float32 else build(torch.float32)
+    encode = ovi_encoder(model, dtype)
+    final = encode if dtype == torch.float32 else ovi_encoder(model, torch.float32)
     return run_engine(encode, final, targets, init, config, progress, "OVI")
 
 

@@ -69,8 +69,8 @@ class InversionConfig:
         warm_start: a :class:`crossgap_qdrant.warm_start.WarmStart` whose prediction replaces the published
             random initialisation (then a few ``steps`` suffice; 0 takes the prediction as it is); None: the
             published normal(0, init_std) initialisation.
-        cuda_graph: on CUDA, capture a step in a CUDA graph and replay it (fixed budgets without ``stopping``;
-            the same arithmetic, without per-kernel launch overhead).
+        cuda_graph: on CUDA, capture a step in a CUDA graph and replay it (fixed budgets of at least 20 steps
+            without ``stopping``; the same arithmetic, without per-kernel launch overhead).
     """
 
     steps: int = 150

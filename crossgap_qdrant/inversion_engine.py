@@ -22,6 +22,8 @@ from crossgap_qdrant.inversion_config import InversionConfig, InversionResult, S
 
 logger = logging.getLogger(__name__)
 
+CUDA_GRAPH_MIN_STEPS = 20  # budgets from which a batch's step is captured once and replayed (CUDA)
+
 
 def run_engine(
     encode: Callable[[torch.Tensor], torch.Tensor],
@@ -61,11 +63,12 @@ def run_engine(
         ops.adamw_step(p, grad, m, v, step, active, **hyper)
         return loss.detach()
 
-    use_graph = config.cuda_graph and device.type == "cuda"
+    # capture costs two warm-up steps per batch: worth it for long budgets, not for a warm start's few steps
+    use_graph = config.cuda_graph and device.type == "cuda" and config.steps >= CUDA_GRAPH_MIN_STEPS
     # Every sample's gradient is scaled by 1/batch_size, the published batch-mean loss of a full batch, also
     # in a partial batch: a sample's optimisation then does not depend on how many others share its batch.
     grad_scale = 1.0 / config.batch_size
-    if config.stopping is None:
+    if config.stopping is None or config.steps == 0:
         for lo in range(0, n, config.batch_size):
             hi = min(n, lo + config.batch_size)
             p = init[lo:hi].to(device).clone()

@@ -92,7 +92,7 @@ def load_model(
                 **({"pretrained_text": False} if own_weights else {}),
             )
     except RuntimeError as exc:
-        if spec.tag is None and not spec.source.startswith(HF_HUB_PREFIX):
+        if own_weights:
             raise
         raise RuntimeError(f"could not load the weights of {name} {spec.tag or ''} ({exc}). Without network access, "
                            "pass a local checkpoint file as pretrained, or 'local-dir:<folder>'.") from exc

@@ -87,15 +87,22 @@ class WarmStart(nn.Module):
         finally:
             self.train(training)
 
-    def check_fits(self, kind: str, embed_dim: int, num_tokens: int, width: int, template: str | None) -> None:
-        """Raises WarmStartMismatchError naming what differs from the inversion about to use it (the model's
-        weights are checked by the inversion, against :attr:`model_id`)."""
+    def check_fits(self, kind: str, embed_dim: int, num_tokens: int, width: int, template: str | None,
+                   weights_digest: str | None = None) -> None:
+        """Raises WarmStartMismatchError naming what differs from the inversion about to use it.
+
+        Args:
+            weights_digest: :func:`crossgap_qdrant.checkpoints.weights_digest` of the model about to be used,
+                compared with the fingerprint in :attr:`model_id` ("<name>@<16 hex digits>").
+        """
         wanted = {"kind": kind, "embedding width": embed_dim, "token count": num_tokens, "token width": width}
         have = {"kind": self.kind, "embedding width": self.embed_dim, "token count": self.num_tokens,
                 "token width": self.width}
         if kind == "oti":
             wanted["template"], have["template"] = template, self.template
         diff = [f"{k} {have[k]!r} (needed {wanted[k]!r})" for k in wanted if have[k] != wanted[k]]
+        if weights_digest is not None and self.model_id and self.model_id.rsplit("@", 1)[-1] != weights_digest[:16]:
+            diff.append(f"it was fitted for model {self.model_id}, not these weights (@{weights_digest[:16]})")
         if diff:
             raise WarmStartMismatchError(f"the warm start does not fit this inversion: {'; '.join(diff)}. Fit one "
                                          "for this model and settings (fit_warm_start)")
@@ -112,21 +119,24 @@ class WarmStart(nn.Module):
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "WarmStart":
-        """Reads a file written by :meth:`save` (weights-only loading: no code runs)."""
+    def load(cls, path: str | os.PathLike | Any, map_location: str | torch.device = "cpu",
+             name: str | None = None) -> "WarmStart":
+        """Reads a file written by :meth:`save` (a path or a binary file object; weights-only loading: no code
+        runs), onto ``map_location``. ``name`` names it in errors (default: the path)."""
+        name = name or str(path)
         try:
             data = torch.load(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
-            raise FileNotFoundError(f"warm start file not found: {path}") from None
+            raise FileNotFoundError(f"warm start file not found: {name}") from None
         except Exception as exc:
-            raise ValueError(f"cannot read warm start file {path} ({type(exc).__name__}: {exc})") from None
+            raise ValueError(f"cannot read warm start file {name} ({type(exc).__name__}: {exc})") from None
         meta = data.get("meta", {}) if isinstance(data, dict) else {}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a crossgap-qdrant warm start file (format {meta.get('format')!r})")
+            raise ValueError(f"{name} is not a crossgap-qdrant warm start file (format {meta.get('format')!r})")
         warm = cls(meta["kind"], meta["embed_dim"], meta["num_tokens"], meta["width"], hidden=meta["hidden"],
                    dropout=meta["dropout"], model_id=meta["model_id"], template=meta["template"])
         warm.load_state_dict(data["state"])
-        return warm.eval().requires_grad_(False)
+        return warm.to(map_location).eval().requires_grad_(False)
 
 
 @dataclass
@@ -228,12 +238,13 @@ def fit_warm_start(
     Returns:
         The warm start (eval mode, frozen) and the fit's report.
     """
-    from crossgap_qdrant.inversion_config import ovi_num_tokens
     from crossgap_qdrant.models import as_clip_model
-    from crossgap_qdrant.towers import text_tower, vision_tower
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if epochs < 0 or feature_epochs < 0 or not 0 < validation < 1:
+        raise ValueError(f"epochs and feature_epochs must be >= 0 and validation in (0, 1), got {epochs}, "
+                         f"{feature_epochs}, {validation}")
     clip = as_clip_model(clip)
     config = config if config is not None else (OTIConfig() if kind == "oti" else OVIConfig())
     features = F.normalize(torch.as_tensor(features).float(), dim=-1)
@@ -243,16 +254,13 @@ def fit_warm_start(
     start = time.perf_counter()
     exact = invert_exact(clip, features, kind, config, progress)
     seconds_exact = time.perf_counter() - start
-    if kind == "oti":
-        width, num_tokens, template = text_tower(clip.model).width, config.num_tokens, config.template
-    else:
-        width, template = vision_tower(clip.model).width, None
-        num_tokens = ovi_num_tokens(clip.model, config, clip.name, clip.pretrained)
+    num_tokens, width = exact.tokens.shape[1:]
+    template = config.template if kind == "oti" else None
     targets = exact.tokens.float()  # [N, R, W]
 
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=gen)
-    n_val = max(1, int(round(n * validation)))
+    n_val = min(n - 1, max(1, int(round(n * validation))))
     val, train = order[:n_val], order[n_val:]
     torch.manual_seed(seed)
     warm = WarmStart(kind, features.shape[1], num_tokens, width, hidden=hidden, dropout=dropout,
@@ -295,21 +303,12 @@ def fit_warm_start(
 
 
 def _tower_encoder(clip, kind: str, template: str | None, num_tokens: int):
-    """Pseudo tokens [B, R, W] -> unnormalised features [B, E] through the frozen tower, differentiable."""
-    from crossgap_qdrant.patch_encoder import PseudoPatchImageEncoder
-    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
-    from crossgap_qdrant.towers import (UnsupportedModelError, encode_image_with_pseudo_tokens,
-                                        encode_text_with_pseudo_tokens, template_token_ids)
+    """Pseudo tokens [B, R, W] -> unnormalised features [B, E] through the frozen tower (float32), differentiable."""
+    from crossgap_qdrant.inversion import oti_encoder, ovi_encoder
 
-    try:
-        if kind == "oti":
-            return CachedTemplateTextEncoder(clip.model, clip.tokenizer, template, num_tokens, torch.float32)
-        return PseudoPatchImageEncoder(clip.model, torch.float32)
-    except UnsupportedModelError:  # towers the fast paths do not cover: the model's own forward
-        if kind == "oti":
-            ids, positions = template_token_ids(clip.tokenizer, template, num_tokens)
-            return lambda tokens: encode_text_with_pseudo_tokens(clip.model, ids, positions, tokens)
-        return lambda tokens: encode_image_with_pseudo_tokens(clip.model, tokens)
+    if kind == "oti":
+        return oti_encoder(clip.model, clip.tokenizer, template, num_tokens, torch.float32)
+    return ovi_encoder(clip.model, torch.float32)
 
 
 def _train_through_tower(warm: WarmStart, encode, x: torch.Tensor, target: torch.Tensor, epochs: int, lr: float,
@@ -317,7 +316,8 @@ def _train_through_tower(warm: WarmStart, encode, x: torch.Tensor, target: torch
     """Fine-tunes the network on 1 - cos(features of its predicted tokens, target features [N, E])."""
     device = warm.token_mean.device
     warm.train().requires_grad_(True)
-    opt = torch.optim.AdamW(list(warm.net.parameters()), lr=lr, weight_decay=weight_decay)
+    params = list(warm.net.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     n = x.shape[0]
     bar = None
     if progress:
@@ -330,8 +330,9 @@ def _train_through_tower(warm: WarmStart, encode, x: torch.Tensor, target: torch
             idx = perm[lo : lo + batch_size]
             features = encode(warm(x[idx].to(device)))
             loss = (1 - F.cosine_similarity(features.float(), target[idx].to(device), dim=-1)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # gradients of the network only: the tower's weights (a caller's model) are left untouched
+            for param, grad in zip(params, torch.autograd.grad(loss, params)):
+                param.grad = grad
             opt.step()
         if bar is not None:
             bar.update(1)
@@ -348,7 +349,7 @@ def _train(warm: WarmStart, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     n = x.shape[0]
     per_epoch = max(1, math.ceil(n / batch_size))
-    total = epochs * per_epoch
+    total = max(1, epochs * per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
     bar = None
     if progress:

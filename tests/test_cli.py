@@ -218,3 +218,12 @@ def test_fit_warm_start_then_search_with_it(capsys, tmp_path, images):
     assert json.loads(out)["warm_start"]["image"]["steps"] == 3
     code, _, err = run(capsys, "fit-warm-start", *MODEL, "--location", ":memory:")
     assert code == EXIT_ERROR and "no" in err
+
+
+def test_a_missing_build_is_one_line_naming_the_rebuild(capsys, tmp_path, images, monkeypatch):
+    from crossgap_qdrant import _ext
+
+    monkeypatch.setattr(_ext, "_loaded", False)
+    monkeypatch.setattr(_ext, "library_path", lambda: None)
+    code, _, err = run(capsys, "ingest", images / "dog", *MODEL, "--location", tmp_path / "q")
+    assert code == EXIT_ERROR and "pip install --no-build-isolation -e ." in err and "Traceback" not in err

@@ -133,3 +133,40 @@ def test_a_server_store_needs_a_path_for_its_warm_start(tiny_clip, tmp_path):
     assert fit.samples == 4 and (tmp_path / "w.pt").is_file()
     assert (store.encoder.oti_config.steps, store.encoder.oti_config.lr) == (fit.steps, fit.lr)  # the fit's choice
     stores.close()
+
+
+def test_fit_edge_cases_and_a_callers_model_keeps_its_gradients(tiny_clip):
+    import copy
+
+    from crossgap_qdrant.models import ClipModel
+
+    feats = F.normalize(torch.randn(6, 32, generator=torch.Generator().manual_seed(3)), dim=-1)
+    cfg = OTIConfig(steps=5)
+    warm, fit = fit_warm_start(tiny_clip, feats, "oti", cfg, epochs=0, feature_epochs=0)  # the prediction as is
+    assert fit.epochs == 0 and fit.validation == 1
+    with pytest.raises(ValueError, match="epochs"):
+        fit_warm_start(tiny_clip, feats, "oti", cfg, epochs=-1)
+    trainable = copy.deepcopy(tiny_clip.model).requires_grad_(True)  # a bare model nobody froze
+    clip = ClipModel(trainable, tiny_clip.preprocess, tiny_clip.tokenizer, tiny_clip.name)
+    fit_warm_start(clip, feats, "oti", cfg, epochs=2, feature_epochs=2, hidden=16)
+    assert all(p.grad is None for p in trainable.parameters())
+
+
+def test_zero_steps_with_a_stopping_rule_take_no_step(tiny_clip, fitted):
+    from crossgap_qdrant.inversion import StoppingRule
+
+    warm, _, test = fitted
+    res = oti_invert(tiny_clip, test, OTIConfig(steps=0, warm_start=warm, stopping=StoppingRule(min_delta=1e-3)),
+                     progress=False)
+    assert (res.steps == 0).all()
+    torch.testing.assert_close(res.tokens, warm.predict(test))
+
+
+def test_a_bad_step_budget_is_refused_before_anything_is_written(tiny_clip, tmp_path):
+    stores = Stores("edge", tmp_path, tiny_clip)
+    store = stores.make()
+    store.ingest_images(images(4), progress=False)
+    with pytest.raises(ValueError, match="steps must be an int >= 0"):
+        store.fit_warm_start("image", sample=4, steps=-1, epochs=1, progress=False)
+    assert not (tmp_path / "edge" / "gallery" / "warm_start_oti.pt").exists() and not store.info()["warm_start"]
+    stores.close()

@@ -21,6 +21,7 @@ import torch
 from crossgap_qdrant.evaluate.data import DataError, LabelledSet
 from crossgap_qdrant.evaluate.results import split_method
 from crossgap_qdrant.rivals import bank_sample, hub_corrected, hub_values
+from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.schema import VectorNames
 from crossgap_qdrant.store.search import mode_vectors
 
@@ -122,9 +123,6 @@ def hits_to_similarity(hits: Sequence[Sequence[Any]], gallery_ids: Sequence[int]
     return sim
 
 
-_DEFAULT = object()
-
-
 class QdrantBackend:
     """A temporary collection holding every item of a labelled set, searched by point id.
 
@@ -146,14 +144,15 @@ class QdrantBackend:
 
     def __init__(self, clip, *, model_id: str, data: LabelledSet, derived: dict[str, Any],
                  location: str = ":memory:", api_key: str | None = None, oti_config=None, ovi_config=None,
-                 engine: str | None = None, timeout: float | None = None, retry: Any = _DEFAULT):
-        from crossgap_qdrant.store import CrossModalStore, RetryPolicy, open_collection
+                 engine: str | None = None, timeout: float | None = None,
+                 retry: RetryPolicy | None = RetryPolicy()):
+        from crossgap_qdrant.store import CrossModalStore, open_collection
 
         self.data = data
         self.collection_name = f"crossgap-eval-{uuid.uuid4().hex[:12]}"
         self.modes = {m: f"{data.modality}_{m}" for m in derived}
         self._collection = open_collection(location, self.collection_name, engine=engine, api_key=api_key,
-                                           timeout=timeout, retry=RetryPolicy() if retry is _DEFAULT else retry,
+                                           timeout=timeout, retry=retry,
                                            create_folder=True)
         try:
             self.store = CrossModalStore(

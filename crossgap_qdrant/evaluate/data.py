@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossgap_qdrant.images import is_image_file
+from crossgap_qdrant.images import is_image_file, list_image_files
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def load_image_folder(root: str | os.PathLike) -> LabelledSet:
         raise DataError(f"no such folder: {root}")
     items, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p)):
+        for path in list_image_files(class_dir):
             items.append(str(path))
             labels.append(class_dir.name)
     if not items:

@@ -97,11 +97,12 @@ class RecordedSettings:
         from crossgap_qdrant.warm_start import fit_warm_start
 
         modality = check_modality(modality)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise ValueError(f"steps must be an int >= 0 (or None: the fit's recommendation), got {steps!r}")
         target = warm_lib.file_path(self.collection, modality, path)
         features = warm_lib.sample_native(self.collection, self.names, modality, sample)
-        exact = dataclasses.replace(self._exact_config(modality), warm_start=None)
-        warm, fit = fit_warm_start(self.clip, features, warm_lib.KIND[modality], exact, progress=progress,
-                                   **options)
+        warm, fit = fit_warm_start(self.clip, features, warm_lib.KIND[modality], self._exact_config(modality),
+                                   progress=progress, **options)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         warm.save(target)
         recorded = dict(self._metadata[METADATA_KEY].get(warm_lib.WARM_KEY) or {})
@@ -130,7 +131,7 @@ class RecordedSettings:
             raise LookupError(f"collection {self.collection.name!r} has no {missing} warm start: fit one first "
                               f"(store.fit_warm_start, CLI: crossgap-qdrant fit-warm-start)")
         for m in wanted:
-            warm = warm_lib.load_recorded(self.collection, m, recorded[m])
+            warm = warm_lib.load_recorded(self.collection, m, recorded[m], self.clip.device)
             lr = recorded[m].get("lr", self._exact_config(m).lr)
             self._attach_warm_start(m, warm, recorded[m]["steps"] if steps is None else steps, lr)
 

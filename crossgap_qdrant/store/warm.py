@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 from typing import Any
 
@@ -69,8 +70,8 @@ def record_for(collection: Collection, path: str, steps: int, lr: float, fit: An
             "fit": dataclasses.asdict(fit) if dataclasses.is_dataclass(fit) else dict(fit)}
 
 
-def load_recorded(collection: Collection, modality: str, record: dict[str, Any]):
-    """The warm start a metadata entry names, checked against its recorded SHA-256."""
+def load_recorded(collection: Collection, modality: str, record: dict[str, Any], device: Any = "cpu"):
+    """The warm start a metadata entry names, checked against its recorded SHA-256, on ``device``."""
     from crossgap_qdrant.warm_start import WarmStart
 
     path = record["file"]
@@ -83,7 +84,9 @@ def load_recorded(collection: Collection, modality: str, record: dict[str, Any])
     if not os.path.isfile(path):
         raise FileNotFoundError(f"the {modality} warm start of collection {collection.name!r} is missing: {path} "
                                 "(fit it again: crossgap-qdrant fit-warm-start)")
-    if _sha256(path) != record.get("sha256"):
+    with open(path, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
         raise ValueError(f"the {modality} warm start file {path} is not the one recorded for collection "
                          f"{collection.name!r} (its SHA-256 differs): fit it again")
-    return WarmStart.load(path)
+    return WarmStart.load(io.BytesIO(data), map_location=device, name=path)
