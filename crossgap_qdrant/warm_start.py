@@ -311,60 +311,28 @@ def _tower_encoder(clip, kind: str, template: str | None, num_tokens: int):
     return ovi_encoder(clip.model, torch.float32)
 
 
-def _train_through_tower(warm: WarmStart, encode, x: torch.Tensor, target: torch.Tensor, epochs: int, lr: float,
-                         weight_decay: float, batch_size: int, gen: torch.Generator, progress: bool) -> None:
-    """Fine-tunes the network on 1 - cos(features of its predicted tokens, target features [N, E])."""
-    device = warm.token_mean.device
+def _optimise(warm: WarmStart, n: int, batch_loss, epochs: int, lr: float, weight_decay: float, batch_size: int,
+              gen: torch.Generator, progress: bool, desc: str, cosine_decay: bool) -> None:
+    """AdamW on the network's parameters only (a caller's model keeps no gradients): ``epochs`` passes over n
+    samples in shuffled batches, minimising ``batch_loss(indices)``; the learning rate decays on a cosine when
+    ``cosine_decay``."""
     warm.train().requires_grad_(True)
     params = list(warm.net.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    n = x.shape[0]
+    total = max(1, epochs * math.ceil(n / batch_size))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)) if cosine_decay else 1.0)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="fit warm start through the tower", unit="epoch")
+        bar = tqdm(total=epochs, desc=desc, unit="epoch")
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for lo in range(0, n, batch_size):
-            idx = perm[lo : lo + batch_size]
-            features = encode(warm(x[idx].to(device)))
-            loss = (1 - F.cosine_similarity(features.float(), target[idx].to(device), dim=-1)).mean()
-            # gradients of the network only: the tower's weights (a caller's model) are left untouched
+            loss = batch_loss(perm[lo : lo + batch_size])
             for param, grad in zip(params, torch.autograd.grad(loss, params)):
                 param.grad = grad
-            opt.step()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"1 - cos {loss.item():.4f}", refresh=False)
-    if bar is not None:
-        bar.close()
-
-
-def _train(warm: WarmStart, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, weight_decay: float,
-           batch_size: int, gen: torch.Generator, progress: bool) -> None:
-    """Regresses standardised tokens y [N, R, W] from features x [N, E] (MSE), AdamW with cosine decay."""
-    warm.train().requires_grad_(True)
-    params = list(warm.net.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    n = x.shape[0]
-    per_epoch = max(1, math.ceil(n / batch_size))
-    total = max(1, epochs * per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc="fit warm start", unit="epoch")
-    device = warm.token_mean.device
-    x, flat = x.to(device), y.reshape(n, -1).to(device)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for lo in range(0, n, batch_size):
-            idx = perm[lo : lo + batch_size]
-            loss = F.mse_loss(warm.net(x[idx]), flat[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
             schedule.step()
         if bar is not None:
@@ -372,3 +340,26 @@ def _train(warm: WarmStart, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
             bar.set_postfix_str(f"loss {loss.item():.4f}", refresh=False)
     if bar is not None:
         bar.close()
+
+
+def _train(warm: WarmStart, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, weight_decay: float,
+           batch_size: int, gen: torch.Generator, progress: bool) -> None:
+    """Regresses standardised tokens y [N, R, W] from features x [N, E] (MSE), with cosine decay."""
+    device = warm.token_mean.device
+    x, flat = x.to(device), y.reshape(y.shape[0], -1).to(device)
+    _optimise(warm, x.shape[0], lambda idx: F.mse_loss(warm.net(x[idx]), flat[idx]), epochs, lr, weight_decay,
+              batch_size, gen, progress, "fit warm start", cosine_decay=True)
+
+
+def _train_through_tower(warm: WarmStart, encode, x: torch.Tensor, target: torch.Tensor, epochs: int, lr: float,
+                         weight_decay: float, batch_size: int, gen: torch.Generator, progress: bool) -> None:
+    """Fine-tunes the network on 1 - cos(features of its predicted tokens, target features [N, E])."""
+    device = warm.token_mean.device
+    x, target = x.to(device), target.to(device)
+
+    def batch_loss(idx):
+        features = encode(warm(x[idx]))
+        return (1 - F.cosine_similarity(features.float(), target[idx], dim=-1)).mean()
+
+    _optimise(warm, x.shape[0], batch_loss, epochs, lr, weight_decay, batch_size, gen, progress,
+              "fit warm start through the tower", cosine_decay=False)
