@@ -123,13 +123,13 @@ def step_costs(clip) -> dict:
     encoder = CachedTemplateTextEncoder(model, tokenizer, "a photo of {}", 1, torch.float32)
     handwritten = SuffixStep(encoder)
     ids, positions = template_token_ids(tokenizer, "a photo of {}", 1)
-    # The floor of a step at batch 1: reading every weight matrix of the text tower twice (forward x W^T,
-    # backward g W), here as one 2-row product each, with nothing else.
+    # The floor of a step at batch 1: reading every weight matrix of the text tower twice (forward W x^T,
+    # backward g W, the forms the hand-written step uses), here as one 2-row product each, with nothing else.
     weights = [m.weight for m in model.transformer.modules() if isinstance(m, torch.nn.Linear)]
     weights += [blk.attn.in_proj_weight for blk in model.transformer.resblocks]
     rows = [(torch.randn(2, w.shape[1]), torch.randn(2, w.shape[0])) for w in weights]
     out = {"weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 1e6, 1),
-           "weight_stream_ms": round(_median_ms(lambda: [(x @ w.T, g @ w) for (x, g), w in zip(rows, weights)], 10), 1)}
+           "weight_stream_ms": round(_median_ms(lambda: [(w @ x.T, g @ w) for (x, g), w in zip(rows, weights)], 10), 1)}
     for b in (1, 8):
         target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
         tokens = torch.randn(b, 1, text_tower(model).width) * 0.02

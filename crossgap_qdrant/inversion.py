@@ -117,7 +117,7 @@ def _oti_setup(model, image_features, config: OTIConfig, init_tokens):
     targets = _unit_targets(image_features, embed_dim(model), "image_features", device)
     init = _initial_tokens("oti", model, targets, config, config.num_tokens, tower.width, init_tokens,
                            config.template)
-    return device, tower, targets, init
+    return device, targets, init
 
 
 def oti_invert(
@@ -146,7 +146,7 @@ def oti_invert(
     """
     ops.require_library()
     model, tokenizer, image_features, config = _oti_inputs(model, tokenizer, image_features, config)
-    device, tower, targets, init = _oti_setup(model, image_features, config, init_tokens)
+    device, targets, init = _oti_setup(model, image_features, config, init_tokens)
     dtype = check_precision(config.precision, device)
     if config.step not in STEP_CHOICES:
         raise ValueError(f"step must be one of {STEP_CHOICES}, got {config.step!r}")
@@ -218,7 +218,7 @@ def oti_invert_reference(
     Runs in float32 whatever ``config.precision`` says; ignores ``stopping`` and ``prefix_cache``.
     """
     model, tokenizer, image_features, config = _oti_inputs(model, tokenizer, image_features, config)
-    device, tower, targets, init = _oti_setup(model, image_features, config, init_tokens)
+    device, targets, init = _oti_setup(model, image_features, config, init_tokens)
     ids, positions = template_token_ids(tokenizer, config.template, config.num_tokens)
     return _reference_loop(
         lambda tokens: encode_text_with_pseudo_tokens(model, ids, positions, tokens), targets, init, config

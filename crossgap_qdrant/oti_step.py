@@ -29,6 +29,9 @@ SMALL_ROWS = 8
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight^T + bias`` for x [M, K], weight [N, K] -> [M, N]."""
     if x.shape[0] <= SMALL_ROWS and x.device.type == "cpu":
+        # x^T must be column-major: a row-major [K, M] operand (x itself a transposed view, as the output of
+        # an earlier call here is) takes MKL's slow path, about 3x slower for these shapes.
+        x = x.contiguous()
         if bias is None:
             return (weight @ x.T).T
         return torch.addmm(bias.unsqueeze(1), weight, x.T).T

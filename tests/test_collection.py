@@ -204,6 +204,15 @@ def test_scroll_and_count(filled):
     assert filled.count(flt) == len(range(0, N, 3))
 
 
+def test_pages_walks_every_point_and_stops_at_the_limit(filled):
+    assert [r.id for page in filled.pages(page_size=25) for r in page] == list(range(N))
+    pages = list(filled.pages(page_size=25, limit=30))
+    assert [len(p) for p in pages] == [25, 5] and [r.id for p in pages for r in p] == list(range(30))
+    flt = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value="cat"))])
+    got = [r for page in filled.pages(flt, page_size=7, with_vectors=["image"]) for r in page]
+    assert [r.id for r in got] == list(range(0, N, 3)) and all(set(r.vector) == {"image"} for r in got)
+
+
 # ---------------------------------------------------------------------------------------------- filters
 def _filters():
     F, FC = models.Filter, models.FieldCondition

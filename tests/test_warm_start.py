@@ -1,7 +1,5 @@
 """The learned warm start: fitting by distillation, file round trip, use in the engine and by the store."""
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F

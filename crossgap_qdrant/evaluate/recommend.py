@@ -125,13 +125,8 @@ def compute_derived(store: Any, modality: str, name: str, *, recompute: bool = F
     native = store.names.native(modality)
     flt = models.Filter(must=[models.HasVectorCondition(has_vector=native)],
                         must_not=None if recompute else [models.HasVectorCondition(has_vector=name)])
-    todo, offset = [], None
-    while True:
-        page, offset = store.collection.scroll(scroll_filter=flt, limit=256, offset=offset,
-                                               with_payload=["source", "text"])
-        todo += [(r.id, (r.payload or {}).get("text" if modality == "text" else "source")) for r in page]
-        if offset is None:
-            break
+    todo = [(r.id, (r.payload or {}).get("text" if modality == "text" else "source"))
+            for page in store.collection.pages(flt, with_payload=["source", "text"]) for r in page]
     readable = (lambda s: isinstance(s, str) and bool(s.strip())) if modality == "text" else (
         lambda s: isinstance(s, str) and os.path.isfile(s))
     missing = [pid for pid, source in todo if not readable(source)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from qdrant_client import models
 
@@ -116,6 +116,24 @@ class Collection(abc.ABC):
                with_payload: bool | Sequence[str] = True,
                with_vectors: bool | Sequence[str] = False) -> tuple[list[models.Record], Any]:
         """One page of points in id order and the offset of the next page (None after the last)."""
+
+    def pages(self, scroll_filter: models.Filter | None = None, *, page_size: int = 256, limit: int | None = None,
+              with_payload: bool | Sequence[str] = False,
+              with_vectors: bool | Sequence[str] = False) -> Iterator[list[models.Record]]:
+        """Every page of points matching the filter, in id order; with ``limit``, pages until that many points.
+
+        Offset pagination: points that a caller changes so that they leave the filter are not skipped or
+        repeated, because the offset is a point id, not a position.
+        """
+        offset, seen = None, 0
+        while limit is None or seen < limit:
+            size = page_size if limit is None else min(page_size, limit - seen)
+            records, offset = self.scroll(scroll_filter=scroll_filter, limit=size, offset=offset,
+                                          with_payload=with_payload, with_vectors=with_vectors)
+            seen += len(records)
+            yield records
+            if offset is None:
+                return
 
     @abc.abstractmethod
     def count(self, count_filter: models.Filter | None = None) -> int:

@@ -23,16 +23,6 @@ from crossgap_qdrant.store.search import mode_vectors
 PAGE = 1024
 
 
-def _scroll(collection: Collection, flt: models.Filter, with_vectors: list[str] | bool):
-    offset = None
-    while True:
-        records, offset = collection.scroll(scroll_filter=flt, limit=PAGE, offset=offset, with_payload=False,
-                                            with_vectors=with_vectors)
-        yield records
-        if offset is None:
-            return
-
-
 def _with(flt: models.Filter | None, *names: str) -> models.Filter:
     must: list[Any] = [models.HasVectorCondition(has_vector=n) for n in names]
     return models.Filter(must=must + ([flt] if flt is not None else []))
@@ -62,7 +52,7 @@ def fit_hubness(collection: Collection, names: VectorNames, derived: dict[str, A
     """
     query_name, gallery_name = mode_vectors(names, modality, mode, derived)
     both = sorted({query_name, gallery_name})
-    bank_ids = [r.id for page in _scroll(collection, _with(query_filter, *both), False) for r in page]
+    bank_ids = [r.id for page in collection.pages(_with(query_filter, *both), page_size=PAGE) for r in page]
     if len(bank_ids) < 2:
         raise ValueError(f"hubness statistics for {modality} mode {mode!r} need at least 2 points holding the "
                          f"{' and '.join(repr(n) for n in both)} vectors; found {len(bank_ids)}")
@@ -73,7 +63,8 @@ def fit_hubness(collection: Collection, names: VectorNames, derived: dict[str, A
     gallery_bank = torch.tensor([v[gallery_name] for v in bank], dtype=torch.float32)
     row = {pid_lib.normalize_point_id(i): k for k, i in enumerate(chosen)}
     key, total, count = hub_key(modality, mode), 0.0, 0
-    for page in _scroll(collection, _with(query_filter, gallery_name), [gallery_name]):
+    for page in collection.pages(_with(query_filter, gallery_name), page_size=PAGE,
+                                 with_vectors=[gallery_name]):
         if not page:
             continue
         gallery = torch.tensor([r.vector[gallery_name] for r in page], dtype=torch.float32)

@@ -30,13 +30,8 @@ def sample_native(collection: Collection, names: VectorNames, modality: str, sam
     so this is a sample of the collection, not its first items)."""
     native = names.native(modality)
     has = models.Filter(must=[models.HasVectorCondition(has_vector=native)])
-    rows, offset = [], None
-    while len(rows) < sample:
-        page, offset = collection.scroll(scroll_filter=has, limit=min(256, sample - len(rows)), offset=offset,
-                                         with_payload=False, with_vectors=[native])
-        rows += [r.vector[native] for r in page if native in (r.vector or {})]
-        if offset is None:
-            break
+    rows = [r.vector[native] for page in collection.pages(has, limit=sample, with_vectors=[native])
+            for r in page if native in (r.vector or {})]
     if len(rows) < 2:
         raise ValueError(f"collection {collection.name!r} holds {len(rows)} {modality} vector(s): a warm start needs "
                          f"at least 2 to fit; ingest {modality}s first")
