@@ -53,6 +53,24 @@ class StoppingRule:
     patience: int = 10
     min_steps: int = 0
 
+    def __post_init__(self):
+        for name in ("target_loss", "min_delta"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and value >= 0):
+                raise ValueError(f"StoppingRule.{name} must be a number >= 0 or None, got {value!r}")
+        if not _is_int(self.patience) or self.patience < 1:
+            raise ValueError(f"StoppingRule.patience must be an int >= 1, got {self.patience!r}")
+        if not _is_int(self.min_steps) or self.min_steps < 0:
+            raise ValueError(f"StoppingRule.min_steps must be an int >= 0, got {self.min_steps!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
 
 @dataclass(frozen=True)
 class InversionConfig:
@@ -87,10 +105,27 @@ class InversionConfig:
     cuda_graph: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.steps, int) or self.steps < 0:
+        if not _is_int(self.steps) or self.steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        for name in ("lr", "weight_decay", "eps", "init_std"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        betas = self.betas
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(_is_number(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        num_tokens = getattr(self, "num_tokens", 1)
+        if num_tokens is not None and (not _is_int(num_tokens) or num_tokens < 1):
+            raise ValueError(f"num_tokens must be an int >= 1, got {num_tokens!r}")
+        if self.stopping is not None and not isinstance(self.stopping, StoppingRule):
+            raise TypeError(f"stopping must be a StoppingRule or None, got {type(self.stopping).__name__}")
+        if self.warm_start is not None and not (hasattr(self.warm_start, "predict")
+                                                and hasattr(self.warm_start, "check_fits")):
+            raise TypeError(f"warm_start must be a WarmStart (WarmStart.load(path)) or None, got "
+                            f"{type(self.warm_start).__name__}")
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,11 @@ class ModelSpec:
         return self.checkpoint is None and self.tag is None and not self.source.startswith(HF_HUB_PREFIX)
 
 
+def carries_weights(name: str) -> bool:
+    """Whether a model spec names its weights itself (the demo model, local-dir:, hf-hub:)."""
+    return name == DEMO_SPEC or name.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX))
+
+
 def parse_model_spec(name: str, pretrained: str | os.PathLike | None = None) -> ModelSpec:
     """Resolves a model spec without loading anything (no network, no weights read).
 
@@ -111,7 +116,7 @@ def parse_model_spec(name: str, pretrained: str | os.PathLike | None = None) -> 
     import open_clip
 
     pretrained = os.fspath(pretrained) if pretrained is not None else None
-    if name == DEMO_SPEC or name.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
+    if carries_weights(name):
         if pretrained is not None:
             raise ValueError(f"{name!r} carries its own weights: pass pretrained=None (got {pretrained!r})")
         if name == DEMO_SPEC:

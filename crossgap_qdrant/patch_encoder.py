@@ -39,7 +39,7 @@ class PseudoPatchImageEncoder(nn.Module):
             raise UnsupportedModelError("sequence-first vision transformers are not supported")
         for block in visual.transformer.resblocks:
             check_block(block)
-        if visual.class_embedding.dtype != dtype:
+        if any(p.dtype != dtype for p in visual.parameters()):  # mixed-precision loading casts only some
             visual = copy.deepcopy(visual).to(dtype)
         self.visual = visual.requires_grad_(False)
         self.num_patches = tower.num_patches

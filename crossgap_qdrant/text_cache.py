@@ -71,11 +71,12 @@ class CachedTemplateTextEncoder(nn.Module):
         proj = tower.text_projection
         if isinstance(proj, nn.Linear):
             parts["proj"] = proj
-        param_dtype = tower.positional_embedding.dtype
-        if dtype != param_dtype:
+        # A copy in the step dtype when any weight differs (open_clip's mixed "bf16"/"fp16" loading casts the
+        # matrices but keeps layer norms and embeddings in float32).
+        if any(p.dtype != dtype for p in parts.parameters()):
             parts = copy.deepcopy(parts).to(dtype)
-            if proj is not None and not isinstance(proj, nn.Linear):
-                proj = proj.detach().to(dtype)
+        if proj is not None and not isinstance(proj, nn.Linear) and proj.dtype != dtype:
+            proj = proj.detach().to(dtype)
         parts.requires_grad_(False)
         self.parts = parts
         self.proj = proj if not isinstance(proj, nn.Linear) else None

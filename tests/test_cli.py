@@ -182,6 +182,21 @@ def test_format_table():
     assert format_table([(1, "ab")], ["n", "name"]).splitlines() == ["n  name", "-  ----", "1  ab"]
 
 
+@pytest.mark.parametrize("model", ["crossgap-demo", "local-dir:/nowhere", "hf-hub:org/repo"])
+def test_pretrained_with_a_model_that_carries_its_weights_is_a_usage_error(capsys, tmp_path, model):
+    code, _, err = run(capsys, "search", "a cat", "--text", "--model", model, "--pretrained", "none",
+                       "--location", tmp_path / "q")
+    assert code == EXIT_USAGE and "carries its own weights" in err
+
+
+def test_a_model_config_that_is_not_an_object_is_one_line(capsys, tmp_path):
+    config = tmp_path / "list.json"
+    config.write_text("[1, 2]")
+    code, _, err = run(capsys, "search", "a cat", "--text", "--model", "my-list", "--model-config", config,
+                       "--pretrained", "none", "--location", tmp_path / "q")
+    assert code == EXIT_ERROR and "JSON object" in err and "Traceback" not in err
+
+
 def test_subprocess_with_model_config_file(tmp_path, images):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY_CLIP))
@@ -203,17 +218,24 @@ def test_subprocess_with_model_config_file(tmp_path, images):
 def test_fit_warm_start_then_search_with_it(capsys, tmp_path, images):
     loc = ["--location", tmp_path / "q"]
     assert run(capsys, "ingest", images, *MODEL, *loc)[0] == EXIT_OK
-    code, _, err = run(capsys, "search", images / "dog" / "0.png", *MODEL, *loc, "--warm-start")
+    warm_model = [f for f in MODEL if f not in ("--steps", "2")]  # the warm start's budget is --warm-steps
+    code, _, err = run(capsys, "search", images / "dog" / "0.png", *warm_model, *loc, "--warm-start")
     assert code == EXIT_ERROR and "fit-warm-start" in err  # nothing fitted yet
+    for bad in (["--warm-steps", "-1"], ["--epochs", "-1"]):  # refused before the model loads
+        code, _, err = run(capsys, "fit-warm-start", *MODEL, *loc, *bad)
+        assert code == EXIT_USAGE and bad[0] in err
     code, out, err = run(capsys, "fit-warm-start", *MODEL, *loc, "--sample", "6", "--epochs", "5",
                          "--warm-steps", "3", "--json")
     assert code == EXIT_OK, err
-    fit = json.loads(out)
+    fit = json.loads(out)  # strict JSON: a held-out set this small has no token R^2 (null, not NaN)
     assert (fit["samples"], fit["steps"], fit["file"]) == (6, 3, "warm_start_oti.pt")
+    assert "NaN" not in out
     for flags in (["--warm-start"], ["--warm-steps", "0"]):
-        code, out, err = run(capsys, "search", images / "dog" / "0.png", *MODEL, *loc, "--mode", "query_inverted",
-                             "--limit", "2", "--json", *flags)
+        code, out, err = run(capsys, "search", images / "dog" / "0.png", *warm_model, *loc, "--mode",
+                             "query_inverted", "--limit", "2", "--json", *flags)
         assert code == EXIT_OK and len(json.loads(out)["hits"]) == 2, err
+    code, _, err = run(capsys, "search", images / "dog" / "0.png", *MODEL, *loc, "--warm-start")
+    assert code == EXIT_USAGE and "--warm-steps" in err  # --steps would be silently replaced
     code, out, _ = run(capsys, "info", *loc, "--json")
     assert json.loads(out)["warm_start"]["image"]["steps"] == 3
     code, _, err = run(capsys, "fit-warm-start", *MODEL, "--location", ":memory:")

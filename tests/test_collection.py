@@ -335,6 +335,11 @@ def test_edge_refuses_what_it_cannot_run(tmp_path):
     with pytest.raises(UntranslatableError, match="RecommendQuery"):
         c.query([models.QueryRequest(query=models.RecommendQuery(recommend=models.RecommendInput(positive=[1])),
                                      using="image", limit=3)])
+    # the binding reads True/False as 1/0: a boolean match would quietly select the integer-valued points
+    for match in (models.MatchValue(value=True), models.MatchValue(value=False)):
+        flt = models.Filter(must=[models.FieldCondition(key="fav", match=match)])
+        with pytest.raises(UntranslatableError, match="boolean"):
+            c.scroll(scroll_filter=flt)
     c.close()
 
 
@@ -614,6 +619,40 @@ def test_server_errors_carry_no_body_or_credentials():
     with pytest.raises(CollectionNotFoundError) as info:
         c.schema()
     assert "s3cr3t" not in str(info.value)
+
+
+def test_a_create_retried_after_a_lost_answer_accepts_its_own_collection():
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    class LostAnswer:
+        """The first create reaches the server but its answer is lost; the retry is told it exists (409)."""
+
+        def __init__(self):
+            self.real, self.creates = QdrantClient(":memory:"), 0
+
+        def create_collection(self, **kwargs):
+            self.creates += 1
+            if self.creates == 1:
+                self.real.create_collection(**kwargs)
+                raise ResponseHandlingException(TimeoutError("timed out"))
+            raise UnexpectedResponse(status_code=409, reason_phrase="Conflict", headers={},
+                                     content=b'{"status": {"error": "Collection `c` already exists!"}}')
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    retry = RetryPolicy(attempts=3, backoff=0.0)
+    client = LostAnswer()
+    c = ClientCollection(client, "c", location="http://host:6333", retry=retry, server=True, owns_client=False)
+    c.create({"image": DIM}, {"crossgap": {"model_id": "m"}})
+    assert client.creates == 2 and c.schema().metadata == {"crossgap": {"model_id": "m"}}
+    other = ClientCollection(LostAnswer(), "c", location="http://host:6333", retry=retry, server=True,
+                             owns_client=False)
+    other.client.real.create_collection("c", vectors_config={"text": models.VectorParams(
+        size=DIM, distance=models.Distance.COSINE)})  # someone else's collection under the name
+    other.client.creates = 1
+    with pytest.raises(QdrantServerError, match="409"):
+        other.create({"image": DIM}, {"crossgap": {"model_id": "m"}})
 
 
 @pytest.fixture

@@ -110,3 +110,25 @@ def test_evaluation_server_follows_timeout_and_retries(capsys, images):  # noqa:
         server.close()
     assert code == EXIT_ERROR and elapsed < 15, (elapsed, err)
     assert "2 s deadline" in err and "hunter2" not in err and "Traceback" not in err
+
+
+def test_evaluate_flattens_transparency_onto_the_background_given(capsys, tmp_path, images, monkeypatch):  # noqa: F811
+    import torch
+
+    from crossgap_qdrant import images as images_module
+
+    code, _, err = run(capsys, "evaluate", images, *MODEL, "--background", "purple")
+    assert code == EXIT_USAGE and "--background" in err
+    seen = []
+    load_pixels = images_module.load_pixels
+
+    def recording(preprocess, sources, *, background=images_module.WHITE):
+        if any(not isinstance(s, torch.Tensor) for s in sources):  # decoded here, not already preprocessed
+            seen.append(background)
+        return load_pixels(preprocess, sources, background=background)
+
+    monkeypatch.setattr(images_module, "load_pixels", recording)
+    code, _, err = run(capsys, "evaluate", images, *MODEL, "--background", "black", "--methods", "native,pca",
+                       "--backend", "qdrant", "--bootstrap", "10", "--json")
+    assert code == EXIT_OK, err
+    assert seen and set(seen) == {(0, 0, 0)}

@@ -96,7 +96,8 @@ def test_recorded_default_turns_hubness_on_and_new_points_take_the_mean(hub_stor
 
 
 def test_hubness_errors(hub_store):
-    _, store, pil, ids = hub_store
+    stores, _, pil, ids = hub_store
+    store = stores.make()  # an earlier test's reopening closed the fixture's store
     with pytest.raises(ValueError, match="no hubness statistics"):
         store.search_images(ids[0], mode="fused", hubness=True)
     with pytest.raises(ValueError, match="no hubness statistics"):

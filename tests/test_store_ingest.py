@@ -149,6 +149,28 @@ def test_given_ids_and_precomputed_inverted_vectors(stores, monkeypatch):
     torch.testing.assert_close(torch.tensor(stored_vectors(store, [7], "text_ovi")[0]), unit(2, seed=5)[0])
 
 
+def test_payload_keys_the_store_writes_are_refused(stores):
+    store = stores.make()
+    for payload, key in (({"modality": "photo"}, "modality"), ({"content_sha256": "x"}, "content_sha256"),
+                         ({"text": "other"}, "text")):
+        with pytest.raises(ValueError, match=f"payload #0 sets '{key}'"):
+            store.ingest_texts(["a cat"], payloads=[payload], progress=False)
+    assert store.count() == 0
+    # a PIL image has no source file: the caller may record where it came from
+    report = store.ingest_images(images(1), payloads=[{"source": "https://example.org/cat.png"}], progress=False)
+    assert report.inserted == 1 and store.ingest_images(images(1), progress=False).skipped_existing == 1
+
+
+def test_rerun_with_new_payloads_merges_them_into_stored_points(stores):
+    store = stores.make()
+    first = store.ingest_texts(["a cat", "a dog"], payloads=[{"label": "old", "keep": 1}, None], progress=False)
+    again = store.ingest_texts(["a cat", "a dog"], payloads=[{"label": "new"}, {"label": "dog"}], progress=False)
+    assert (again.inserted, again.skipped_existing) == (0, 2)
+    stored = {r.id: r.payload for r in store.collection.retrieve(first.ids, with_payload=True)}
+    assert stored[first.ids[0]]["label"] == "new" and stored[first.ids[0]]["keep"] == 1
+    assert stored[first.ids[1]]["label"] == "dog" and stored[first.ids[1]]["text"] == "a dog"
+
+
 def test_id_policy_refuses_other_content_other_modality_and_repeats(stores):
     store = stores.make()
     store.ingest_texts(["a cat", "a dog"], ids=[1, 2], progress=False)

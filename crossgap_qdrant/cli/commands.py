@@ -130,6 +130,10 @@ def cmd_info(args) -> int:
 def cmd_fit_warm_start(args) -> int:
     if args.sample < 2:
         raise UsageError(f"--sample must be >= 2, got {args.sample}")
+    if args.warm_steps is not None and args.warm_steps < 0:
+        raise UsageError(f"--warm-steps must be >= 0, got {args.warm_steps}")
+    if args.epochs < 0:
+        raise UsageError(f"--epochs must be >= 0, got {args.epochs}")
     clip = load_handle(args)
     with open_store(args, clip, create=False, use_warm_start=False) as store:
         fit = store.fit_warm_start(args.modality, sample=args.sample, steps=args.warm_steps, path=args.file,

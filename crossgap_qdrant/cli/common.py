@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Sequence
 
@@ -32,6 +33,7 @@ def load_handle(args):
     """The model handle named by --model/--pretrained (never random weights unless --pretrained none)."""
     import torch
 
+    from crossgap_qdrant.model_specs import carries_weights
     from crossgap_qdrant.models import load_model, register_model_config
 
     if args.model is None:
@@ -45,7 +47,13 @@ def load_handle(args):
             raise FileNotFoundError(f"model config not found: {args.model_config}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"model config {args.model_config} is not valid JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"model config {args.model_config} must hold a JSON object (an open_clip model "
+                             f"config), not a {type(config).__name__}")
         register_model_config(args.model, config.get("model_cfg", config))
+    if args.pretrained is not None and carries_weights(args.model):
+        raise UsageError(f"--model {args.model} carries its own weights: leave out --pretrained "
+                         f"(got {args.pretrained!r})")
     random_weights = args.pretrained is not None and args.pretrained.lower() == "none"
     if random_weights:
         torch.manual_seed(args.seed)  # random weights must be the same in every run against one collection
@@ -99,6 +107,9 @@ def open_store(args, clip, create: bool = True, use_warm_start: bool = True):
     steps = getattr(args, "warm_steps", None) if use_warm_start else None
     if steps is not None and steps < 0:
         raise UsageError(f"--warm-steps must be >= 0, got {steps}")
+    if use_warm_start and args.steps is not None and (steps is not None or getattr(args, "warm_start", False)):
+        raise UsageError("--steps sets the budget of exact inversion from random tokens; after a warm start "
+                         "give its budget with --warm-steps")
     store = CrossModalStore.open(args.location, args.collection, clip, engine=args.engine, create=create,
                                  api_key=args.api_key, timeout=args.timeout, retry=retry_policy(args),
                                  oti_config=oti, ovi_config=ovi, derived_vectors=derived_vectors(args, clip.model),
@@ -136,7 +147,18 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 def emit(args, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    print(json.dumps(finite_json(data), indent=2, default=str, allow_nan=False) if args.json else text)
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with NaN and infinite floats as None (JSON has no NaN; strict parsers reject it)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
 
 
 def report_rows(report, totals: dict[str, Any]) -> None:

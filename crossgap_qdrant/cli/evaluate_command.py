@@ -7,6 +7,7 @@ from pathlib import Path
 from crossgap_qdrant.cli.common import (
     EXIT_OK,
     UsageError,
+    background_colour,
     described_collection,
     emit,
     inversion_configs,
@@ -36,6 +37,7 @@ def cmd_evaluate(args) -> int:
     if args.bootstrap < 1:
         raise UsageError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     cuts = parse_cuts(args.isoclip)
+    background = background_colour(args.background)
     data = load_labelled_set(args.data, queries=args.queries)
     vocabulary = read_lines(args.vocabulary, "--vocabulary")
     if args.apply or args.apply_method:
@@ -50,6 +52,7 @@ def cmd_evaluate(args) -> int:
         backends=("torch", "qdrant") if args.backend == "both" else (args.backend,),
         bootstrap=args.bootstrap, qdrant_location=args.eval_location, api_key=args.api_key,
         qdrant_engine=args.engine, timeout=args.timeout, retry=retry_policy(args),
+        image_background=background,
     )
     result = harness.evaluate(clip, data, config, progress=args.progress)
     out = result.to_dict()
@@ -66,7 +69,8 @@ def cmd_evaluate(args) -> int:
     if args.apply or args.apply_method:
         applied = apply_recommendation(result, clip, args.location, args.collection, method=args.apply_method,
                                        engine=args.engine, api_key=args.api_key, timeout=args.timeout,
-                                       retry=retry_policy(args), progress=args.progress)
+                                       retry=retry_policy(args), image_background=background,
+                                       progress=args.progress)
         out["applied"] = applied
         text += "\n" + applied_text(applied)
     emit(args, out, text)

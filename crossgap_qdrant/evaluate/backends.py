@@ -145,7 +145,7 @@ class QdrantBackend:
     def __init__(self, clip, *, model_id: str, data: LabelledSet, derived: dict[str, Any],
                  location: str = ":memory:", api_key: str | None = None, oti_config=None, ovi_config=None,
                  engine: str | None = None, timeout: float | None = None,
-                 retry: RetryPolicy | None = RetryPolicy()):
+                 retry: RetryPolicy | None = RetryPolicy(), image_background: tuple[int, int, int] = (255, 255, 255)):
         from crossgap_qdrant.store import CrossModalStore, open_collection
 
         self.data = data
@@ -158,7 +158,7 @@ class QdrantBackend:
             self.store = CrossModalStore(
                 self._collection, self.collection_name, clip, model_id=model_id, oti_config=oti_config,
                 ovi_config=ovi_config,
-                derived_vectors={self.modes[m]: vec for m, vec in derived.items()},
+                derived_vectors={self.modes[m]: vec for m, vec in derived.items()}, image_background=image_background,
             )
         except BaseException:
             self._collection.drop()

@@ -73,6 +73,7 @@ class EvaluationConfig:
         qdrant_location: ":memory:" (default), a folder, or a server URL for the Qdrant backend's temporary
             collection (removed afterwards).
         qdrant_engine: for a folder: None (qdrant-edge) or "local".
+        image_background: RGB that transparent image pixels are flattened onto (as at ingestion).
         api_key, timeout, retry: for a server (seconds per request; retries and the total deadline per
             operation, a :class:`crossgap_qdrant.store.RetryPolicy`; None: the default policy).
     """
@@ -99,6 +100,7 @@ class EvaluationConfig:
     api_key: str | None = None
     timeout: float | None = None
     retry: Any = None
+    image_background: tuple[int, int, int] = (255, 255, 255)
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in KNOWN_METHODS]
@@ -139,12 +141,12 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def _load_pixels(preprocess: Callable, paths: Sequence[str]) -> torch.Tensor:
+def _load_pixels(preprocess: Callable, paths: Sequence[str], background: tuple[int, int, int]) -> torch.Tensor:
     """[N, 3, H, W] preprocessed images (the package's image loader); an unreadable file raises DataError."""
     from crossgap_qdrant.images import ImageError, load_pixels
 
     try:
-        return load_pixels(preprocess, paths)
+        return load_pixels(preprocess, paths, background=background)
     except ImageError as exc:
         raise DataError(f"cannot read image: {exc}") from exc
 
@@ -160,7 +162,7 @@ def _compute_features(clip, data: LabelledSet, config: EvaluationConfig, skipped
     n = len(items)
     vectors, seconds = {}, {}
     if data.modality == "image":
-        inputs, seconds["decode"] = _timed(lambda: _load_pixels(preprocess, items))
+        inputs, seconds["decode"] = _timed(lambda: _load_pixels(preprocess, items, config.image_background))
         native, seconds["encode"] = _timed(
             lambda: encode_images(model, preprocess, list(inputs), batch_size=config.batch_size, progress=progress)
         )
@@ -330,6 +332,7 @@ def evaluate(
         with QdrantBackend(clip, model_id=model_id, data=data, derived=feats.derived,
                            location=config.qdrant_location, api_key=config.api_key, oti_config=config.oti_config,
                            ovi_config=config.ovi_config, engine=config.qdrant_engine, timeout=config.timeout,
+                           image_background=config.image_background,
                            **({} if config.retry is None else {"retry": config.retry})) as backend:
             ingest = backend.ingest(feats.vectors.get("inverted"), config.batch_size, progress)
             start = time.perf_counter()

@@ -123,7 +123,10 @@ def fit_rivals(clip, data, config, native: torch.Tensor, inputs: torch.Tensor, w
             out.transforms["gap_shift"] = fit_gap_shift(model, tokenizer, preprocess, image_features=gallery,
                                                         texts=config.gap_texts)
         elif config.gap_images:
-            out.transforms["gap_shift"] = fit_gap_shift(model, tokenizer, preprocess, images=config.gap_images,
+            from crossgap_qdrant.images import load_pixels
+
+            pixels = load_pixels(preprocess, config.gap_images, background=config.image_background)
+            out.transforms["gap_shift"] = fit_gap_shift(model, tokenizer, preprocess, images=list(pixels),
                                                         text_features=gallery)
         else:
             out.skipped["gap_shift"] = "a text set needs a sample of images to fit the gap shift (gap_images)"

@@ -110,10 +110,21 @@ class ClientCollection(Collection):
             raise ValueError("a collection needs at least one named vector")
         config = {name: models.VectorParams(size=int(size), distance=models.Distance.COSINE, on_disk=on_disk)
                   for name, size in vectors.items()}
-        self._call("create the collection", lambda: self.client.create_collection(
-            collection_name=self.name, vectors_config=config, shard_number=shard_number,
-            replication_factor=replication_factor, quantization_config=quantization_config,
-            metadata=dict(metadata) or None))
+        try:
+            self._call("create the collection", lambda: self.client.create_collection(
+                collection_name=self.name, vectors_config=config, shard_number=shard_number,
+                replication_factor=replication_factor, quantization_config=quantization_config,
+                metadata=dict(metadata) or None))
+        except QdrantServerError as exc:
+            # 409 after a retry: the first attempt created it but its answer was lost. Carry on when what
+            # exists is what was asked for; anything else (another creator's collection) stays an error.
+            if exc.status_code != 409 or not self._created_as(vectors, metadata):
+                raise
+
+    def _created_as(self, vectors: Mapping[str, int], metadata: Mapping[str, Any]) -> bool:
+        schema = self.schema()
+        return ({n: v.size for n, v in schema.vectors.items()} == {n: int(v) for n, v in vectors.items()}
+                and all(schema.metadata.get(k) == v for k, v in metadata.items()))
 
     def schema(self) -> CollectionSchema:
         try:

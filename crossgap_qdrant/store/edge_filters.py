@@ -68,6 +68,11 @@ def _datetime_text(value: Any) -> str | None:
 
 
 def _match(match: Any, key: str) -> Any:
+    if isinstance(match, models.MatchValue) and isinstance(match.value, bool):
+        # qdrant-edge's binding reads True/False as the integers 1/0: the filter would match other points.
+        raise _refuse(f"a match on the boolean value(s) of field {key!r} (it would match the integers 1/0)",
+                      "Store the field as a keyword or an integer, or use a Qdrant server "
+                      "(or engine='local') for it.")
     if isinstance(match, models.MatchValue):
         return qe.MatchValue(match.value)
     if isinstance(match, models.MatchAny):

@@ -89,13 +89,13 @@ def hub_correction(record: dict[str, Any], modality: str, mode: str, hubness: bo
     Raises:
         ValueError: hubness=True for a mode without fitted statistics.
     """
-    from crossgap_qdrant.store.search import HubCorrection
+    from crossgap_qdrant.store.search import DEFAULT_MODE, HubCorrection
 
     if hubness is False:
         return None
     fitted = ((record.get("hubness") or {}).get(modality) or {}).get(mode)
     if hubness is None:
-        recommended = (record.get("default_modes") or {}).get(modality) == mode
+        recommended = ((record.get("default_modes") or {}).get(modality) or DEFAULT_MODE) == mode
         if not (recommended and (record.get("default_hubness") or {}).get(modality) and fitted):
             return None
     elif not fitted:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,7 +40,8 @@ class IngestReport:
 
     Attributes:
         inserted: new points written (and points replaced with ``overwrite=True``).
-        skipped_existing: items already stored with every vector this call would write.
+        skipped_existing: items already stored with every vector this call would write (a payload given for
+            them is merged into the stored one).
         inverted: inverted vectors computed and written (new items and items resumed after a crash).
         duplicates: items repeating an earlier item of the same call (same content), ignored.
         failed: (item, reason) for each item that was skipped (unreadable or corrupt file, empty text).
@@ -87,6 +89,7 @@ class Item:
     raw: Any = None  # file bytes, PIL image, or text: what the encoders need
     features: torch.Tensor | None = None  # [E] native feature, when given or computed
     inverted: torch.Tensor | None = None  # [E] inverted feature, when given
+    given_payload: dict | None = None  # the caller's payload, merged into the stored one when already stored
 
 
 # ------------------------------------------------------------------------------------------ building items
@@ -211,7 +214,7 @@ class Ingestion:
             if len(ids) != n:
                 raise ValueError(f"got {len(ids)} ids for {n} items")
             given = [pid_lib.normalize_point_id(pid) for pid in ids]
-            repeated = sorted({str(p) for p in given if given.count(p) > 1})
+            repeated = sorted(str(p) for p, count in Counter(given).items() if count > 1)
             if repeated:
                 raise IdConflictError(f"ids must be unique within a call; repeated: {', '.join(repeated[:5])}")
             for item, pid in zip(items, given):
@@ -226,6 +229,11 @@ class Ingestion:
             if payloads is not None and payloads[i] is not None:
                 if not isinstance(payloads[i], Mapping):
                     raise TypeError(f"payload #{i} must be a dict or None, got {type(payloads[i]).__name__}")
+                reserved = sorted(set(payloads[i]) & (set(item.payload) | {"modality", CONTENT_KEY}))
+                if reserved:
+                    raise ValueError(f"payload #{i} sets {', '.join(repr(k) for k in reserved)}, which the store "
+                                     "writes itself (modality, content hash, source file, text); use other keys")
+                item.given_payload = dict(payloads[i])
                 item.payload.update(payloads[i])
         if ids is not None and not self.overwrite:
             self._check_given_ids(items)
@@ -310,6 +318,7 @@ class Ingestion:
 
         new: list[Item] = []
         partial: list[tuple[Item, set]] = []  # stored items lacking some vectors
+        payload_updates: list[tuple[PointId, dict]] = []  # stored items given a payload in this call
         for item in live:
             record = stored.get(item.pid)
             if record is None:
@@ -322,6 +331,8 @@ class Ingestion:
                                           "overwrite=True to replace it")
                 new.append(item)  # replaced whole
                 continue
+            if item.given_payload:
+                payload_updates.append((item.pid, item.given_payload))
             vectors = record.vector or {}
             lacking = {name for name in wanted if name not in vectors}
             if not lacking:
@@ -365,6 +376,8 @@ class Ingestion:
                 self.collection.upsert(points[start : start + step])
             for start in range(0, len(updates), step):
                 self.collection.update_vectors(updates[start : start + step])
+            if payload_updates:
+                self.collection.set_payloads(payload_updates)
         report.inserted += len(points)
         report.inverted += len(todo)
         logger.debug("%s batch: %d new, %d completed, %d inverted (%d given), %d already stored, %d failed so far",

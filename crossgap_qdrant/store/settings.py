@@ -38,7 +38,7 @@ class RecordedSettings:
         check_modality(modality)
         if mode is not None and mode not in MODES and mode not in self.encoder.derived_for(modality):
             raise ValueError(f"unknown {modality} mode {mode!r}")
-        record = self._metadata[METADATA_KEY]
+        record = self._stored_record()
         if hubness:
             hubness_lib.hub_correction(record, modality, mode or DEFAULT_MODE, True)  # raises when not fitted
         modes = {k: v for k, v in (record.get("default_modes") or {}).items() if k != modality}
@@ -63,7 +63,7 @@ class RecordedSettings:
         fitted = hubness_lib.fit_hubness(self.collection, self.names, self.encoder.derived_for(modality), modality,
                                          mode, bank_size=bank_size, temperature=temperature, weight=weight,
                                          query_filter=query_filter, seed=seed)
-        stats = dict(self._metadata[METADATA_KEY].get("hubness") or {})
+        stats = dict(self._stored_record().get("hubness") or {})
         stats[modality] = {**(stats.get(modality) or {}), mode: fitted}
         self._record(hubness=stats)
         return fitted
@@ -103,12 +103,14 @@ class RecordedSettings:
         features = warm_lib.sample_native(self.collection, self.names, modality, sample)
         warm, fit = fit_warm_start(self.clip, features, warm_lib.KIND[modality], self._exact_config(modality),
                                    progress=progress, **options)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        warm.save(target)
-        recorded = dict(self._metadata[METADATA_KEY].get(warm_lib.WARM_KEY) or {})
         steps = fit.steps if steps is None else steps
-        recorded[modality] = warm_lib.record_for(self.collection, target, steps, fit.lr, fit)
-        self._record(**{warm_lib.WARM_KEY: recorded})
+
+        def write_record(sha256: str) -> None:
+            recorded = dict(self._stored_record().get(warm_lib.WARM_KEY) or {})
+            recorded[modality] = warm_lib.record_for(self.collection, target, sha256, steps, fit.lr, fit)
+            self._record(**{warm_lib.WARM_KEY: recorded})
+
+        warm_lib.save_recorded(warm, target, write_record)
         self._attach_warm_start(modality, warm, steps, fit.lr)
         return fit
 
@@ -145,9 +147,14 @@ class RecordedSettings:
         else:
             self.encoder.ovi_config = config
 
+    def _stored_record(self) -> dict[str, Any]:
+        """The metadata record as stored now (another store on the same collection may have changed it since
+        this one opened); this store's copy where nothing is stored yet."""
+        return self.collection.schema().metadata.get(METADATA_KEY) or self._metadata[METADATA_KEY]
+
     def _record(self, **changes: Any) -> None:
-        """Merges ``changes`` into the collection's metadata record (and this store's copy)."""
-        record = {**self._metadata[METADATA_KEY], **changes}
+        """Merges ``changes`` into the collection's metadata record as stored now (and this store's copy)."""
         schema = self.collection.schema()
+        record = {**(schema.metadata.get(METADATA_KEY) or self._metadata[METADATA_KEY]), **changes}
         self.collection.set_metadata({**schema.metadata, METADATA_KEY: record})
         self._metadata = {METADATA_KEY: record}

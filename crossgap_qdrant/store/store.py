@@ -214,8 +214,10 @@ class CrossModalStore(RecordedSettings):
         recorded = schema.metadata.get(METADATA_KEY) or {}
         if missing:  # backfill of a collection that already holds some of the vectors
             self.collection.add_vectors(missing)
-        # keep what later tools recorded (e.g. the evaluation's recommended modes)
-        wanted = {**recorded, **self._metadata[METADATA_KEY]}
+        # keep what later tools recorded (the evaluation's recommended modes, hubness, warm starts) and the
+        # derived vectors this store was not given (those without a record() cannot be rebuilt from it)
+        own = self._metadata[METADATA_KEY]
+        wanted = {**recorded, **own, "derived": {**(recorded.get("derived") or {}), **own["derived"]}}
         if "default_modes" in recorded:
             wanted["default_modes"] = recorded["default_modes"]
         self._metadata = {METADATA_KEY: wanted}
@@ -233,8 +235,9 @@ class CrossModalStore(RecordedSettings):
         Args:
             images: a folder (searched recursively for image files), an image path, a list of paths or PIL
                 images, or precomputed native image features [N, E] (then derived vectors are left out).
-            payloads: one dict (or None) per image, merged over the automatic payload
-                ({"modality": "image", "source": path, "content_sha256": ...}).
+            payloads: one dict (or None) per image, added to the automatic payload ({"modality": "image",
+                "source": path, "content_sha256": ...}), whose keys it may not set; for an image already
+                stored, merged into its stored payload.
             ids: one point id per image (int in [0, 2**64) or UUID); default uuid5 of the content hash.
             invert: compute and store OTI vectors (False: native and derived only; :meth:`invert_missing`
                 adds them later).

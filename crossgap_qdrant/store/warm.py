@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import io
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from qdrant_client import models
@@ -45,7 +45,7 @@ def file_path(collection: Collection, modality: str, path: str | os.PathLike | N
     folder = collection.files_folder
     if folder is None:
         raise ValueError(f"collection {collection.name!r} lives on {collection.location}, which keeps no files: pass "
-                         "path= (CLI: --warm-start-file) to say where the warm start is written")
+                         "path= (CLI: fit-warm-start --file PATH) to say where the warm start is written")
     return os.path.join(folder, f"warm_start_{KIND[modality]}.pt")
 
 
@@ -57,12 +57,37 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def record_for(collection: Collection, path: str, steps: int, lr: float, fit: Any) -> dict[str, Any]:
+def record_for(collection: Collection, path: str, sha256: str, steps: int, lr: float, fit: Any) -> dict[str, Any]:
     """The metadata entry of a saved warm start: its file, SHA-256, step budget and learning rate, the fit."""
     folder = collection.files_folder
     stored = os.path.relpath(path, folder) if folder and os.path.dirname(path) == os.path.abspath(folder) else path
-    return {"file": stored, "sha256": _sha256(path), "steps": steps, "lr": lr,
+    return {"file": stored, "sha256": sha256, "steps": steps, "lr": lr,
             "fit": dataclasses.asdict(fit) if dataclasses.is_dataclass(fit) else dict(fit)}
+
+
+def save_recorded(warm: Any, target: str, write_record: Callable[[str], None]) -> None:
+    """Saves ``warm`` at ``target`` and records it with ``write_record(sha256)``, as one change: when recording
+    fails (a full disk, a server error), the file that was at ``target`` before is put back, so the warm start
+    recorded before stays usable."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    new, previous = f"{target}.new-{os.getpid()}", f"{target}.previous-{os.getpid()}"
+    warm.save(new)
+    had_previous = os.path.exists(target)
+    try:
+        if had_previous:
+            os.replace(target, previous)
+        os.replace(new, target)
+        write_record(_sha256(target))
+    except BaseException:
+        if had_previous and os.path.exists(previous):
+            os.replace(previous, target)
+        elif not had_previous and os.path.exists(target):
+            os.remove(target)
+        if os.path.exists(new):
+            os.remove(new)
+        raise
+    if had_previous:
+        os.remove(previous)
 
 
 def load_recorded(collection: Collection, modality: str, record: dict[str, Any], device: Any = "cpu"):
