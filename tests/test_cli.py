@@ -159,13 +159,19 @@ def test_query_image_errors_name_the_file(capsys, tmp_path, images):
     assert code == EXIT_ERROR and "bomb.png" in err and "Traceback" not in err
 
 
-def test_ingest_fails_when_every_input_fails(capsys, tmp_path):
+def test_ingest_fails_when_every_input_fails(capsys, tmp_path, images):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "a.png").write_bytes(b"not a png")
     (folder / "b.jpg").write_bytes(b"not a jpeg")
     code, out, err = run(capsys, "ingest", folder, *MODEL, "--location", tmp_path / "q")
     assert code == EXIT_ERROR and "every input failed" in err
+    code, _, err = run(capsys, "info", "--location", tmp_path / "q")
+    assert code == EXIT_ERROR and "no collection" in err  # the failed call left no empty collection behind
+    assert run(capsys, "ingest", images / "dog", *MODEL, "--location", tmp_path / "q")[0] == EXIT_OK
+    assert run(capsys, "ingest", folder, *MODEL, "--location", tmp_path / "q")[0] == EXIT_ERROR
+    code, out, _ = run(capsys, "info", "--location", tmp_path / "q", "--json")
+    assert code == EXIT_OK and json.loads(out)["points"] == 2  # a collection that existed is kept as it was
 
 
 def test_verbose_shows_what_the_package_does(capsys, tmp_path, images):

@@ -124,6 +124,19 @@ def test_adamw_step_sequence_equals_torch_adamw(dtype, shape):
     assert (step == 60).all()
 
 
+@pytest.mark.parametrize("beta1", [0.0, 0.3, 0.5, 0.9])
+def test_adamw_first_moment_is_pytorchs_lerp_on_both_sides_of_one_half(beta1):
+    # PyTorch's lerp starts from the end point for weights of 0.5 and more; with beta1 = 0 that makes the first
+    # moment the gradient exactly, even after a large one (from the start point it would round at that size).
+    gen = torch.Generator().manual_seed(3)
+    p, _, v, step = _state(4, (3, 40), gen)
+    m = torch.randn(4, 3, 40, generator=gen) * 30
+    g = torch.randn(4, 3, 40, generator=gen) * 1e-5
+    want = m.lerp(g, 1 - beta1)
+    ops.adamw_step(p, g, m, v, step, torch.ones(4, dtype=torch.bool), lr=1e-2, beta1=beta1)
+    assert torch.equal(m, want)
+
+
 def test_adamw_step_matches_reference_with_mixed_steps_and_inactive_rows():
     gen = torch.Generator().manual_seed(7)
     b = 12

@@ -203,6 +203,20 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, LookupError, RuntimeError, TypeError, ImportError)
 
 
+def collection_exists(args) -> bool:
+    """Whether --collection exists at --location (a read: creates nothing)."""
+    from crossgap_qdrant.store.errors import CollectionNotFoundError
+
+    try:
+        collection = open_collection_at(args, create=False)
+    except CollectionNotFoundError:
+        return False
+    try:
+        return collection.exists()
+    finally:
+        collection.close()
+
+
 def described_collection(args) -> dict:
     """describe_collection of --collection at --location; CollectionNotFoundError when it does not exist."""
     from crossgap_qdrant.store import describe_collection

@@ -48,7 +48,9 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
                    help="an open_clip model config file, registered under the --model name")
     g.add_argument("--seed", type=int, default=0, help="seed of random weights (--pretrained none)")
     g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    g.add_argument("--steps", type=int, default=None, help="inversion steps (OTI and OVI), overriding the published")
+    g.add_argument("--steps", type=int, default=None,
+                   help="inversion steps from random tokens (OTI and OVI), overriding the published; after a "
+                        "warm start, --warm-steps")
     g.add_argument("--background", default="white", metavar="COLOUR",
                    help="what transparent image pixels are flattened onto: white, black or R,G,B "
                         "(default: %(default)s)")

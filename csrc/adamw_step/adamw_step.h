@@ -4,7 +4,8 @@
 //
 //   step[b]       += 1
 //   param[b]      *= 1 - lr * weight_decay                         (decoupled weight decay)
-//   exp_avg[b]     = exp_avg[b] + (1 - beta1) * (grad[b] - exp_avg[b])
+//   exp_avg[b]     = lerp(exp_avg[b], grad[b], 1 - beta1)              (PyTorch's lerp: from exp_avg
+//                    when 1 - beta1 < 0.5, else from grad[b]: grad[b] - beta1 * (grad[b] - exp_avg[b]))
 //   exp_avg_sq[b]  = exp_avg_sq[b] * beta2 + (1 - beta2) * grad[b]^2
 //   denom          = sqrt(exp_avg_sq[b]) / sqrt(1 - beta2^step[b]) + eps
 //   param[b]      -= lr / (1 - beta1^step[b]) * exp_avg[b] / denom

@@ -60,9 +60,12 @@ template <typename scalar_t>
 __attribute__((always_inline)) inline void adamw_row(scalar_t* __restrict__ p, const scalar_t* __restrict__ g, scalar_t* __restrict__ m,
                       scalar_t* __restrict__ v, int64_t n, scalar_t decay, scalar_t w1, scalar_t b2,
                       scalar_t w2, scalar_t eps, scalar_t neg_step_size, scalar_t bc2_sqrt) {
+  // lerp(m, g, w1) as PyTorch computes it: from m for weights below 0.5, from g otherwise.
+  const bool from_m = w1 < scalar_t(0.5);
+  const scalar_t coeff = from_m ? w1 : w1 - scalar_t(1);
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t gi = g[i];
-    const scalar_t mi = fused_mul_add(w1, gi - m[i], m[i]);  // lerp
+    const scalar_t mi = fused_mul_add(coeff, gi - m[i], from_m ? m[i] : gi);  // lerp
     const scalar_t vi = fused_mul_add(w2 * gi, gi, v[i] * b2);  // addcmul
     const scalar_t denom = square_root(vi) / bc2_sqrt + eps;
     p[i] = p[i] * decay + neg_step_size * mi / denom;  // addcdiv: (value * t1) / t2

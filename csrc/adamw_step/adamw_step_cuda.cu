@@ -23,6 +23,9 @@ __global__ void adamw_elementwise_kernel(scalar_t* __restrict__ p, const scalar_
   const scalar_t b2 = static_cast<scalar_t>(h.beta2);
   const scalar_t w2 = static_cast<scalar_t>(1.0 - h.beta2);
   const scalar_t eps = static_cast<scalar_t>(h.eps);
+  // lerp(m, g, w1) as PyTorch computes it: from m for weights below 0.5, from g otherwise.
+  const bool from_m = w1 < scalar_t(0.5);
+  const scalar_t coeff = from_m ? w1 : w1 - scalar_t(1);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / n;
@@ -33,7 +36,7 @@ __global__ void adamw_elementwise_kernel(scalar_t* __restrict__ p, const scalar_
     const scalar_t neg_step_size = static_cast<scalar_t>(-(h.lr / bc1));
     const scalar_t bc2_sqrt = static_cast<scalar_t>(sqrt(bc2));
     const scalar_t gi = g[i];
-    const scalar_t mi = fma(w1, gi - m[i], m[i]);
+    const scalar_t mi = fma(coeff, gi - m[i], from_m ? m[i] : gi);
     const scalar_t vi = fma(w2 * gi, gi, v[i] * b2);  // addcmul, fused likewise
     const scalar_t denom = sqrt(vi) / bc2_sqrt + eps;
     p[i] = p[i] * decay + neg_step_size * mi / denom;
