@@ -99,8 +99,6 @@ def _ovi_inputs(model, model_name, pretrained):
 
 def _initial_tokens(kind: str, model, targets, config, num_tokens: int, width: int, init_tokens, template=None):
     """[N, R, W] float32 CPU: given tokens, else the warm start's prediction, else the published init."""
-    if num_tokens < 1:
-        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     expected = (targets.shape[0], num_tokens, width)
     if init_tokens is None and config.warm_start is not None:
         from crossgap_qdrant.checkpoints import weights_digest

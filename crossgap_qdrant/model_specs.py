@@ -50,9 +50,12 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _model_cfg(config: Any, where: str) -> dict[str, Any]:
-    if isinstance(config, dict) and isinstance(config.get("model_cfg"), dict):
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} must hold a JSON object (an open_clip model config), not a "
+                         f"{type(config).__name__}")
+    if isinstance(config.get("model_cfg"), dict):
         config = config["model_cfg"]
-    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(config, dict) or k not in config]
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)}: expected an open_clip model config or an "
                          "open_clip_config.json layout ({'model_cfg': {...}, 'preprocess_cfg': {...}})")

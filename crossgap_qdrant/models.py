@@ -225,8 +225,9 @@ def encode_token_ids(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.encode_text(ids.to(model_device(model))).float(), dim=-1).cpu()
 
 
-def _encode_in_batches(items: Sequence, batch_size: int, progress: bool, desc: str, dim: int,
+def _encode_in_batches(items: Sequence, batch_size: int, progress: bool, desc: str, dim: Callable[[], int],
                        encode_batch: Callable[[Sequence], torch.Tensor]) -> torch.Tensor:
+    """Encodes ``items`` in batches; ``dim()`` (the width of an empty result) is asked only for no items."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     bar = None
@@ -242,7 +243,7 @@ def _encode_in_batches(items: Sequence, batch_size: int, progress: bool, desc: s
             bar.update(len(batch))
     if bar is not None:
         bar.close()
-    return torch.cat(out) if out else torch.empty(0, dim)
+    return torch.cat(out) if out else torch.empty(0, dim())
 
 
 def _split_handle(model: Any, second: Any, third: Any, part: str) -> tuple[nn.Module, Any, Any]:
@@ -278,7 +279,7 @@ def encode_images(
     from crossgap_qdrant.images import load_pixels
 
     model, preprocess, images = _split_handle(model, preprocess, images, "preprocess")
-    return _encode_in_batches(list(images), batch_size, progress, "encode images", embed_dim(model),
+    return _encode_in_batches(list(images), batch_size, progress, "encode images", lambda: embed_dim(model),
                               lambda batch: encode_pixels(model, load_pixels(preprocess, batch)))
 
 
@@ -296,7 +297,7 @@ def encode_texts(
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text #{i} is empty or not a string: {text!r}")
-    return _encode_in_batches(texts, batch_size, progress, "encode texts", embed_dim(model),
+    return _encode_in_batches(texts, batch_size, progress, "encode texts", lambda: embed_dim(model),
                               lambda batch: encode_token_ids(model, tokenizer(list(batch))))
 
 

@@ -12,7 +12,6 @@ from crossgap_qdrant.cli.common import (
     EXIT_OK,
     PROG,
     UsageError,
-    collection_exists,
     described_collection,
     emit,
     format_table,
@@ -32,7 +31,6 @@ def cmd_ingest(args) -> int:
     totals: dict[str, Any] = {"inserted": 0, "skipped_existing": 0, "inverted": 0, "duplicates": 0, "failed": [],
                               "seconds_encoding": 0.0, "seconds_inversion": 0.0, "seconds_database": 0.0}
     items = 0
-    created = not collection_exists(args)
     with open_store(args, clip) as store:
         for path in args.inputs:
             ingest = store.ingest_texts if args.texts else store.ingest_images
@@ -41,7 +39,7 @@ def cmd_ingest(args) -> int:
             report_rows(report, totals)
         totals["points"] = store.count()
         totals["engine"] = store.engine
-        if created and totals["points"] == 0:
+        if store.created and totals["points"] == 0:
             store.collection.drop()  # nothing went in: leave no empty collection made by this call
     totals["failed"] = [{"item": str(item), "reason": reason} for item, reason in totals["failed"]]
     rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in totals.items() if k != "failed"]

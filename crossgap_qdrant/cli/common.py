@@ -33,24 +33,14 @@ def load_handle(args):
     """The model handle named by --model/--pretrained (never random weights unless --pretrained none)."""
     import torch
 
-    from crossgap_qdrant.model_specs import carries_weights
+    from crossgap_qdrant.model_specs import carries_weights, read_model_config
     from crossgap_qdrant.models import load_model, register_model_config
 
     if args.model is None:
         raise UsageError("--model is required, e.g. --model crossgap-demo (the bundled demo model) or "
                          "--model ViT-B-32 --pretrained openai")
     if args.model_config is not None:
-        try:
-            with open(args.model_config, encoding="utf-8") as f:
-                config = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"model config not found: {args.model_config}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"model config {args.model_config} is not valid JSON ({exc})") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"model config {args.model_config} must hold a JSON object (an open_clip model "
-                             f"config), not a {type(config).__name__}")
-        register_model_config(args.model, config.get("model_cfg", config))
+        register_model_config(args.model, read_model_config(args.model_config))
     if args.pretrained is not None and carries_weights(args.model):
         raise UsageError(f"--model {args.model} carries its own weights: leave out --pretrained "
                          f"(got {args.pretrained!r})")
@@ -201,20 +191,6 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors printed as one line (exit 1): data, model, storage and server errors (PermissionError is an
     OSError, UnsupportedModelError a ValueError), and ImportError (a missing build names its rebuild command)."""
     return (OSError, ValueError, LookupError, RuntimeError, TypeError, ImportError)
-
-
-def collection_exists(args) -> bool:
-    """Whether --collection exists at --location (a read: creates nothing)."""
-    from crossgap_qdrant.store.errors import CollectionNotFoundError
-
-    try:
-        collection = open_collection_at(args, create=False)
-    except CollectionNotFoundError:
-        return False
-    try:
-        return collection.exists()
-    finally:
-        collection.close()
 
 
 def described_collection(args) -> dict:

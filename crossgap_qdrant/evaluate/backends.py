@@ -20,7 +20,7 @@ import torch
 
 from crossgap_qdrant.evaluate.data import DataError, LabelledSet
 from crossgap_qdrant.evaluate.results import split_method
-from crossgap_qdrant.rivals import bank_sample, hub_corrected, hub_values
+from crossgap_qdrant.rivals import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, bank_sample, hub_corrected, hub_values
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.schema import VectorNames
 from crossgap_qdrant.store.search import mode_vectors
@@ -197,8 +197,8 @@ class QdrantBackend:
         return {"inserted": report.inserted, "seconds_encoding": report.seconds_encoding,
                 "seconds_database": report.seconds_database, "seconds_inversion": report.seconds_inversion}
 
-    def similarities(self, methods: Sequence[str], latency_queries: int, *, temperature: float = 20.0,
-                     weight: float = 1.0, bank_size: int = 1000) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    def similarities(self, methods: Sequence[str], latency_queries: int, *,
+                     temperature: float = DEFAULT_TEMPERATURE, weight: float = DEFAULT_WEIGHT, bank_size: int = 1000) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Scores of every (query, gallery) pair through store searches, and the median search time.
 
         Args:

@@ -17,6 +17,8 @@ from typing import Any
 from qdrant_client import models
 
 from crossgap_qdrant.evaluate.results import RIVALS, EvaluationResult, split_method
+from crossgap_qdrant.rivals import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT
+from crossgap_qdrant.store.schema import METADATA_KEY
 
 RULE = ("the highest-mAP method whose paired 95% CI of the difference vs native lies above zero; else native")
 
@@ -89,7 +91,8 @@ def apply_recommendation(result: EvaluationResult, clip: Any, location: str, col
             raise ValueError(f"{base} was not fitted by this evaluation; evaluate it first (--methods {base})")
         derived[mode] = result.transforms[base].vector(modality)
     with CrossModalStore.open(location, collection_name, clip, create=False, **open_kwargs) as store:
-        previous = ((store.info().get("derived_vectors") or {}).get(mode) or {}).get("transform")
+        recorded = store.collection.schema().metadata.get(METADATA_KEY) or {}
+        previous = ((recorded.get("derived") or {}).get(mode) or {}).get("transform")
     with CrossModalStore.open(location, collection_name, clip, create=False, derived_vectors=derived,
                               **open_kwargs) as store:
         computed = 0
@@ -100,8 +103,8 @@ def apply_recommendation(result: EvaluationResult, clip: Any, location: str, col
         fitted = None
         if hub:
             settings = result.representations.get("hubness") or {}
-            fitted = store.fit_hubness(modality, mode, temperature=settings.get("temperature", 20.0),
-                                       weight=settings.get("weight", 1.0))
+            fitted = store.fit_hubness(modality, mode, temperature=settings.get("temperature", DEFAULT_TEMPERATURE),
+                                       weight=settings.get("weight", DEFAULT_WEIGHT))
         store.set_default_mode(modality, mode, hubness=hub)
         return {"collection": collection_name, "location": store.location, "modality": modality,
                 "method": chosen, "mode": mode, "hubness": hub, "computed": computed, "hubness_fit": fitted}
@@ -156,7 +159,7 @@ def _check_servable(store: Any, modality: str, mode: str) -> None:
         needed = {mode_vectors(store.names, modality, mode, store.encoder.derived)[1]}
     has = lambda name: store.collection.count(  # noqa: E731
         models.Filter(must=[models.HasVectorCondition(has_vector=name)]))
-    total = has(store.names.native(modality))
+    total = store.count(modality)
     for name in needed:
         if has(name) < total:
             fix = (f"run crossgap-qdrant invert --modality {modality}" if name == store.names.inverted(modality)

@@ -72,19 +72,20 @@ def tune_isoclip(model, modality: str, pre: torch.Tensor, query_rows: slice, gal
         [{"k_top", "k_bottom", "mAP"}]).
     """
     grid = cut_grid(isoclip_rank(model))
+    projectors = [IsoCLIPProjector.from_model(model, *cuts, cuts_source="tuned") for cuts in grid]
 
-    def similarities(cuts):
-        feats = IsoCLIPProjector.from_model(model, *cuts, cuts_source="tuned").project(model, modality, pre)
+    def similarities(projector):
+        feats = projector.project(model, modality, pre)
         return feats[query_rows] @ feats[gallery_rows].T
 
-    per_query = np.stack([score(similarities(c)) for c in grid])
+    per_query = np.stack([score(similarities(p)) for p in projectors])
     best, assigned = crossfit_choice(per_query)
     crossfit = torch.empty(per_query.shape[1], pre[gallery_rows].shape[0])
     for config in np.unique(assigned):
         rows = torch.from_numpy(np.nonzero(assigned == config)[0])
-        crossfit[rows] = similarities(grid[config])[rows].float()
+        crossfit[rows] = similarities(projectors[config])[rows].float()
     table = [{"k_top": t, "k_bottom": b, "mAP": float(np.nanmean(ap))} for (t, b), ap in zip(grid, per_query)]
-    return IsoCLIPProjector.from_model(model, *grid[best], cuts_source="tuned"), crossfit, table
+    return projectors[best], crossfit, table
 
 
 def fit_rivals(clip, data, config, native: torch.Tensor, inputs: torch.Tensor, wanted: set[str],

@@ -119,10 +119,6 @@ class ModalityGapShift(FeatureTransform):
         """[N, E] text features -> [N, E] unit features shifted to the image side."""
         return self._shift(text_features, -self.gap)
 
-    def shift(self, modality: str, features: torch.Tensor) -> torch.Tensor:
-        """Features of ``modality`` moved to the other side."""
-        return self.image_to_text(features) if modality == "image" else self.text_to_image(features)
-
     def _shift(self, features: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise ValueError(f"features must be [N, {self.dim}], got shape {tuple(features.shape)}")

@@ -198,13 +198,11 @@ class Searcher:
 
     def _vectors_used(self, modality: str, mode: str, cross: bool) -> list[str]:
         native, inverted = self.names.native(modality), self.names.inverted(modality)
-        if cross or mode in ("native", "gallery_inverted"):
+        if cross:
             return [native]
-        if mode == "query_inverted":
-            return [inverted]
         if mode == "fused":
             return [native, inverted]
-        return [mode]
+        return [mode_vectors(self.names, modality, mode, self.encoder.derived)[0]]
 
     def _read_points(self, queries: list[Query], mode: str, cross: bool) -> None:
         """Replaces point-id queries by their stored vectors; PointNotFoundError names what is missing."""
@@ -300,9 +298,10 @@ class Searcher:
     def _explain_empty(self, modality: str, mode: str, cross: bool) -> None:
         """No result at all: raises VectorsNotStoredError when the mode's gallery vectors were never written."""
         native, inverted = self.names.native(modality), self.names.inverted(modality)
-        using = inverted if (not cross and mode in ("gallery_inverted", "fused")) else native
-        if mode in self.encoder.derived_for(modality):
-            using = mode_vectors(self.names, modality, mode, self.encoder.derived)[1]
+        if cross:
+            using = native
+        else:
+            using = inverted if mode == "fused" else mode_vectors(self.names, modality, mode, self.encoder.derived)[1]
 
         def count(name: str) -> int:
             return self.collection.count(models.Filter(must=[models.HasVectorCondition(has_vector=name)]))
@@ -336,17 +335,15 @@ class Searcher:
                         models.Prefetch(query=_vector_list(inverted), using=native, filter=flt, params=params,
                                         limit=prefetch_limit)]
             return models.QueryRequest(prefetch=prefetch, query=models.FusionQuery(fusion=models.Fusion.RRF), **common)
-        if mode == "native":
-            vector, using = q.features, native
-        elif mode == "gallery_inverted":
-            vector, using = q.features, inverted_name
-        elif mode == "query_inverted":
-            vector, using = inverted, native
-        else:  # a derived vector
+        using = mode_vectors(self.names, modality, mode, self.encoder.derived)[1]
+        if mode == "query_inverted":
+            vector = inverted
+        elif mode in self.encoder.derived:
             vector = (q.stored or {}).get(mode)
-            using = mode_vectors(self.names, modality, mode, self.encoder.derived)[1]
             if vector is None:
                 vector = self.encoder.derived_vectors(modality, q.raw[None], only=[mode])[mode][0]
+        else:  # native and gallery_inverted search with the query's native vector
+            vector = q.features
         return models.QueryRequest(query=_vector_list(vector), using=using, params=params, **common)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 from qdrant_client import models
 
@@ -38,16 +38,20 @@ class RecordedSettings:
         check_modality(modality)
         if mode is not None and mode not in MODES and mode not in self.encoder.derived_for(modality):
             raise ValueError(f"unknown {modality} mode {mode!r}")
-        record = self._stored_record()
-        if hubness:
-            hubness_lib.hub_correction(record, modality, mode or DEFAULT_MODE, True)  # raises when not fitted
-        modes = {k: v for k, v in (record.get("default_modes") or {}).items() if k != modality}
-        hub = {k: v for k, v in (record.get("default_hubness") or {}).items() if k != modality}
-        self._record(default_modes={**modes, **({modality: mode} if mode else {})},
-                     default_hubness={**hub, **({modality: True} if hubness else {})})
+
+        def changes(record: dict[str, Any]) -> dict[str, Any]:
+            if hubness:
+                hubness_lib.hub_correction(record, modality, mode or DEFAULT_MODE, True)  # raises when not fitted
+            modes = {k: v for k, v in (record.get("default_modes") or {}).items() if k != modality}
+            hub = {k: v for k, v in (record.get("default_hubness") or {}).items() if k != modality}
+            return {"default_modes": {**modes, **({modality: mode} if mode else {})},
+                    "default_hubness": {**hub, **({modality: True} if hubness else {})}}
+
+        self._record(changes)
 
     def fit_hubness(self, modality: str = "image", mode: str | None = None, *, bank_size: int = 1000,
-                    temperature: float = 20.0, weight: float = 1.0, query_filter: models.Filter | None = None,
+                    temperature: float = hubness_lib.DEFAULT_TEMPERATURE,
+                    weight: float = hubness_lib.DEFAULT_WEIGHT, query_filter: models.Filter | None = None,
                     seed: int = 0) -> dict[str, Any]:
         """Fits DBNorm hubness statistics for ``mode`` searches (default: the default mode) and stores them: one
         payload value per point (crossgap_qdrant.store.hubness), parameters in the collection metadata.
@@ -63,9 +67,12 @@ class RecordedSettings:
         fitted = hubness_lib.fit_hubness(self.collection, self.names, self.encoder.derived_for(modality), modality,
                                          mode, bank_size=bank_size, temperature=temperature, weight=weight,
                                          query_filter=query_filter, seed=seed)
-        stats = dict(self._stored_record().get("hubness") or {})
-        stats[modality] = {**(stats.get(modality) or {}), mode: fitted}
-        self._record(hubness=stats)
+        def changes(record: dict[str, Any]) -> dict[str, Any]:
+            stats = dict(record.get("hubness") or {})
+            stats[modality] = {**(stats.get(modality) or {}), mode: fitted}
+            return {"hubness": stats}
+
+        self._record(changes)
         return fitted
 
     def hub_correction(self, modality: str, mode: str, hubness: bool | None = None):
@@ -106,9 +113,9 @@ class RecordedSettings:
         steps = fit.steps if steps is None else steps
 
         def write_record(sha256: str) -> None:
-            recorded = dict(self._stored_record().get(warm_lib.WARM_KEY) or {})
-            recorded[modality] = warm_lib.record_for(self.collection, target, sha256, steps, fit.lr, fit)
-            self._record(**{warm_lib.WARM_KEY: recorded})
+            entry = warm_lib.record_for(self.collection, target, sha256, steps, fit.lr, fit)
+            self._record(lambda record: {
+                warm_lib.WARM_KEY: {**(record.get(warm_lib.WARM_KEY) or {}), modality: entry}})
 
         warm_lib.save_recorded(warm, target, write_record)
         self._attach_warm_start(modality, warm, steps, fit.lr)
@@ -147,14 +154,12 @@ class RecordedSettings:
         else:
             self.encoder.ovi_config = config
 
-    def _stored_record(self) -> dict[str, Any]:
-        """The metadata record as stored now (another store on the same collection may have changed it since
-        this one opened); this store's copy where nothing is stored yet."""
-        return self.collection.schema().metadata.get(METADATA_KEY) or self._metadata[METADATA_KEY]
-
-    def _record(self, **changes: Any) -> None:
-        """Merges ``changes`` into the collection's metadata record as stored now (and this store's copy)."""
+    def _record(self, changes: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Merges ``changes(record)`` into the collection's metadata record, read as stored now (another store on
+        the same collection may have changed it since this one opened; this store's copy where nothing is
+        stored yet), and updates this store's copy."""
         schema = self.collection.schema()
-        record = {**(schema.metadata.get(METADATA_KEY) or self._metadata[METADATA_KEY]), **changes}
+        current = schema.metadata.get(METADATA_KEY) or self._metadata[METADATA_KEY]
+        record = {**current, **changes(current)}
         self.collection.set_metadata({**schema.metadata, METADATA_KEY: record})
         self._metadata = {METADATA_KEY: record}

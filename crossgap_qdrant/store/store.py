@@ -16,7 +16,7 @@ import torch
 from qdrant_client import models
 
 from crossgap_qdrant.store import ingest as ingest_lib
-from crossgap_qdrant.store.collection import Collection
+from crossgap_qdrant.store.collection import Collection, CollectionSchema
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
 from crossgap_qdrant.store.errors import CollectionNotFoundError, PointNotFoundError
@@ -79,6 +79,9 @@ class CrossModalStore(RecordedSettings):
             ingestion and for image queries; white by default, as CLIP-style models saw line art.
         warm_start: invert with the collection's recorded warm starts (:meth:`fit_warm_start`,
             :meth:`use_warm_start`): a few exact steps from a learned prediction instead of the published budget.
+
+    Attributes:
+        created: this store created its collection (it did not exist before).
     """
 
     def __init__(
@@ -117,7 +120,9 @@ class CrossModalStore(RecordedSettings):
         self.collection = _collection(client, collection_name, retry)
         self.collection_name = self.collection.name
         self.names = vector_names
-        self.derived = {**recorded_derived(self.collection, self.clip.model), **dict(derived_vectors or {})}
+        schema = self.collection.schema() if self.collection.exists() else None  # None: not created yet
+        self.derived = {**recorded_derived(self.collection.name, schema, self.clip.model),
+                        **dict(derived_vectors or {})}
         self.oti_config = oti_config if oti_config is not None else OTIConfig()
         self.ovi_config = ovi_config if ovi_config is not None else OVIConfig()
         self.upsert_batch_size = upsert_batch_size
@@ -127,7 +132,9 @@ class CrossModalStore(RecordedSettings):
         self.encoder = Encoder(self.clip, self.dim, self.oti_config, self.ovi_config, self.derived,
                                image_background)
         self._metadata = metadata(self.model_id, _display_name(self.clip), self.dim, self.names, self.derived)
-        quantized = self._ensure_collection(create, shard_number, replication_factor, quantization_config, on_disk)
+        self.created = schema is None
+        quantized = self._ensure_collection(schema, create, shard_number, replication_factor, quantization_config,
+                                            on_disk)
         params = None
         if quantized or quantization_config is not None:
             params = models.SearchParams(
@@ -197,10 +204,11 @@ class CrossModalStore(RecordedSettings):
     def location(self) -> str:
         return self.collection.location
 
-    def _ensure_collection(self, create, shard_number, replication_factor, quantization_config, on_disk) -> bool:
+    def _ensure_collection(self, schema, create, shard_number, replication_factor, quantization_config,
+                           on_disk) -> bool:
         sizes = vector_sizes(self.names, self.dim, self.derived)
         where = f"collection {self.collection.name!r} at {self.collection.location}"
-        if not self.collection.exists():
+        if schema is None:
             if not create:
                 raise CollectionNotFoundError(
                     f"no {where}: ingest something first (crossgap-qdrant ingest ... --collection "
@@ -209,7 +217,6 @@ class CrossModalStore(RecordedSettings):
             self.collection.create(sizes, self._metadata, on_disk=on_disk, quantization_config=quantization_config,
                                    shard_number=shard_number, replication_factor=replication_factor)
             return quantization_config is not None
-        schema = self.collection.schema()
         missing = check_schema(schema, sizes, self.model_id, where)
         recorded = schema.metadata.get(METADATA_KEY) or {}
         if missing:  # backfill of a collection that already holds some of the vectors
@@ -388,20 +395,20 @@ class CrossModalStore(RecordedSettings):
         return describe_collection(self.collection)
 
 
-def recorded_derived(collection: Collection, model: Any) -> dict[str, DerivedVector]:
-    """The derived vectors an existing collection records with their parameters (e.g. a rival representation
-    applied by ``evaluate --apply``), rebuilt for ``model``; {} for a new collection."""
-    if not collection.exists():
+def recorded_derived(collection_name: str, schema: CollectionSchema | None, model: Any) -> dict[str, DerivedVector]:
+    """The derived vectors a collection's schema records with their parameters (e.g. a rival representation
+    applied by ``evaluate --apply``), rebuilt for ``model``; {} for a collection not created yet (None)."""
+    if schema is None:
         return {}
     from crossgap_qdrant.rivals import vector_from_record
 
     out = {}
-    for name, entry in ((collection.schema().metadata.get(METADATA_KEY) or {}).get("derived") or {}).items():
+    for name, entry in ((schema.metadata.get(METADATA_KEY) or {}).get("derived") or {}).items():
         if isinstance(entry, dict) and isinstance(entry.get("transform"), dict):
             try:
                 out[name] = vector_from_record(model, entry["transform"])
             except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"collection {collection.name!r} records derived vector {name!r}, which cannot be "
+                raise ValueError(f"collection {collection_name!r} records derived vector {name!r}, which cannot be "
                                  f"rebuilt for this model: {exc}") from None
     return out
 
