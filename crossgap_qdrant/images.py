@@ -16,6 +16,8 @@ from typing import IO, Union
 
 from PIL import Image, ImageOps
 
+from crossgap_qdrant.errors import CrossgapError
+
 logger = logging.getLogger(__name__)
 
 #: File name endings (lower case) that :func:`list_image_files` treats as images.
@@ -27,7 +29,7 @@ WHITE = (255, 255, 255)
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
 
 
-class ImageError(ValueError):
+class ImageError(CrossgapError, ValueError):
     """An image could not be read: missing, unreadable, corrupt, or too large (the message names it)."""
 
 

@@ -255,3 +255,12 @@ def test_a_missing_build_is_one_line_naming_the_rebuild(capsys, tmp_path, images
     monkeypatch.setattr(_ext, "library_path", lambda: None)
     code, _, err = run(capsys, "ingest", images / "dog", *MODEL, "--location", tmp_path / "q")
     assert code == EXIT_ERROR and "pip install --no-build-isolation -e ." in err and "Traceback" not in err
+
+
+def test_default_server_deadline_is_at_most_30_seconds():
+    from crossgap_qdrant.cli.common import retry_policy
+    from crossgap_qdrant.cli.parser import build_parser
+
+    for command in (["info"], ["search", "q", "--text"], ["ingest", "x"]):
+        args = build_parser().parse_args(command)
+        assert args.timeout <= 30 and retry_policy(args).deadline <= 30

@@ -190,7 +190,9 @@ def setup_output(args) -> None:
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors printed as one line (exit 1): data, model, storage and server errors (PermissionError is an
     OSError, UnsupportedModelError a ValueError), and ImportError (a missing build names its rebuild command)."""
-    return (OSError, ValueError, LookupError, RuntimeError, TypeError, ImportError)
+    from crossgap_qdrant.errors import CrossgapError
+
+    return (CrossgapError, OSError, ValueError, LookupError, RuntimeError, TypeError, ImportError)
 
 
 def described_collection(args) -> dict:

@@ -7,6 +7,9 @@ import os
 
 from crossgap_qdrant.cli.common import PROG
 
+SERVER_DEADLINE = 30.0
+"""Default total seconds of one server operation, every retry included: an unanswering server costs this."""
+
 
 def output_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
@@ -30,7 +33,7 @@ def location_flags(parser: argparse.ArgumentParser, location_default: str = "./q
                    help="for a folder: Qdrant's embedded engine (edge, the default) or qdrant-client's local mode")
     g.add_argument("--api-key", default=os.environ.get("QDRANT_API_KEY"),
                    help="Qdrant server API key (default: $QDRANT_API_KEY)")
-    g.add_argument("--timeout", type=float, default=60.0,
+    g.add_argument("--timeout", type=float, default=SERVER_DEADLINE,
                    help="seconds one server operation may take, retries included (default: %(default)s)")
     g.add_argument("--retries", type=int, default=3,
                    help="retries of a server call on transient errors (default: %(default)s)")

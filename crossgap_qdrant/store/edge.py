@@ -35,8 +35,8 @@ from qdrant_client import models
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
 from crossgap_qdrant.store.edge_filters import (client_point_id, edge_filter, edge_point_id, edge_query,
                                                 edge_with_payload, edge_with_vector)
-from crossgap_qdrant.store.errors import (CollectionNotFoundError, SchemaMismatchError, StorageFullError,
-                                          StoreLockedError)
+from crossgap_qdrant.store.errors import (CollectionNotFoundError, CorruptMetadataError, SchemaMismatchError,
+                                          StorageFullError, StoreLockedError)
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,6 @@ _DISTANCES = {"Cosine": qe.Distance.Cosine, "Euclid": qe.Distance.Euclid, "Dot":
               "Manhattan": qe.Distance.Manhattan}
 _DISK_FULL_TEXT = ("no space left on device", "os error 28", "disk is full", "disk quota exceeded", "os error 122")
 _LOCKED_TEXT = ("wouldblock", "os error 11", "resource temporarily unavailable", "already locked")
-
-
-class CorruptMetadataError(ValueError):
-    """A collection's metadata sidecar cannot be read (the message names the file and the fix)."""
 
 
 def write_json_atomic(path: str, data: Any) -> None:
