@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from typing import Any, Mapping, Sequence
 
 import qdrant_edge as qe
@@ -155,6 +156,7 @@ class EdgeCollection(Collection):
         self.shard_path = os.path.join(self.path, SHARD_DIR)
         self.sidecar_path = os.path.join(self.path, SIDECAR)
         self._shard_handle: qe.EdgeShard | None = None
+        self._opening = threading.Lock()  # threads sharing this collection open its shard once, not each
         self._closed = False
         self._dirty = True  # optimize() once per opening even if nothing was written: the last run may have died
         self._points: int | None = None
@@ -193,17 +195,18 @@ class EdgeCollection(Collection):
             "this write was lost. Free some space (or move the folder) and run the same command again.")
 
     def _shard(self) -> qe.EdgeShard:
-        if self._closed:
-            raise RuntimeError(f"{self._where()} was closed; open it again")
-        if self._shard_handle is None:
-            if not self.exists():
-                raise CollectionNotFoundError(
-                    f"{self._where()} does not exist: nothing is created by a read. Ingest into it first.")
-            try:
-                self._shard_handle = qe.EdgeShard.load(self.shard_path)
-            except Exception as exc:
-                raise self._open_error(exc) from None
-        return self._shard_handle
+        with self._opening:
+            if self._closed:
+                raise RuntimeError(f"{self._where()} was closed; open it again")
+            if self._shard_handle is None:
+                if not self.exists():
+                    raise CollectionNotFoundError(
+                        f"{self._where()} does not exist: nothing is created by a read. Ingest into it first.")
+                try:
+                    self._shard_handle = qe.EdgeShard.load(self.shard_path)
+                except Exception as exc:
+                    raise self._open_error(exc) from None
+            return self._shard_handle
 
     def _ensure_space(self, what: str, needed: int = 0) -> None:
         free, wanted = free_bytes(self.folder), MIN_FREE_BYTES + 4 * needed
@@ -287,11 +290,12 @@ class EdgeCollection(Collection):
         os.makedirs(self.path, exist_ok=True)
         # metadata first: a crash before the shard exists leaves a folder that exists() reports as absent
         self._write_sidecar(metadata, "recording the collection metadata")
-        try:
-            self._shard_handle = qe.EdgeShard.create(self.shard_path, config)
-        except Exception as exc:
-            raise self._open_error(exc) from None
-        self._closed = False
+        with self._opening:
+            try:
+                self._shard_handle = qe.EdgeShard.create(self.shard_path, config)
+            except Exception as exc:
+                raise self._open_error(exc) from None
+            self._closed = False
         self._points = 0
 
     def schema(self) -> CollectionSchema:
@@ -410,8 +414,9 @@ class EdgeCollection(Collection):
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
-        shard, self._shard_handle = self._shard_handle, None
-        self._closed = True
+        with self._opening:
+            shard, self._shard_handle = self._shard_handle, None
+            self._closed = True
         if shard is None:
             return
         try:
