@@ -416,7 +416,7 @@ def test_edge_folder_locked_by_another_process(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "open"
         b = _open("edge", tmp_path)
-        with pytest.raises(StoreLockedError, match="already open"):
+        with pytest.raises(StoreLockedError, match=f"already open in process {proc.pid} "):
             b.count()
     finally:
         proc.kill()
@@ -446,7 +446,7 @@ def test_edge_refuses_writes_without_headroom(tmp_path, monkeypatch):
     # Edge's WAL is memory-mapped: a write onto a full disk would end the process (SIGBUS), so it is refused
     c = _open("edge", tmp_path)
     _fill(c)
-    monkeypatch.setattr(edge_module, "free_bytes", lambda path: edge_module.MIN_FREE_BYTES - 1)
+    monkeypatch.setattr(edge_module, "free_bytes", lambda path: edge_module.MIN_MARGIN - 1)
     with pytest.raises(StorageFullError, match="MiB free"):
         c.upsert([models.PointStruct(id=500, vector={"image": [1.0] * DIM})])
     with pytest.raises(StorageFullError):

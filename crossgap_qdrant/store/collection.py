@@ -14,10 +14,27 @@ Engines:
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 from qdrant_client import models
+
+logger = logging.getLogger(__name__)
+
+
+def close_keeping(closable: Any, error: BaseException | None) -> None:
+    """Closes ``closable`` on the way out of a ``with`` block. When the block already failed with ``error``, a
+    failure to close is logged instead of raised, so the caller sees the first error (a full disk makes both
+    the write and the flush on close fail)."""
+    if error is None:
+        closable.close()
+        return
+    try:
+        closable.close()
+    except Exception as close_error:
+        logger.warning("closing %s after an error also failed: %s", getattr(closable, "name", closable),
+                       str(close_error).splitlines()[0] if str(close_error) else type(close_error).__name__)
 
 
 @dataclass(frozen=True)

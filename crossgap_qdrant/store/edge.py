@@ -21,23 +21,28 @@ product quantization. One process may open a folder's shard at a time (an exclus
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import qdrant_edge as qe
 from qdrant_client import models
 
-from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
+from crossgap_qdrant.errors import CrossgapError
+from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec, close_keeping
+from crossgap_qdrant.store.edge_files import (CHUNK_BYTES, MIN_MARGIN, allocated_bytes, engine_failure,
+                                              fills_holes_on_open, first_line, free_bytes, is_disk_full,
+                                              is_engine_panic, is_locked, lock_holder, margin, opening_cost,
+                                              write_json_atomic)
 from crossgap_qdrant.store.edge_filters import (client_point_id, edge_filter, edge_point_id, edge_query,
                                                 edge_with_payload, edge_with_vector)
-from crossgap_qdrant.store.errors import (CollectionNotFoundError, CorruptMetadataError, SchemaMismatchError,
-                                          StorageFullError, StoreLockedError)
+from crossgap_qdrant.store.errors import (CollectionNotFoundError, CorruptCollectionError, CorruptMetadataError,
+                                          EngineError, SchemaMismatchError, StorageFullError, StoreLockedError)
 
 logger = logging.getLogger(__name__)
 
@@ -46,47 +51,11 @@ EXACT_SEARCH_BELOW = 20_000
 vectors per point, 2 shared vCPUs): at 10k points a full scan took 2-5 ms and the HNSW path 13-21 ms; at 100k the
 scan 14 ms and HNSW 3 ms."""
 
-MIN_FREE_BYTES = 96 * 2**20
-"""Writes are refused while less than this (plus four times the batch) is free under the folder.
-
-Edge memory-maps its write-ahead log (32 MiB files, written sparse): a write that finds the disk full
-kills the process with SIGBUS rather than raising (measured on a full tmpfs; the points stored before
-survived). Checking the free space first turns that into a StorageFullError.
-"""
-
 SHARD_DIR = "shard"
 SIDECAR = "collection.json"
 SIDECAR_FORMAT = 1
 _DISTANCES = {"Cosine": qe.Distance.Cosine, "Euclid": qe.Distance.Euclid, "Dot": qe.Distance.Dot,
               "Manhattan": qe.Distance.Manhattan}
-_DISK_FULL_TEXT = ("no space left on device", "os error 28", "disk is full", "disk quota exceeded", "os error 122")
-_LOCKED_TEXT = ("wouldblock", "os error 11", "resource temporarily unavailable", "already locked")
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """Replaces ``path`` with ``data`` as JSON: the old or the new content survives a crash, never a part."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # the rename itself is durable once the directory is synced
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def apply_update(shard: qe.EdgeShard, operation: qe.UpdateOperation) -> None:
@@ -94,38 +63,14 @@ def apply_update(shard: qe.EdgeShard, operation: qe.UpdateOperation) -> None:
     shard.update(operation)
 
 
-def free_bytes(path: str) -> int:
-    """Free bytes on the file system under ``path`` (a seam: tests simulate a full disk)."""
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)  # a folder about to be created: its nearest existing parent
-    return shutil.disk_usage(path).free
-
-
-def _disk_usage(path: str) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.stat(os.path.join(root, name))
-            except OSError:
-                continue
-            total += getattr(st, "st_blocks", 0) * 512 or st.st_size
-    return total
+def flush_shard(shard: qe.EdgeShard) -> None:
+    """Writes a shard's pending changes to disk (a seam: tests patch it to simulate a failing disk)."""
+    shard.flush()
 
 
 def optimize_shard(shard: qe.EdgeShard) -> bool:
     """Runs the shard's optimisers until none is planned (a seam: tests count the runs)."""
     return shard.optimize()
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return any(text in str(exc).lower() for text in _DISK_FULL_TEXT)
-
-
-def _is_locked(exc: BaseException) -> bool:
-    return any(text in str(exc).lower() for text in _LOCKED_TEXT)
 
 
 def _check_name(name: str) -> None:
@@ -171,28 +116,71 @@ class EdgeCollection(Collection):
     def __enter__(self) -> "EdgeCollection":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        close_keeping(self, exc)
 
     # ------------------------------------------------------------------ opening, locking and writing
     def _where(self) -> str:
         return f"collection {self.name!r} in {self.folder}"
 
-    def _open_error(self, exc: Exception) -> Exception:
-        if _is_locked(exc):
-            return StoreLockedError(
-                f"the Qdrant folder {self.folder} (collection {self.name!r}) is already open in another client, in "
-                "this or another process; Edge allows one at a time. Close the other one first "
-                "(CrossModalStore.close() / Collection.close()), or run a Qdrant server for concurrent access.")
-        if is_disk_full(exc):
-            return self._full_error("opening the collection")
-        return exc
+    def _verify_hint(self) -> str:
+        return f"crossgap-qdrant verify --location {self.folder} --collection {self.name}"
+
+    def _locked_error(self) -> StoreLockedError:
+        holder = lock_holder(os.path.join(self.shard_path, "wal"))
+        if holder == os.getpid():
+            who = "in another client in this process (close it first: CrossModalStore.close() / Collection.close())"
+        elif holder is not None:
+            who = f"in process {holder} (let it finish, or stop it)"
+        else:
+            who = "in another client, in this or another process (close it first)"
+        return StoreLockedError(
+            f"the Qdrant folder {self.folder} (collection {self.name!r}) is already open {who}; the embedded engine "
+            "lets one client open a folder at a time, even to read. Run a Qdrant server for concurrent access.")
 
     def _full_error(self, what: str) -> StorageFullError:
         return StorageFullError(
             errno.ENOSPC,
             f"the disk under {self.folder} is full ({what}; collection {self.name!r}); nothing stored before "
             "this write was lost. Free some space (or move the folder) and run the same command again.")
+
+    def _engine_error(self, exc: BaseException, what: str, opening: bool = False) -> CrossgapError:
+        """The store's error for an engine failure: locked, disk full, damaged files (a panic, or a shard that
+        cannot be opened), or another failure; each names the folder and what to do."""
+        if is_locked(exc):
+            return self._locked_error()
+        if is_disk_full(exc):
+            return self._full_error(what)
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        if opening or is_engine_panic(exc):
+            return CorruptCollectionError(
+                f"the Edge shard of {self._where()} is damaged: the engine {'failed' if opening else 'crashed'} "
+                f"while {what} ({reason}). Restore the folder {self.path} from a backup; `{self._verify_hint()}` checks "
+                "a restored copy.")
+        return EngineError(f"the embedded engine failed while {what} on {self._where()} ({reason}). If it happens again, "
+                           f"check the folder with `{self._verify_hint()}`.")
+
+    @contextlib.contextmanager
+    def _engine(self, what: str, opening: bool = False) -> Iterator[None]:
+        """Turns the engine's own failures (Exception and Rust panics) into the store's errors."""
+        try:
+            yield
+        except CrossgapError:
+            raise
+        except BaseException as exc:
+            if not engine_failure(exc):
+                raise
+            raise self._engine_error(exc, what, opening) from None
+
+    def _orphaned(self) -> bool:
+        """The shard folder holds segments or a write-ahead log but no edge_config.json (lost or deleted)."""
+        return any(os.path.isdir(os.path.join(self.shard_path, part)) and os.listdir(os.path.join(self.shard_path, part))
+                   for part in ("segments", "wal"))
+
+    def _orphan_error(self) -> CorruptCollectionError:
+        return CorruptCollectionError(
+            f"the Edge shard {self.shard_path} of {self._where()} holds points but lost its edge_config.json: restore "
+            "that file (or the whole folder) from a backup. Nothing was changed; ingesting cannot recreate it.")
 
     def _shard(self) -> qe.EdgeShard:
         with self._opening:
@@ -202,27 +190,26 @@ class EdgeCollection(Collection):
                 if not self.exists():
                     raise CollectionNotFoundError(
                         f"{self._where()} does not exist: nothing is created by a read. Ingest into it first.")
-                try:
+                self._ensure_space("opening the collection", opening_cost(self.shard_path), reading=True)
+                with self._engine("opening the shard", opening=True):
                     self._shard_handle = qe.EdgeShard.load(self.shard_path)
-                except Exception as exc:
-                    raise self._open_error(exc) from None
             return self._shard_handle
 
-    def _ensure_space(self, what: str, needed: int = 0) -> None:
-        free, wanted = free_bytes(self.folder), MIN_FREE_BYTES + 4 * needed
+    def _ensure_space(self, what: str, cost: int = 0, reading: bool = False) -> None:
+        """Refuses an operation whose ``cost`` (bytes the engine may allocate) plus the store's margin is not free:
+        the engine would die of SIGBUS on the full disk instead of raising."""
+        free = free_bytes(self.folder)
+        wanted = cost + (margin(self.shard_path) if os.path.isdir(self.shard_path) else MIN_MARGIN)
         if free < wanted:
-            raise self._full_error(f"{what}: {free / 2**20:.0f} MiB free, Edge needs {wanted / 2**20:.0f} MiB of "
-                                   "headroom to write safely")
+            action = "open it" if reading else "write safely"
+            raise self._full_error(f"{what}: {free / 2**20:.0f} MiB free, the embedded engine needs "
+                                   f"{wanted / 2**20:.0f} MiB to {action}")
 
     def _update(self, what: str, operation: qe.UpdateOperation, nbytes: int = 0) -> None:
         shard = self._shard()
-        self._ensure_space(what, nbytes)
-        try:
+        self._ensure_space(what, 4 * nbytes)
+        with self._engine(what):
             apply_update(shard, operation)
-        except Exception as exc:
-            if is_disk_full(exc):
-                raise self._full_error(what) from None
-            raise
         self._dirty = True
         self._points = None
 
@@ -259,6 +246,8 @@ class EdgeCollection(Collection):
             with open(config_path, encoding="utf-8") as f:
                 return json.load(f)
         except FileNotFoundError:
+            if self._orphaned():
+                raise self._orphan_error() from None
             raise CollectionNotFoundError(
                 f"{self._where()} does not exist: nothing is created by a read. Ingest into it first.") from None
         except (OSError, ValueError) as exc:
@@ -268,7 +257,13 @@ class EdgeCollection(Collection):
 
     # --------------------------------------------------------------------------------- schema
     def exists(self) -> bool:
-        return os.path.isfile(os.path.join(self.shard_path, "edge_config.json"))
+        """Whether the collection exists. Raises CorruptCollectionError for a shard that holds points but lost
+        its edge_config.json (neither absent nor usable: creating it again would fail)."""
+        if os.path.isfile(os.path.join(self.shard_path, "edge_config.json")):
+            return True
+        if self._orphaned():
+            raise self._orphan_error()
+        return False
 
     def create(self, vectors: Mapping[str, int], metadata: Mapping[str, Any], *, on_disk: bool | None = None,
                quantization_config: Any = None, shard_number: int | None = None,
@@ -286,15 +281,15 @@ class EdgeCollection(Collection):
                      for name, size in vectors.items()},
             quantization_config=_edge_quantization(quantization_config),
         )
-        self._ensure_space("creating the collection")
+        # the first opening of the new shard fills one storage chunk per named vector
+        first_open = len(vectors) * CHUNK_BYTES if fills_holes_on_open(self.folder) else 0
+        self._ensure_space("creating the collection", first_open)
         os.makedirs(self.path, exist_ok=True)
         # metadata first: a crash before the shard exists leaves a folder that exists() reports as absent
         self._write_sidecar(metadata, "recording the collection metadata")
         with self._opening:
-            try:
+            with self._engine("creating the shard"):
                 self._shard_handle = qe.EdgeShard.create(self.shard_path, config)
-            except Exception as exc:
-                raise self._open_error(exc) from None
             self._closed = False
         self._points = 0
 
@@ -349,8 +344,10 @@ class EdgeCollection(Collection):
                  with_vectors: bool | Sequence[str] = False) -> list[models.Record]:
         if not ids:
             return []
-        records = self._shard().retrieve([edge_point_id(i) for i in ids], edge_with_payload(with_payload),
-                                         edge_with_vector(with_vectors))
+        shard = self._shard()
+        with self._engine(f"reading {len(ids)} point(s)"):
+            records = shard.retrieve([edge_point_id(i) for i in ids], edge_with_payload(with_payload),
+                                     edge_with_vector(with_vectors))
         return [_record(r, with_payload, with_vectors) for r in records]
 
     def scroll(self, *, scroll_filter: models.Filter | None = None, limit: int = 256, offset: Any = None,
@@ -359,18 +356,25 @@ class EdgeCollection(Collection):
         request = qe.ScrollRequest(offset=None if offset is None else edge_point_id(offset), limit=limit,
                                    filter=edge_filter(scroll_filter), with_payload=edge_with_payload(with_payload),
                                    with_vector=edge_with_vector(with_vectors))
-        records, next_offset = self._shard().scroll(request)
+        shard = self._shard()
+        with self._engine("scrolling through points"):
+            records, next_offset = shard.scroll(request)
         return ([_record(r, with_payload, with_vectors) for r in records],
                 None if next_offset is None else client_point_id(next_offset))
 
     def count(self, count_filter: models.Filter | None = None) -> int:
         if count_filter is None:
             return self._points_count()
-        return self._shard().count(qe.CountRequest(exact=True, filter=edge_filter(count_filter)))
+        request = qe.CountRequest(exact=True, filter=edge_filter(count_filter))
+        shard = self._shard()
+        with self._engine("counting points"):
+            return shard.count(request)
 
     def _points_count(self) -> int:
         if self._points is None:
-            self._points = self._shard().count(qe.CountRequest(exact=True))
+            shard = self._shard()
+            with self._engine("counting points"):
+                self._points = shard.count(qe.CountRequest(exact=True))
         return self._points
 
     def query(self, requests: Sequence[models.QueryRequest]) -> list[list[models.ScoredPoint]]:
@@ -379,10 +383,11 @@ class EdgeCollection(Collection):
         exact = self._points_count() < self.exact_search_below
         edge_requests = [edge_query(r, exact=exact, where=f"request {i}") for i, r in enumerate(requests)]
         shard = self._shard()
-        if len(edge_requests) == 1:
-            results = [shard.query(edge_requests[0])]
-        else:
-            results = shard.query_batch(qe.QueryBatchRequest(edge_requests))
+        with self._engine(f"searching ({len(edge_requests)} quer{'y' if len(edge_requests) == 1 else 'ies'})"):
+            if len(edge_requests) == 1:
+                results = [shard.query(edge_requests[0])]
+            else:
+                results = shard.query_batch(qe.QueryBatchRequest(edge_requests))
         return [[_scored(p, r.with_payload, r.with_vector) for p in points]
                 for points, r in zip(results, requests)]
 
@@ -395,19 +400,18 @@ class EdgeCollection(Collection):
         if not self._dirty:
             return
         # optimisers write new segments before dropping the old ones
-        self._ensure_space("building the search index", _disk_usage(self.shard_path) // 4)
-        try:
-            changed = optimize_shard(self._shard())
-        except Exception as exc:
-            if is_disk_full(exc):
-                raise self._full_error("building the search index") from None
-            raise
+        shard = self._shard()
+        self._ensure_space("building the search index", allocated_bytes(self.shard_path))
+        with self._engine("building the search index"):
+            changed = optimize_shard(shard)
         logger.debug("optimized %s: %s", self._where(), "segments rebuilt" if changed else "already optimal")
         self._dirty = False
 
     def indexed_vectors(self) -> int:
         """Vectors covered by an HNSW index (0 before :meth:`optimize` has built one)."""
-        return self._shard().info().indexed_vectors_count
+        shard = self._shard()
+        with self._engine("reading the shard's index state"):
+            return shard.info().indexed_vectors_count
 
     def drop(self) -> None:
         self.close()
@@ -420,9 +424,11 @@ class EdgeCollection(Collection):
         if shard is None:
             return
         try:
-            shard.flush()
+            with self._engine("writing pending changes on close"):
+                flush_shard(shard)
         finally:
-            shard.close()
+            with self._engine("closing the shard"):
+                shard.close()
 
 
 def _named_vectors(vector: Any, point_id: Any) -> dict[str, list[float]]:

@@ -16,7 +16,7 @@ import torch
 from qdrant_client import models
 
 from crossgap_qdrant.store import ingest as ingest_lib
-from crossgap_qdrant.store.collection import Collection, CollectionSchema
+from crossgap_qdrant.store.collection import Collection, CollectionSchema, close_keeping
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
 from crossgap_qdrant.store.errors import CollectionNotFoundError, PointNotFoundError
@@ -178,8 +178,8 @@ class CrossModalStore(RecordedSettings):
                                      retry=retry, client_kwargs=client_kwargs, create_folder=create)
         try:
             store = cls(collection, collection_name, model, retry=retry, create=create, **kwargs)
-        except BaseException:
-            collection.close()
+        except BaseException as exc:
+            close_keeping(collection, exc)
             raise
         store._owns_collection = True
         return store
@@ -193,8 +193,8 @@ class CrossModalStore(RecordedSettings):
     def __enter__(self) -> "CrossModalStore":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        close_keeping(self, exc)
 
     @property
     def engine(self) -> str:
