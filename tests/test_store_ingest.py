@@ -332,3 +332,22 @@ def test_image_background_is_configurable(stores, tiny_clip):
         pid = store.ingest_images([rgba], invert=False, progress=False).ids[0]
         stored = torch.tensor(stored_vectors(store, [pid], "image")[0])
         torch.testing.assert_close(stored, flat[colour or (255, 255, 255)], atol=1e-5, rtol=1e-5)
+
+
+def test_payload_keys_the_store_derives_are_refused(stores, monkeypatch):
+    from crossgap_qdrant.errors import CrossgapError
+    from crossgap_qdrant.store import schema
+
+    store = stores.make()
+    report = store.ingest_texts(["a cat", "a dog"], progress=False)
+    store.fit_hubness("text", "native")
+    for payload in ({"hub_text_native": -1e6}, {"hub_text_native": "high"}, {"hub_anything": 1.0}):
+        for texts in (["a bird"], ["a cat"]):  # a new item, and a payload merged into a stored one
+            with pytest.raises(CrossgapError, match="payload #0 sets 'hub_"):
+                store.ingest_texts(texts, payloads=[payload], progress=False)
+    monkeypatch.setattr(schema, "DERIVED_KEY_KINDS", schema.DERIVED_KEY_KINDS + ("pca",))  # a future kind
+    with pytest.raises(ValueError, match="payload #0 sets 'pca_text'"):
+        store.ingest_texts(["a bird"], payloads=[{"pca_text": 0.5}], progress=False)
+    assert store.count() == 2
+    hits = store.search_texts("a cat", mode="native", hubness=True, limit=2)
+    assert [str(h.id) for h in hits] == [str(report.ids[1])] and abs(hits[0].score) < 10

@@ -27,9 +27,9 @@ from crossgap_qdrant.models import normalize_features
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.encoder import Encoder, checked_rows, unit_vectors
-from crossgap_qdrant.store.errors import IdConflictError
+from crossgap_qdrant.store.errors import IdConflictError, ReservedPayloadKeyError
 from crossgap_qdrant.store.ids import CONTENT_KEY, PointId
-from crossgap_qdrant.store.schema import VectorNames
+from crossgap_qdrant.store.schema import VectorNames, reserved_payload_keys
 
 logger = logging.getLogger(__name__)
 
@@ -229,10 +229,11 @@ class Ingestion:
             if payloads is not None and payloads[i] is not None:
                 if not isinstance(payloads[i], Mapping):
                     raise TypeError(f"payload #{i} must be a dict or None, got {type(payloads[i]).__name__}")
-                reserved = sorted(set(payloads[i]) & (set(item.payload) | {"modality", CONTENT_KEY}))
+                reserved = reserved_payload_keys(payloads[i], item.payload)
                 if reserved:
-                    raise ValueError(f"payload #{i} sets {', '.join(repr(k) for k in reserved)}, which the store "
-                                     "writes itself (modality, content hash, source file, text); use other keys")
+                    raise ReservedPayloadKeyError(
+                        f"payload #{i} sets {', '.join(repr(k) for k in reserved)}, which the store writes itself "
+                        "(modality, content hash, source file, text, and derived values such as hub_*); use other keys")
                 item.given_payload = dict(payloads[i])
                 item.payload.update(payloads[i])
         if ids is not None and not self.overwrite:

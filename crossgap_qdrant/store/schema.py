@@ -9,12 +9,13 @@ fingerprint, so a collection is never mixed across models.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import torch
 
 from crossgap_qdrant.store.collection import CollectionSchema
 from crossgap_qdrant.store.errors import SchemaMismatchError
+from crossgap_qdrant.store.ids import CONTENT_KEY
 
 METADATA_KEY = "crossgap"
 METADATA_FORMAT = 2
@@ -73,9 +74,33 @@ def derived_record(vector: DerivedVector) -> dict[str, Any] | None:
     return record() if callable(record) else None
 
 
+DERIVED_KEY_KINDS = ("hub",)
+"""Kinds of payload values the store derives from stored vectors (hubness statistics, ...). Each is written under
+a key made by :func:`derived_payload_key` ("<kind>_..."), and every key of that form is reserved: a caller's
+payload cannot set one. A new kind of derived value is added here, and is reserved with it."""
+
+ITEM_KEYS = ("modality", CONTENT_KEY)
+"""Payload keys the store writes for every item (other keys, e.g. "source" or "text", only for items that have
+one)."""
+
+
+def derived_payload_key(kind: str, *parts: str) -> str:
+    """The payload key of a value of ``kind`` (one of :data:`DERIVED_KEY_KINDS`) the store derives."""
+    if kind not in DERIVED_KEY_KINDS:
+        raise ValueError(f"unknown kind of derived payload value {kind!r}; add it to DERIVED_KEY_KINDS")
+    return "_".join((kind,) + parts)
+
+
 def hub_key(modality: str, mode: str) -> str:
     """The payload key holding a point's hubness statistic for searches of ``modality`` in ``mode``."""
-    return f"hub_{modality}_{mode}"
+    return derived_payload_key("hub", modality, mode)
+
+
+def reserved_payload_keys(keys: Iterable[str], written: Iterable[str] = ()) -> list[str]:
+    """The keys among ``keys`` a caller's payload may not set: those the store writes for every item, those it
+    writes for this item (``written``), and every key of a derived kind ("hub_...")."""
+    own = set(ITEM_KEYS) | set(written)
+    return sorted(k for k in keys if k in own or any(str(k).startswith(f"{kind}_") for kind in DERIVED_KEY_KINDS))
 
 
 def check_modality(modality: str) -> str:
