@@ -92,6 +92,70 @@ def load_image(
     return image
 
 
+MAX_INTERMEDIATE = 4
+"""A model's preprocess may build a resized copy of at most this many times its output's pixels; thinner images are
+cut to the part that reaches the output first (see :func:`preprocess_image`)."""
+
+MAX_ASPECT = 8
+"""For a preprocess whose steps are not recognised, images are cut to at most this aspect ratio (the centre kept)
+before it runs, so its memory stays within a bounded multiple of its output's."""
+
+
+def preprocess_image(preprocess, image: Image.Image):
+    """``preprocess(image)`` with memory proportional to the output, whatever the image's shape.
+
+    A "resize the short side to S, then crop the centre S x S" preprocess (open_clip's default) would first build
+    an S x (S * aspect) copy: 64 x 3,840,000 pixels for a 1 x 60,000 image. When that copy would exceed
+    :data:`MAX_INTERMEDIATE` times the output, the S x S centre is resampled directly from the part of the image
+    it comes from (the same filter and sample positions, so the same pixels), and the preprocess then finds an
+    image of its output size. For other preprocess pipelines, images thinner than :data:`MAX_ASPECT` are cut
+    to that ratio around their centre first.
+
+    Args:
+        preprocess: the model's PIL image -> [3, H, W] transform.
+        image: a decoded PIL image.
+    """
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    plan = _resize_then_crop(preprocess)
+    if plan is not None:
+        side, crop, resample = plan
+        new_long = int(side * long / short)
+        if new_long * side > MAX_INTERMEDIATE * crop[0] * crop[1] and new_long >= max(crop) and side >= min(crop):
+            new_w, new_h = (side, new_long) if width <= height else (new_long, side)
+            top, left = int(round((new_h - crop[0]) / 2.0)), int(round((new_w - crop[1]) / 2.0))
+            sx, sy = new_w / width, new_h / height
+            box = (left / sx, top / sy, (left + crop[1]) / sx, (top + crop[0]) / sy)
+            image = image.resize((crop[1], crop[0]), resample=resample, box=box)
+    elif long > MAX_ASPECT * short:
+        keep = MAX_ASPECT * short
+        start = (long - keep) // 2
+        image = image.crop((start, 0, start + keep, height) if width > height else (0, start, width, start + keep))
+    return preprocess(image)
+
+
+def _resize_then_crop(preprocess):
+    """(short side S, crop (h, w), PIL filter) when ``preprocess`` begins with torchvision's Resize of the short
+    side (no max_size) followed by CenterCrop; else None."""
+    try:
+        from torchvision import transforms
+        from torchvision.transforms.functional import pil_modes_mapping
+    except ImportError:  # pragma: no cover - torchvision comes with open_clip
+        return None
+    steps = getattr(preprocess, "transforms", None)
+    if not isinstance(steps, (list, tuple)) or len(steps) < 2:
+        return None
+    resize, crop = steps[0], steps[1]
+    if not (type(resize) is transforms.Resize and type(crop) is transforms.CenterCrop):
+        return None
+    size = resize.size if isinstance(resize.size, int) else (
+        resize.size[0] if isinstance(resize.size, (list, tuple)) and len(resize.size) == 1 else None)
+    if size is None or resize.max_size is not None or resize.interpolation not in pil_modes_mapping:
+        return None
+    crop_hw = tuple(crop.size) if isinstance(crop.size, (list, tuple)) else (crop.size, crop.size)
+    return int(size), (int(crop_hw[0]), int(crop_hw[-1])), pil_modes_mapping[resize.interpolation]
+
+
 def load_pixels(preprocess, sources, *, background: int | tuple[int, int, int] = WHITE):
     """Preprocessed pixels [N, 3, H, W] of images read by :func:`load_image` (tensors are taken as they are).
 
@@ -104,8 +168,8 @@ def load_pixels(preprocess, sources, *, background: int | tuple[int, int, int] =
     """
     import torch
 
-    return torch.stack([src if isinstance(src, torch.Tensor) else preprocess(load_image(src, background=background))
-                        for src in sources])
+    return torch.stack([src if isinstance(src, torch.Tensor)
+                        else preprocess_image(preprocess, load_image(src, background=background)) for src in sources])
 
 
 def list_image_files(folder: str | os.PathLike) -> list[Path]:

@@ -160,3 +160,62 @@ def test_list_image_files_walks_recursively_by_extension(tmp_path):
         list_image_files(tmp_path / "missing")
     with pytest.raises(NotADirectoryError):
         list_image_files(tmp_path / "a.jpg")
+
+
+# ------------------------------------------------------------------------------------ thin images, bounded memory
+@pytest.fixture
+def resized_sizes(monkeypatch):
+    """Every PIL resize's output size, as (width, height)."""
+    sizes, real = [], Image.Image.resize
+
+    def recording(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    return sizes
+
+
+def _thin(width, height, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (7000, 3), (300, 2400), (97, 1000)])
+def test_thin_images_give_the_same_pixels_through_a_bounded_intermediate(tiny_clip, shape, resized_sizes):
+    import torch
+
+    from crossgap_qdrant.images import MAX_INTERMEDIATE, load_pixels, preprocess_image
+
+    image = _thin(*shape)
+    reference = tiny_clip.preprocess(image)  # resizes the short side to 32: a 32 x (32 * aspect) intermediate
+    resized_sizes.clear()
+    bounded = preprocess_image(tiny_clip.preprocess, image)
+    assert torch.equal(bounded, reference)  # the same filter at the same sample positions
+    assert max(w * h for w, h in resized_sizes) <= MAX_INTERMEDIATE * 32 * 32
+    resized_sizes.clear()
+    assert torch.equal(load_pixels(tiny_clip.preprocess, [_png(image)])[0], reference)
+    assert max(w * h for w, h in resized_sizes) <= MAX_INTERMEDIATE * 32 * 32
+
+
+def test_every_store_image_path_bounds_the_intermediate(tiny_clip, tmp_path, resized_sizes):
+    from crossgap_qdrant.images import MAX_INTERMEDIATE
+    from crossgap_qdrant.store import CrossModalStore
+    from tests.store_support import FAST
+
+    path = tmp_path / "thin.png"
+    path.write_bytes(_png(_thin(1, 60000)))  # a few hundred bytes; 1.15 GiB through the plain preprocess
+    with CrossModalStore.open(str(tmp_path / "q"), "g", tiny_clip, **FAST) as store:
+        report = store.ingest_images([str(path)], progress=False)
+        assert report.inserted == 1
+        store.search_images(image=str(path), mode="native")
+    assert resized_sizes and max(w * h for w, h in resized_sizes) <= MAX_INTERMEDIATE * 32 * 32
+
+
+def test_an_unrecognised_preprocess_gets_images_cut_to_a_bounded_aspect():
+    from crossgap_qdrant.images import MAX_ASPECT, preprocess_image
+
+    seen = []
+    preprocess_image(lambda image: seen.append(image.size), _thin(1, 60000))
+    preprocess_image(lambda image: seen.append(image.size), _thin(50, 40))
+    assert seen == [(1, MAX_ASPECT), (50, 40)]

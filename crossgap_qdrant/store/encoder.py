@@ -64,9 +64,9 @@ class Encoder:
     # ------------------------------------------------------------------------------------------ raw inputs
     def pixels(self, source: Any, name: str | None = None) -> torch.Tensor:
         """Decoded (alpha onto white, EXIF applied) and preprocessed pixels [3, H, W]; raises ImageError."""
-        from crossgap_qdrant.images import load_image
+        from crossgap_qdrant.images import load_image, preprocess_image
 
-        return self.clip.preprocess(load_image(source, name=name, background=self.image_background))
+        return preprocess_image(self.clip.preprocess, load_image(source, name=name, background=self.image_background))
 
     def tokens(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, L] int64."""
