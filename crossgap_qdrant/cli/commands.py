@@ -99,7 +99,8 @@ def cmd_search(args) -> int:
             raise UsageError(f"--hubness applies to {gallery}->{gallery} search, not {query_modality}->{gallery}")
         hubness = query_modality == gallery and store.hub_correction(gallery, mode, args.hubness) is not None
         search = store.search_images if gallery == "image" else store.search_texts
-        points = search(**{query_modality: query}, mode=mode, limit=args.limit, hubness=args.hubness)
+        points = search(**{query_modality: query}, mode=mode, limit=args.limit, hubness=args.hubness,
+                        strict=args.strict)
     hits = [{"rank": i + 1, "id": str(p.id), "score": float(p.score), "payload": p.payload or {}}
             for i, p in enumerate(points)]
     rows = []

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-score by the hubness statistics fitted for the mode (evaluate --apply, or "
                         "CrossModalStore.fit_hubness); default: as recorded with the collection's mode")
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a search in a mode whose vectors only some of the gallery holds (default: warn)")
     model_flags(p)
     warm_flags(p)
     location_flags(p)

@@ -38,6 +38,7 @@ from qdrant_client import models
 
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
+from crossgap_qdrant.store.coverage import CoverageCheck
 from crossgap_qdrant.models import normalize_features
 from crossgap_qdrant.store.encoder import Encoder, checked_rows
 from crossgap_qdrant.store.errors import PointNotFoundError, VectorsNotStoredError
@@ -151,6 +152,7 @@ class Searcher:
         self.names = names
         self.search_params = search_params
         self.server_rescoring = bool(getattr(collection, "supports_formula", False))
+        self.coverage = CoverageCheck(collection, names)
 
     # ----------------------------------------------------------------------------------------- resolving
     def resolve(self, modality: str, query: Any, literal_text: bool = False) -> tuple[list[Query], bool]:
@@ -252,10 +254,12 @@ class Searcher:
     def search(self, query_modality: str, gallery_modality: str, query: Any, *, mode: str, limit: Any,
                query_filter: models.Filter | None, exclude_query: bool, with_payload, with_vectors,
                prefetch_limit: int | None, search_params: models.SearchParams | None, literal_text: bool = False,
-               hubness: HubCorrection | None = None):
+               hubness: HubCorrection | None = None, strict: bool = False):
         """Runs one search (see the module docstring); returns a list of points, or one list per query.
 
-        With ``hubness`` the candidates (``prefetch_limit`` per query) are re-scored by the correction.
+        With ``hubness`` the candidates (``prefetch_limit`` per query) are re-scored by the correction. A mode
+        whose gallery vectors only some points hold warns (PartialCoverageWarning), or with ``strict`` raises
+        PartialCoverageError.
         """
         cross = query_modality != gallery_modality
         derived = self.encoder.derived_for(gallery_modality)
@@ -293,7 +297,15 @@ class Searcher:
             results = [hubness.rescore(points, limit, with_payload) for points in results]
         if not any(results) and query_filter is None:
             self._explain_empty(gallery_modality, mode, cross)
+        if not cross:
+            self.coverage.check(gallery_modality, mode, self._gallery_vector(gallery_modality, mode), query_filter,
+                                strict)
         return results if batch else results[0]
+
+    def _gallery_vector(self, modality: str, mode: str) -> str:
+        if mode == "fused":
+            return self.names.inverted(modality)
+        return mode_vectors(self.names, modality, mode, self.encoder.derived)[1]
 
     def _explain_empty(self, modality: str, mode: str, cross: bool) -> None:
         """No result at all: raises VectorsNotStoredError when the mode's gallery vectors were never written."""

@@ -302,7 +302,7 @@ class CrossModalStore(RecordedSettings):
                       limit: int = 10, query_filter: models.Filter | None = None, exclude_query: bool = True,
                       with_payload: bool | Sequence[str] = True, with_vectors: bool | Sequence[str] = False,
                       prefetch_limit: int | None = None, search_params: models.SearchParams | None = None,
-                      hubness: bool | None = None):
+                      hubness: bool | None = None, strict: bool = False):
         """Searches the images: by image (natively or inter-modally) or by text (CLIP's text->image search).
 
         Args:
@@ -320,28 +320,31 @@ class CrossModalStore(RecordedSettings):
             search_params: Qdrant search parameters; default rescoring when the collection is quantized.
             hubness: re-score with the fitted hubness statistics of the mode (:meth:`fit_hubness`): True,
                 False, or None to follow the collection's recorded default (:meth:`set_default_mode`).
+            strict: refuse (PartialCoverageError) a search in a mode whose gallery vectors only some of the
+                gallery holds; by default such a search warns (PartialCoverageWarning) with the counts and the
+                command that completes them.
 
         Returns:
             A list of ScoredPoint, or one list per query for a batch.
         """
         return self._search("image", query, text, image, mode, limit, query_filter, exclude_query, with_payload,
-                            with_vectors, prefetch_limit, search_params, hubness)
+                            with_vectors, prefetch_limit, search_params, hubness, strict)
 
     def search_texts(self, query: Any = None, *, text: Any = None, image: Any = None, mode: str | None = None,
                      limit: int = 10, query_filter: models.Filter | None = None, exclude_query: bool = True,
                      with_payload: bool | Sequence[str] = True, with_vectors: bool | Sequence[str] = False,
                      prefetch_limit: int | None = None, search_params: models.SearchParams | None = None,
-                     hubness: bool | None = None):
+                     hubness: bool | None = None, strict: bool = False):
         """Searches the texts: by text (natively or inter-modally, with OVI) or by image (image->text).
 
         ``query`` is a text query (as ``text``); a string in UUID form is a point id. Other arguments as in
         :meth:`search_images`.
         """
         return self._search("text", query, text, image, mode, limit, query_filter, exclude_query, with_payload,
-                            with_vectors, prefetch_limit, search_params, hubness)
+                            with_vectors, prefetch_limit, search_params, hubness, strict)
 
     def _search(self, gallery, query, text, image, mode, limit, query_filter, exclude_query, with_payload,
-                with_vectors, prefetch_limit, search_params, hubness=None):
+                with_vectors, prefetch_limit, search_params, hubness=None, strict=False):
         given = [(name, value) for name, value in (("query", query), ("text", text), ("image", image))
                  if value is not None]
         if len(given) != 1:
@@ -360,7 +363,7 @@ class CrossModalStore(RecordedSettings):
         return self.searcher.search(query_modality, gallery, value, mode=mode, limit=limit, query_filter=query_filter,
                                     exclude_query=exclude_query, with_payload=with_payload, with_vectors=with_vectors,
                                     prefetch_limit=prefetch_limit, search_params=search_params,
-                                    literal_text=name == "text", hubness=hub)
+                                    literal_text=name == "text", hubness=hub, strict=strict)
 
     # ---------------------------------------------------------------------------------------- inspection
     def modality_of(self, point_id: Any) -> str:
