@@ -16,6 +16,7 @@ import torch
 from qdrant_client import models
 
 from crossgap_qdrant.store import ingest as ingest_lib
+from crossgap_qdrant.store import warm as warm_lib
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, close_keeping
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
@@ -140,6 +141,7 @@ class CrossModalStore(RecordedSettings):
             params = models.SearchParams(
                 quantization=models.QuantizationSearchParams(rescore=rescore, oversampling=oversampling))
         self.searcher = Searcher(self.collection, self.encoder, self.names, params)
+        warm_lib.settle(self.collection, self._metadata[METADATA_KEY].get(warm_lib.WARM_KEY) or {})
         if warm_start:
             self.use_warm_start()
         logger.debug("collection %r at %s on %s, model %s", self.collection_name, self.location, self.engine,

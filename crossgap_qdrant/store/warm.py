@@ -39,14 +39,30 @@ def sample_native(collection: Collection, names: VectorNames, modality: str, sam
 
 
 def file_path(collection: Collection, modality: str, path: str | os.PathLike | None) -> str:
-    """Where the warm start of ``modality`` is written: ``path``, else the collection's own folder."""
-    if path is not None:
-        return os.path.abspath(os.fspath(path))
+    """Where the warm start of ``modality`` is written: ``path``, else the collection's own folder. A collection
+    with a folder keeps its files there: a ``path`` outside it is refused."""
     folder = collection.files_folder
+    if path is not None:
+        target = os.path.abspath(os.fspath(path))
+        if folder is not None:
+            _confined(collection, modality, target)
+        return target
     if folder is None:
         raise ValueError(f"collection {collection.name!r} lives on {collection.location}, which keeps no files: pass "
                          "path= (CLI: fit-warm-start --file PATH) to say where the warm start is written")
     return os.path.join(folder, f"warm_start_{KIND[modality]}.pt")
+
+
+def _confined(collection: Collection, modality: str, path: str) -> str:
+    """``path`` when it lies inside the collection's folder; ValueError otherwise (a record naming ../../x.pt or
+    another absolute path is not followed)."""
+    folder = os.path.realpath(collection.files_folder)
+    real = os.path.realpath(path)
+    if os.path.commonpath([folder, real]) != folder or real == folder:
+        raise ValueError(f"the {modality} warm start of collection {collection.name!r} must lie in the collection's "
+                         f"folder {folder}, not at {path}: fit it again without a path (crossgap-qdrant "
+                         "fit-warm-start)")
+    return real
 
 
 def _sha256(path: str) -> str:
@@ -66,28 +82,114 @@ def record_for(collection: Collection, path: str, sha256: str, steps: int, lr: f
 
 
 def save_recorded(warm: Any, target: str, write_record: Callable[[str], None]) -> None:
-    """Saves ``warm`` at ``target`` and records it with ``write_record(sha256)``, as one change: when recording
-    fails (a full disk, a server error), the file that was at ``target`` before is put back, so the warm start
-    recorded before stays usable."""
+    """Saves ``warm`` at ``target`` and records it with ``write_record(sha256)``, so that a crash at any moment
+    leaves a usable warm start: the new file is written beside the target, the record naming its SHA-256 is
+    written next (the commit), and one atomic replace puts the file in place. A crash between the record and
+    the replace is completed by the next :func:`load_recorded` (the new file is found by its SHA-256); a failed
+    record leaves the previous file and record untouched. Leftovers of earlier crashes are removed."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    new, previous = f"{target}.new-{os.getpid()}", f"{target}.previous-{os.getpid()}"
-    warm.save(new)
-    had_previous = os.path.exists(target)
+    new = f"{target}{NEW}{os.getpid()}"
     try:
-        if had_previous:
-            os.replace(target, previous)
-        os.replace(new, target)
-        write_record(_sha256(target))
+        warm.save(new)
+        _fsync(new)
+        digest = _sha256(new)
+        write_record(digest)
     except BaseException:
-        if had_previous and os.path.exists(previous):
-            os.replace(previous, target)
-        elif not had_previous and os.path.exists(target):
-            os.remove(target)
-        if os.path.exists(new):
-            os.remove(new)
+        _remove(new)
         raise
-    if had_previous:
-        os.remove(previous)
+    os.replace(new, target)
+    _fsync_folder(os.path.dirname(target))
+    clean_leftovers(target)
+
+
+NEW = ".new-"
+"""Marks a warm start written beside its target, before the atomic replace (followed by the writer's PID)."""
+
+
+def clean_leftovers(target: str, keep: str | None = None) -> None:
+    """Removes what interrupted saves left beside ``target`` (``.new-PID`` files of processes no longer running,
+    ``.previous*`` and ``.tmp`` files), except ``keep``."""
+    folder, base = os.path.dirname(target) or ".", os.path.basename(target)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        if not name.startswith(base) or name == base or path == keep:
+            continue
+        suffix = name[len(base):]
+        if suffix.startswith(NEW):
+            pid = suffix[len(NEW):]
+            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+                continue  # another process is saving right now
+        elif not (suffix.startswith(".previous") or suffix.endswith(".tmp")):
+            continue
+        _remove(path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete_interrupted_save(path: str, sha256: str | None) -> None:
+    """Puts in place a warm start whose record was written but whose replace a crash prevented."""
+    folder, base = os.path.dirname(path) or ".", os.path.basename(path)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        candidate = os.path.join(folder, name)
+        if name.startswith(base + NEW) and sha256 and _sha256(candidate) == sha256:
+            os.replace(candidate, path)
+            _fsync_folder(folder)
+            return
+
+
+def settle(collection: Collection, recorded: dict[str, Any]) -> None:
+    """On opening: completes saves a crash interrupted after their record and removes their leftovers, for every
+    warm start recorded in the collection's folder (nothing for collections without one)."""
+    folder = collection.files_folder
+    if folder is None or not os.path.isdir(folder):
+        return
+    for modality, record in recorded.items():
+        name = record.get("file") if isinstance(record, dict) else None
+        if not isinstance(name, str) or os.path.isabs(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            path = _confined(collection, modality, path)
+        except ValueError:
+            continue  # refused when it is used
+        if not os.path.isfile(path) or _sha256(path) != record.get("sha256"):
+            _complete_interrupted_save(path, record.get("sha256"))
+        clean_leftovers(path)
 
 
 def load_recorded(collection: Collection, modality: str, record: dict[str, Any], device: Any = "cpu"):
@@ -95,12 +197,17 @@ def load_recorded(collection: Collection, modality: str, record: dict[str, Any],
     from crossgap_qdrant.warm_start import WarmStart
 
     path = record["file"]
+    folder = collection.files_folder
     if not os.path.isabs(path):
-        folder = collection.files_folder
         if folder is None:
             raise FileNotFoundError(f"the {modality} warm start of collection {collection.name!r} was recorded as "
                                     f"{path!r} in a folder this engine does not have")
         path = os.path.join(folder, path)
+    if folder is not None:
+        path = _confined(collection, modality, path)
+    if not os.path.isfile(path) or _sha256(path) != record.get("sha256"):
+        _complete_interrupted_save(path, record.get("sha256"))
+    clean_leftovers(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"the {modality} warm start of collection {collection.name!r} is missing: {path} "
                                 "(fit it again: crossgap-qdrant fit-warm-start)")
