@@ -1,4 +1,4 @@
-"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info.
+"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info, verify.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     crossgap-qdrant fit-warm-start --model crossgap-demo && crossgap-qdrant search q.png --model crossgap-demo \
         --mode query_inverted --warm-start                                       # interactive query inversion
     crossgap-qdrant info --json
+    crossgap-qdrant verify                                                       # check every stored point
 
 Modules: parser (flags), common (model, store and output helpers), commands, evaluate_command.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from crossgap_qdrant.cli.commands import cmd_fit_warm_start, cmd_info, cmd_ingest, cmd_invert, cmd_search
+from crossgap_qdrant.cli.commands import cmd_fit_warm_start, cmd_info, cmd_ingest, cmd_invert, cmd_search, cmd_verify
 from crossgap_qdrant.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -39,7 +40,7 @@ from crossgap_qdrant.cli.evaluate_command import cmd_evaluate
 from crossgap_qdrant.cli.parser import build_parser
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "invert": cmd_invert, "evaluate": cmd_evaluate,
-            "fit-warm-start": cmd_fit_warm_start, "info": cmd_info}
+            "fit-warm-start": cmd_fit_warm_start, "info": cmd_info, "verify": cmd_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

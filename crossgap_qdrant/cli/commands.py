@@ -116,7 +116,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_info(args) -> int:
-    info = described_collection(args)
+    info = described_collection(args, verify=getattr(args, "verify", False))
     rows = [(name, v["size"], v["distance"], v["points"]) for name, v in info["vectors"].items()]
     text = "\n".join([
         f"collection: {info['collection']} at {info['location']} ({info['engine']})",
@@ -126,8 +126,33 @@ def cmd_info(args) -> int:
         "",
         format_table(rows, ["vector", "size", "distance", "points"]),
     ])
+    if "verify" in info:
+        text += "\n" + verify_text(info["verify"])
     emit(args, info, text)
-    return EXIT_OK
+    return verify_exit(info.get("verify"))
+
+
+def cmd_verify(args) -> int:
+    report = described_collection(args, verify=True)["verify"]
+    emit(args, report, verify_text(report))
+    return verify_exit(report)
+
+
+def verify_text(report: dict) -> str:
+    if report["ok"]:
+        return (f"verified: {report['scanned']} points, every vector a finite unit vector, counts agree with the "
+                "scan, the recorded layout fits")
+    return "\n".join(["verification failed:"] + [f"  {p}" for p in report["problems"]])
+
+
+def verify_exit(report: dict | None) -> int:
+    """EXIT_ERROR, with one line on stderr, when a verification found problems."""
+    if report is None or report["ok"]:
+        return EXIT_OK
+    print(f"{PROG}: error: collection {report['collection']!r} at {report['location']} fails verification "
+          f"({len(report['problems'])} problem(s): {report['problems'][0]}); restore it from a backup",
+          file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_fit_warm_start(args) -> int:

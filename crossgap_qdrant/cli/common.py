@@ -195,16 +195,21 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return (CrossgapError, OSError, ValueError, LookupError, RuntimeError, TypeError, ImportError)
 
 
-def described_collection(args) -> dict:
-    """describe_collection of --collection at --location; CollectionNotFoundError when it does not exist."""
+def described_collection(args, verify: bool = False) -> dict:
+    """describe_collection of --collection at --location (with ``verify``, its verification report under
+    "verify"); CollectionNotFoundError when it does not exist."""
     from crossgap_qdrant.store import describe_collection
     from crossgap_qdrant.store.errors import CollectionNotFoundError
+    from crossgap_qdrant.store.verify import verify_collection
 
     collection = open_collection_at(args, create=False)
     try:
         if not collection.exists():
             raise CollectionNotFoundError(f"no collection {args.collection!r} at {collection.location}; check "
                                           "--collection and --location")
-        return describe_collection(collection)
+        info = describe_collection(collection)
+        if verify:
+            info["verify"] = verify_collection(collection)
+        return info
     finally:
         collection.close()

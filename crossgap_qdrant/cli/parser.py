@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     output_flags(p)
 
     p = sub.add_parser("info", help="collection, model, vector names and counts (no model needed)")
+    p.add_argument("--verify", action="store_true", help="also check every stored point (see verify)")
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("verify", help="check a collection end to end: counts against a scan, finite unit vectors, "
+                                      "each vector's coverage, the recorded layout (no model needed)")
     location_flags(p)
     output_flags(p)
     return parser

@@ -41,6 +41,7 @@ from crossgap_qdrant.store.edge_files import (CHUNK_BYTES, MIN_MARGIN, allocated
                                               write_json_atomic)
 from crossgap_qdrant.store.edge_filters import (client_point_id, edge_filter, edge_point_id, edge_query,
                                                 edge_with_payload, edge_with_vector)
+from crossgap_qdrant.store.verify import check_scores, verify_hint
 from crossgap_qdrant.store.errors import (CollectionNotFoundError, CorruptCollectionError, CorruptMetadataError,
                                           EngineError, SchemaMismatchError, StorageFullError, StoreLockedError)
 
@@ -124,7 +125,7 @@ class EdgeCollection(Collection):
         return f"collection {self.name!r} in {self.folder}"
 
     def _verify_hint(self) -> str:
-        return f"crossgap-qdrant verify --location {self.folder} --collection {self.name}"
+        return verify_hint(self)
 
     def _locked_error(self) -> StoreLockedError:
         holder = lock_holder(os.path.join(self.shard_path, "wal"))
@@ -388,8 +389,9 @@ class EdgeCollection(Collection):
                 results = [shard.query(edge_requests[0])]
             else:
                 results = shard.query_batch(qe.QueryBatchRequest(edge_requests))
-        return [[_scored(p, r.with_payload, r.with_vector) for p in points]
-                for points, r in zip(results, requests)]
+        out = [[_scored(p, r.with_payload, r.with_vector) for p in points] for points, r in zip(results, requests)]
+        check_scores(self, requests, out)
+        return out
 
     # ------------------------------------------------------------------------------ maintenance
     def optimize(self) -> None:
