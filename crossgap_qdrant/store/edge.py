@@ -233,7 +233,7 @@ class EdgeCollection(Collection):
                 f"the metadata file {self.sidecar_path} of {self._where()} cannot be read ({type(exc).__name__}: "
                 f"{str(exc)[:120]}). The points are intact in {self.shard_path}; restore the file from a backup, "
                 "or delete it to open the collection without metadata (the model id is then recorded again "
-                "by the next ingest).") from None
+                "by the next ingest, once re-encoding stored sources shows that model made them).") from None
         if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
             raise CorruptMetadataError(
                 f"the metadata file {self.sidecar_path} of {self._where()} is not a crossgap-qdrant sidecar "

@@ -20,6 +20,7 @@ from crossgap_qdrant.store import warm as warm_lib
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, close_keeping
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
+from crossgap_qdrant.store.identity import check_model_identity
 from crossgap_qdrant.store.errors import CollectionNotFoundError, PointNotFoundError
 from crossgap_qdrant.store.ingest import IngestReport, Ingestion
 from crossgap_qdrant.store.schema import (
@@ -221,6 +222,8 @@ class CrossModalStore(RecordedSettings):
             return quantization_config is not None
         missing = check_schema(schema, sizes, self.model_id, where)
         recorded = schema.metadata.get(METADATA_KEY) or {}
+        if not recorded.get("model_id") and self.collection.count() > 0:  # the record is gone: ask the vectors
+            check_model_identity(self.collection, self.encoder, self.names, where)
         if missing:  # backfill of a collection that already holds some of the vectors
             self.collection.add_vectors(missing)
         # keep what later tools recorded (the evaluation's recommended modes, hubness, warm starts) and the
