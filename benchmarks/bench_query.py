@@ -11,7 +11,9 @@ quality    the committed demo model on the main job's held-out openclipart image
            apart two exact results are). ``chosen`` is the budget the fit recommends (measured on its own
            held-out training images), used for the cost part.
 cost       OpenCLIP ViT-B-32 with random weights (the cost of pretrained weights), one thread unless --threads:
-           the OTI step at batch 1 and 8 (the published step, our autograd step, our hand-written step);
+           the OTI step at batch 1 and 8 (the published step, our autograd step, our hand-written step as
+           ATen calls and with the fused suffix-block ops) and, at batch 1, each against the weight-streaming
+           floor (``*_vs_floor``: step time / weight_stream_ms);
            per-query latency of each search mode end to end (encode the query image, invert, search an embedded
            Qdrant (qdrant-edge) collection of --gallery points) at batch 1; backfill throughput (images/s) of
            exact OTI against the warm start at the chosen budget. The warm start used for cost has the fitted
@@ -20,6 +22,7 @@ machine    CPU, threads, torch version.
 
     python benchmarks/bench_query.py                 # about 15 minutes on one core
     python benchmarks/bench_query.py --quick         # smaller sets, a few minutes
+    python benchmarks/bench_query.py --step-only     # the OTI step costs alone, under a minute
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ def step_costs(clip) -> dict:
 
     model, tokenizer = clip.model, clip.tokenizer
     encoder = CachedTemplateTextEncoder(model, tokenizer, "a photo of {}", 1, torch.float32)
-    handwritten = SuffixStep(encoder)
+    fused = SuffixStep(encoder)  # the fused suffix-block ops where the compiled library has them
+    handwritten = SuffixStep(encoder, fused=False)
     ids, positions = template_token_ids(tokenizer, "a photo of {}", 1)
     # The floor of a step at batch 1: reading every weight matrix of the text tower twice (forward W x^T,
     # backward g W, the forms the hand-written step uses), here as one 2-row product each, with nothing else.
@@ -145,9 +149,15 @@ def step_costs(clip) -> dict:
             lambda t: encode_text_with_pseudo_tokens(model, ids, positions, t), param, opt, target), 5, 1)
         ours_auto = _median_ms(autograd_step, 20)
         ours_hand = _median_ms(lambda: handwritten(tokens, target, 1.0), 20)
+        ours_fused = _median_ms(lambda: fused(tokens, target, 1.0), 20)
         out[f"batch_{b}"] = {"published_ms": round(published, 1), "autograd_ms": round(ours_auto, 1),
-                             "handwritten_ms": round(ours_hand, 1),
-                             "speedup_vs_published": round(published / min(ours_auto, ours_hand), 1)}
+                             "handwritten_ms": round(ours_hand, 1), "fused_ms": round(ours_fused, 1),
+                             "fused_ops": fused.fused_blocks is not None,
+                             "speedup_vs_published": round(published / min(ours_auto, ours_hand, ours_fused), 1)}
+        if b == 1:
+            floor = out["weight_stream_ms"]
+            out["batch_1"] |= {"fused_vs_floor": round(ours_fused / floor, 2),
+                               "handwritten_vs_floor": round(ours_hand / floor, 2)}
     return out
 
 
@@ -212,12 +222,19 @@ def main() -> None:
                         help="skip the quality part; the cost part uses --warm-steps and --warm-lr")
     parser.add_argument("--warm-steps", type=int, default=10)
     parser.add_argument("--warm-lr", type=float, default=5e-3)
+    parser.add_argument("--step-only", action="store_true", help="only the OTI step costs on ViT-B-32")
     args = parser.parse_args()
     if args.quick:
         args.fit_samples, args.per_category, args.backfill = 500, 10, 16
     torch.set_num_threads(args.threads)
     report = {"benchmark": "query", "machine": {"cpu": platform.processor() or platform.machine(),
                                                 "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if args.step_only:
+        torch.manual_seed(0)
+        clip = load_model("ViT-B-32", device="cpu", allow_random=True)
+        report["cost"] = {"model": "ViT-B-32 (random weights)", "step": step_costs(clip)}
+        print(json.dumps(report, indent=2))
+        return
     if args.cost_only:
         chosen = {"steps": args.warm_steps, "lr": args.warm_lr}
     else:

@@ -7,6 +7,11 @@ only d(loss)/d(pseudo tokens) (no weight gradients), with the fused cosine-loss 
 norm, GELU and softmax go through the same ATen forward/backward kernels autograd would call, so the result
 equals the autograd step to float rounding; tests compare the two (loss values and token gradients).
 
+When the compiled library has them, each residual block runs as one fused op pair
+(``torch.ops.crossgap.suffix_block_forward`` / ``suffix_block_backward``, see :mod:`crossgap_qdrant.suffix_block`):
+the same arithmetic without a few dozen small ATen calls per block. The ATen path below stays the reference the
+fused one is tested against, and the fallback for libraries built without those ops.
+
 Small matrices: with a handful of rows, ``W @ x^T`` reads the weight faster than ``x @ W^T`` with MKL on CPU,
 so :func:`linear` picks the form by row count. At batch 1 a step is bound by reading the weights twice
 (forward, then backward) from memory, not by arithmetic.
@@ -19,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossgap_qdrant import ops
+from crossgap_qdrant.suffix_block import activation_name, block_params
 from crossgap_qdrant.towers import UnsupportedModelError
 from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
 
@@ -88,13 +94,16 @@ class SuffixStep:
 
     Args:
         encoder: the cached suffix encoder (its weights, prefix keys/values and masks are used as they are).
+        fused: run each block as the fused suffix-block op pair (True), as ATen calls (False), or the first
+            where the compiled library has the ops for the encoder's device and the blocks fit them (None).
 
     Raises:
         UnsupportedModelError: a block has layer scale, a non-LayerNorm normalisation or an activation
-            other than GELU/QuickGELU; the caller then keeps the autograd step.
+            other than GELU/QuickGELU; the caller then keeps the autograd step. Also when ``fused=True``
+            and the fused ops cannot run this encoder.
     """
 
-    def __init__(self, encoder: CachedTemplateTextEncoder):
+    def __init__(self, encoder: CachedTemplateTextEncoder, fused: bool | None = None):
         _check_parts(encoder)
         self.encoder = encoder
         self.dtype = encoder.dtype
@@ -109,6 +118,23 @@ class SuffixStep:
             self.proj_weight = None if p is None else p.t().contiguous()
             self.proj_bias = None
         self.num_tokens = encoder.slot_pos.shape[0]
+        self.fused_blocks = None if fused is False else self._fused_blocks()
+        if fused and self.fused_blocks is None:
+            raise UnsupportedModelError("the fused suffix-block ops cannot run this encoder (or were not built)")
+
+    def _fused_blocks(self) -> list[tuple] | None:
+        """Per block (params, ln_1 eps, ln_2 eps, activation name) for the fused ops, or None when they cannot run."""
+        if self.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+            return None
+        if not ops.has_suffix_block(self.encoder.slot_pos.device):
+            return None
+        out = []
+        for block in self.blocks:
+            params, act = block_params(block), activation_name(block.mlp[1])
+            if params is None or act is None or any(len(ln.normalized_shape) != 1 for ln in (block.ln_1, block.ln_2)):
+                return None
+            out.append((params, block.ln_1.eps, block.ln_2.eps, act))
+        return out
 
     @torch.no_grad()
     def __call__(
@@ -129,10 +155,17 @@ class SuffixStep:
         x = torch.cat([tokens.to(dt) + enc.slot_pos, enc.suffix_rest.expand(b, -1, -1)], dim=1)
         s, w = x.shape[1], x.shape[2]
         saved = []
-        for block, (pk, pv), (act, _) in zip(self.blocks, enc.prefix_kv, self.acts):
-            x, ctx = self._block_forward(block, x.reshape(b * s, w), pk, pv, act, b, s)
-            x = x.view(b, s, w)
-            saved.append(ctx)
+        if self.fused_blocks is not None:
+            forward = torch.ops.crossgap.suffix_block_forward.default
+            for (pk, pv), (params, eps_1, eps_2, act) in zip(enc.prefix_kv, self.fused_blocks):
+                out = forward(x, pk, pv, enc.mask_bias, params, eps_1, eps_2, act)
+                saved.append((x, *out[1:]))
+                x = out[0]
+        else:
+            for block, (pk, pv), (act, _) in zip(self.blocks, enc.prefix_kv, self.acts):
+                x, ctx = self._block_forward(block, x.reshape(b * s, w), pk, pv, act, b, s)
+                x = x.view(b, s, w)
+                saved.append(ctx)
         last = x[:, -1]
         pooled, ln_ctx = _layer_norm(last, self.ln_final)
         y = pooled if self.proj_weight is None else linear(pooled, self.proj_weight, self.proj_bias)
@@ -141,11 +174,18 @@ class SuffixStep:
         d_pooled = dy if self.proj_weight is None else dy @ self.proj_weight
         dx = torch.zeros(b, s, w, dtype=dt, device=x.device)
         dx[:, -1] = _layer_norm_backward(d_pooled.to(dt), ln_ctx, self.ln_final)
-        dx = dx.view(b * s, w)
-        for block, (pk, pv), (_, act_backward), ctx in zip(
-            reversed(self.blocks), reversed(enc.prefix_kv), reversed(self.acts), reversed(saved)
-        ):
-            dx = self._block_backward(block, dx, pk, pv, act_backward, ctx, b, s)
+        if self.fused_blocks is not None:
+            backward = torch.ops.crossgap.suffix_block_backward.default
+            for (pk, pv), (params, _, _, act), ctx in zip(
+                reversed(enc.prefix_kv), reversed(self.fused_blocks), reversed(saved)
+            ):
+                dx = backward(dx, *ctx, pk, pv, params, act)
+        else:
+            dx = dx.view(b * s, w)
+            for block, (pk, pv), (_, act_backward), ctx in zip(
+                reversed(self.blocks), reversed(enc.prefix_kv), reversed(self.acts), reversed(saved)
+            ):
+                dx = self._block_backward(block, dx, pk, pv, act_backward, ctx, b, s)
         grad = dx.view(b, s, w)[:, : self.num_tokens].float()
         return loss, grad
 

@@ -1,0 +1,393 @@
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "suffix_block.h"
+#include "suffix_block_math.h"
+
+namespace crossgap {
+
+Activation parse_activation(const std::string& name) {
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "gelu_tanh") return Activation::kGeluTanh;
+  if (name == "quick_gelu") return Activation::kQuickGelu;
+  TORCH_CHECK(false, "suffix_block: activation must be \"gelu\", \"gelu_tanh\" or \"quick_gelu\", got \"", name,
+              "\"");
+}
+
+void check_suffix_block_args(const char* op, const at::Tensor& x, const at::Tensor& prefix_k,
+                             const at::Tensor& prefix_v, at::TensorList params) {
+  TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D [B, S, W], got shape ", x.sizes());
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16, op,
+              ": x must be float32, float64 or bfloat16, got ", dtype);
+  const int64_t W = x.size(2);
+  TORCH_CHECK(prefix_k.dim() == 3, op, ": prefix_k must be 3-D [H, P, D], got shape ", prefix_k.sizes());
+  TORCH_CHECK(prefix_v.sizes() == prefix_k.sizes(), op, ": prefix_v shape ", prefix_v.sizes(),
+              " does not match prefix_k shape ", prefix_k.sizes());
+  TORCH_CHECK(prefix_k.size(0) * prefix_k.size(2) == W, op, ": prefix_k heads x head width (",
+              prefix_k.size(0), " x ", prefix_k.size(2), ") must equal the width of x, ", W);
+  TORCH_CHECK(params.size() == kSuffixBlockParams, op, ": params must hold ", kSuffixBlockParams,
+              " tensors (ln_1 weight/bias, in_proj, out_proj, ln_2, fc, proj weight/bias), got ", params.size());
+  const int64_t F = params[kFcWeight].dim() == 2 ? params[kFcWeight].size(0) : -1;
+  const std::vector<std::vector<int64_t>> shapes = {
+      {W}, {W}, {3 * W, W}, {3 * W}, {W, W}, {W}, {W}, {W}, {F, W}, {F}, {W, F}, {W}};
+  const char* names[] = {"ln_1_weight", "ln_1_bias", "in_proj_weight", "in_proj_bias",
+                         "out_proj_weight", "out_proj_bias", "ln_2_weight", "ln_2_bias",
+                         "fc_weight", "fc_bias", "proj_weight", "proj_bias"};
+  for (const auto i : c10::irange(kSuffixBlockParams)) {
+    const auto& p = params[i];
+    TORCH_CHECK(p.sizes() == at::IntArrayRef(shapes[i]), op, ": ", names[i], " must have shape ",
+                at::IntArrayRef(shapes[i]), ", got ", p.sizes());
+    TORCH_CHECK(p.scalar_type() == dtype, op, ": ", names[i], " dtype ", p.scalar_type(),
+                " does not match x dtype ", dtype);
+    TORCH_CHECK(p.device() == x.device(), op, ": ", names[i], " is on ", p.device(), " but x is on ",
+                x.device());
+  }
+  for (const auto* t : {&prefix_k, &prefix_v}) {
+    TORCH_CHECK(t->scalar_type() == dtype, op, ": prefix keys/values dtype ", t->scalar_type(),
+                " does not match x dtype ", dtype);
+    TORCH_CHECK(t->device() == x.device(), op, ": prefix keys/values are on ", t->device(),
+                " but x is on ", x.device());
+  }
+}
+
+void check_suffix_block_mask(const at::Tensor& x, const at::Tensor& prefix_k, const at::Tensor& mask_bias) {
+  const int64_t S = x.size(1);
+  const int64_t P = prefix_k.size(1);
+  TORCH_CHECK(mask_bias.dim() == 2 && mask_bias.size(0) == S && mask_bias.size(1) == P + S,
+              "suffix_block_forward: mask_bias must have shape [S, P + S] = [", S, ", ", P + S, "], got ",
+              mask_bias.sizes());
+  TORCH_CHECK(at::isFloatingType(mask_bias.scalar_type()),
+              "suffix_block_forward: mask_bias must be floating (0 or -inf), got ", mask_bias.scalar_type());
+  TORCH_CHECK(mask_bias.device() == x.device(), "suffix_block_forward: mask_bias is on ", mask_bias.device(),
+              " but x is on ", x.device());
+}
+
+void check_suffix_block_saved(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& x1,
+                              const at::Tensor& qkv, const at::Tensor& probs, const at::Tensor& u,
+                              const at::Tensor& stats, const at::Tensor& prefix_k) {
+  const char* op = "suffix_block_backward";
+  const int64_t B = x.size(0), S = x.size(1), W = x.size(2);
+  const int64_t H = prefix_k.size(0), P = prefix_k.size(1);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape, at::ScalarType dtype) {
+    TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, " (as the forward returned it), got ",
+                t.sizes());
+    TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  };
+  check(grad_out, "grad_out", {B, S, W}, x.scalar_type());
+  check(x1, "x1", {B, S, W}, x.scalar_type());
+  check(qkv, "qkv", {B, S, 3 * W}, x.scalar_type());
+  check(probs, "probs", {B, H, S, P + S}, acc);
+  TORCH_CHECK(u.dim() == 3 && u.size(0) == B && u.size(1) == S, op, ": u must have shape [B, S, F], got ", u.sizes());
+  check(u, "u", {B, S, u.size(2)}, x.scalar_type());
+  check(stats, "stats", {B, S, 4}, acc);
+}
+
+namespace {
+
+// y = x W^T for x [M, K] contiguous and W [N, K], as an [M, N] view with arbitrary strides (no bias).
+// With few rows, W x^T (x^T column-major) streams the row-major weight fastest through MKL.
+at::Tensor product(const at::Tensor& x, const at::Tensor& w) {
+  if (x.size(0) <= 8) return at::mm(w, x.t()).t();
+  return at::mm(x, w.t());
+}
+
+template <typename scalar_t, typename acc_t>
+void layer_norm_rows(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta, acc_t eps, int64_t M,
+                     int64_t W, scalar_t* out, acc_t* stats, int64_t stats_col) {
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const scalar_t* xr = x + m * W;
+      acc_t sum = 0;
+      for (const auto i : c10::irange(W)) sum += static_cast<acc_t>(xr[i]);
+      const acc_t mean = sum / static_cast<acc_t>(W);
+      acc_t sq = 0;
+      for (const auto i : c10::irange(W)) {
+        const acc_t c = static_cast<acc_t>(xr[i]) - mean;
+        sq += c * c;
+      }
+      const acc_t rstd = acc_t(1) / std::sqrt(sq / static_cast<acc_t>(W) + eps);
+      scalar_t* orow = out + m * W;
+      for (const auto i : c10::irange(W)) {
+        orow[i] = static_cast<scalar_t>((static_cast<acc_t>(xr[i]) - mean) * rstd * static_cast<acc_t>(gamma[i]) +
+                                        static_cast<acc_t>(beta[i]));
+      }
+      stats[m * 4 + stats_col] = mean;
+      stats[m * 4 + stats_col + 1] = rstd;
+    }
+  });
+}
+
+// out[m] = residual[m] + LN backward of dy[m] (dy given as an [M, W] view with strides).
+template <typename scalar_t, typename acc_t>
+void layer_norm_backward_rows(const at::Tensor& dy, const scalar_t* x, const acc_t* stats, int64_t stats_col,
+                              const scalar_t* gamma, const scalar_t* residual, int64_t M, int64_t W,
+                              scalar_t* out) {
+  const scalar_t* dp = dy.const_data_ptr<scalar_t>();
+  const int64_t sm = dy.stride(0), sn = dy.stride(1);
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const acc_t mean = stats[m * 4 + stats_col];
+      const acc_t rstd = stats[m * 4 + stats_col + 1];
+      const scalar_t* xr = x + m * W;
+      acc_t sum_gy = 0, sum_gy_xhat = 0;
+      for (const auto i : c10::irange(W)) {
+        const acc_t gy = static_cast<acc_t>(dp[m * sm + i * sn]) * static_cast<acc_t>(gamma[i]);
+        sum_gy += gy;
+        sum_gy_xhat += gy * (static_cast<acc_t>(xr[i]) - mean) * rstd;
+      }
+      const acc_t mean_gy = sum_gy / static_cast<acc_t>(W);
+      const acc_t mean_gy_xhat = sum_gy_xhat / static_cast<acc_t>(W);
+      for (const auto i : c10::irange(W)) {
+        const acc_t gy = static_cast<acc_t>(dp[m * sm + i * sn]) * static_cast<acc_t>(gamma[i]);
+        const acc_t xhat = (static_cast<acc_t>(xr[i]) - mean) * rstd;
+        const acc_t g = suffix_math::layer_norm_grad(gy, xhat, rstd, mean_gy, mean_gy_xhat);
+        out[m * W + i] = static_cast<scalar_t>(static_cast<acc_t>(residual[m * W + i]) + g);
+      }
+    }
+  });
+}
+
+// Keys and values of key j for sample b and head h: the prefix's for j < P, else the suffix's in qkv.
+template <typename scalar_t>
+struct KeyValues {
+  const scalar_t* pk;
+  const scalar_t* pv;
+  const scalar_t* qkv;
+  int64_t P, S, W, D;
+  const scalar_t* key(int64_t b, int64_t h, int64_t j) const {
+    return j < P ? pk + (h * P + j) * D : qkv + (b * S + (j - P)) * 3 * W + W + h * D;
+  }
+  const scalar_t* value(int64_t b, int64_t h, int64_t j) const {
+    return j < P ? pv + (h * P + j) * D : qkv + (b * S + (j - P)) * 3 * W + 2 * W + h * D;
+  }
+  const scalar_t* query(int64_t b, int64_t h, int64_t i) const { return qkv + (b * S + i) * 3 * W + h * D; }
+};
+
+template <typename scalar_t, typename acc_t>
+void attention_forward(const KeyValues<scalar_t>& kv, const acc_t* mask, int64_t B, int64_t H, acc_t* probs,
+                       scalar_t* attn) {
+  const int64_t P = kv.P, S = kv.S, W = kv.W, D = kv.D, L = P + S;
+  const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  at::parallel_for(0, B * H, 8, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> out(D);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      for (const auto i : c10::irange(S)) {
+        const scalar_t* q = kv.query(b, h, i);
+        acc_t* pr = probs + (bh * S + i) * L;
+        acc_t top = -std::numeric_limits<acc_t>::infinity();
+        for (const auto j : c10::irange(L)) {
+          const scalar_t* k = kv.key(b, h, j);
+          acc_t dot = 0;
+          for (const auto e : c10::irange(D)) dot += static_cast<acc_t>(q[e]) * static_cast<acc_t>(k[e]);
+          pr[j] = dot * scale + mask[i * L + j];
+          top = std::max(top, pr[j]);
+        }
+        acc_t total = 0;
+        for (const auto j : c10::irange(L)) {
+          pr[j] = suffix_math::exp_(pr[j] - top);
+          total += pr[j];
+        }
+        std::fill(out.begin(), out.end(), acc_t(0));
+        for (const auto j : c10::irange(L)) {
+          pr[j] /= total;
+          if (pr[j] == acc_t(0)) continue;
+          const scalar_t* v = kv.value(b, h, j);
+          for (const auto e : c10::irange(D)) out[e] += pr[j] * static_cast<acc_t>(v[e]);
+        }
+        scalar_t* o = attn + (b * S + i) * W + h * D;
+        for (const auto e : c10::irange(D)) o[e] = static_cast<scalar_t>(out[e]);
+      }
+    }
+  });
+}
+
+// d_qkv [M, 3W] from d_attn [M, W]: queries get their own gradient, suffix keys/values sum over queries.
+template <typename scalar_t, typename acc_t>
+void attention_backward(const KeyValues<scalar_t>& kv, const acc_t* probs, const scalar_t* d_attn, int64_t B,
+                        int64_t H, scalar_t* d_qkv) {
+  const int64_t P = kv.P, S = kv.S, W = kv.W, D = kv.D, L = P + S;
+  const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  at::parallel_for(0, B * H, 8, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> ds(L), dq(D), dk(S * D), dv(S * D);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      std::fill(dk.begin(), dk.end(), acc_t(0));
+      std::fill(dv.begin(), dv.end(), acc_t(0));
+      for (const auto i : c10::irange(S)) {
+        const acc_t* pr = probs + (bh * S + i) * L;
+        const scalar_t* go = d_attn + (b * S + i) * W + h * D;
+        acc_t weighted = 0;
+        for (const auto j : c10::irange(L)) {
+          const scalar_t* v = kv.value(b, h, j);
+          acc_t dp = 0;
+          for (const auto e : c10::irange(D)) dp += static_cast<acc_t>(go[e]) * static_cast<acc_t>(v[e]);
+          ds[j] = dp;
+          weighted += pr[j] * dp;
+        }
+        for (const auto j : c10::irange(L)) ds[j] = pr[j] * (ds[j] - weighted);
+        std::fill(dq.begin(), dq.end(), acc_t(0));
+        const scalar_t* q = kv.query(b, h, i);
+        for (const auto j : c10::irange(L)) {
+          const scalar_t* k = kv.key(b, h, j);
+          for (const auto e : c10::irange(D)) dq[e] += ds[j] * static_cast<acc_t>(k[e]);
+          if (j >= P) {
+            acc_t* dkr = dk.data() + (j - P) * D;
+            acc_t* dvr = dv.data() + (j - P) * D;
+            for (const auto e : c10::irange(D)) {
+              dkr[e] += ds[j] * static_cast<acc_t>(q[e]);
+              dvr[e] += pr[j] * static_cast<acc_t>(go[e]);
+            }
+          }
+        }
+        scalar_t* dqr = d_qkv + (b * S + i) * 3 * W + h * D;
+        for (const auto e : c10::irange(D)) dqr[e] = static_cast<scalar_t>(dq[e] * scale);
+      }
+      for (const auto j : c10::irange(S)) {
+        scalar_t* dkr = d_qkv + (b * S + j) * 3 * W + W + h * D;
+        scalar_t* dvr = d_qkv + (b * S + j) * 3 * W + 2 * W + h * D;
+        for (const auto e : c10::irange(D)) {
+          dkr[e] = static_cast<scalar_t>(dk[j * D + e] * scale);
+          dvr[e] = static_cast<scalar_t>(dv[j * D + e]);
+        }
+      }
+    }
+  });
+}
+
+// out[m, n] = y[m, n] + bias[n] (+ residual[m, n]), y an [M, N] view with strides.
+template <typename scalar_t, typename acc_t>
+void add_bias_rows(const at::Tensor& y, const scalar_t* bias, const scalar_t* residual, int64_t M, int64_t N,
+                   scalar_t* out) {
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const int64_t sm = y.stride(0), sn = y.stride(1);
+  for (const auto m : c10::irange(M)) {
+    for (const auto n : c10::irange(N)) {
+      // Rounded to the dtype before the residual, as a linear layer's output is.
+      const scalar_t lin = static_cast<scalar_t>(static_cast<acc_t>(yp[m * sm + n * sn]) + static_cast<acc_t>(bias[n]));
+      out[m * N + n] = residual ? static_cast<scalar_t>(static_cast<acc_t>(residual[m * N + n]) + static_cast<acc_t>(lin))
+                                : lin;
+    }
+  }
+}
+
+}  // namespace
+
+SuffixBlockOutputs suffix_block_forward_cpu(const at::Tensor& x, const at::Tensor& prefix_k,
+                                            const at::Tensor& prefix_v, const at::Tensor& mask_bias,
+                                            at::TensorList params, double ln_1_eps, double ln_2_eps,
+                                            c10::string_view activation) {
+  check_suffix_block_args("suffix_block_forward", x, prefix_k, prefix_v, params);
+  check_suffix_block_mask(x, prefix_k, mask_bias);
+  const Activation act = parse_activation(std::string(activation));
+  const int64_t B = x.size(0), S = x.size(1), W = x.size(2), M = B * S;
+  const int64_t H = prefix_k.size(0), P = prefix_k.size(1), D = prefix_k.size(2);
+  const int64_t F = params[kFcWeight].size(0);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+  auto out = at::empty({B, S, W}, opts);
+  auto x1 = at::empty({B, S, W}, opts);
+  auto qkv = at::empty({B, S, 3 * W}, opts);
+  auto probs = at::empty({B, H, S, P + S}, opts.dtype(acc_type));
+  auto u = at::empty({B, S, F}, opts);
+  auto stats = at::empty({B, S, 4}, opts.dtype(acc_type));
+  if (M == 0) return {out, x1, qkv, probs, u, stats};
+  std::vector<at::Tensor> w;
+  for (const auto& p : params) w.push_back(p.contiguous());
+  const auto xc = x.contiguous();
+  const auto pk = prefix_k.contiguous();
+  const auto pv = prefix_v.contiguous();
+  const auto mask = mask_bias.to(acc_type).contiguous();
+  auto h = at::empty({M, W}, opts);
+  auto a = at::empty({M, F}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "suffix_block_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto ptr = [](const at::Tensor& t) { return t.const_data_ptr<scalar_t>(); };
+    acc_t* st = stats.mutable_data_ptr<acc_t>();
+    layer_norm_rows<scalar_t, acc_t>(ptr(xc), ptr(w[kLn1Weight]), ptr(w[kLn1Bias]), static_cast<acc_t>(ln_1_eps), M,
+                                     W, h.mutable_data_ptr<scalar_t>(), st, 0);
+    add_bias_rows<scalar_t, acc_t>(product(h, w[kInWeight]), ptr(w[kInBias]), nullptr, M, 3 * W,
+                                   qkv.mutable_data_ptr<scalar_t>());
+    const KeyValues<scalar_t> kv{ptr(pk), ptr(pv), ptr(qkv), P, S, W, D};
+    attention_forward<scalar_t, acc_t>(kv, mask.const_data_ptr<acc_t>(), B, H, probs.mutable_data_ptr<acc_t>(),
+                                       h.mutable_data_ptr<scalar_t>());
+    add_bias_rows<scalar_t, acc_t>(product(h, w[kOutWeight]), ptr(w[kOutBias]), ptr(xc), M, W,
+                                   x1.mutable_data_ptr<scalar_t>());
+    layer_norm_rows<scalar_t, acc_t>(ptr(x1), ptr(w[kLn2Weight]), ptr(w[kLn2Bias]), static_cast<acc_t>(ln_2_eps), M,
+                                     W, h.mutable_data_ptr<scalar_t>(), st, 2);
+    add_bias_rows<scalar_t, acc_t>(product(h, w[kFcWeight]), ptr(w[kFcBias]), nullptr, M, F,
+                                   u.mutable_data_ptr<scalar_t>());
+    const scalar_t* up = ptr(u);
+    scalar_t* ap = a.mutable_data_ptr<scalar_t>();
+    for (const auto i : c10::irange(M * F)) {
+      ap[i] = static_cast<scalar_t>(suffix_math::activation<acc_t>(act, static_cast<acc_t>(up[i])));
+    }
+    add_bias_rows<scalar_t, acc_t>(product(a, w[kProjWeight]), ptr(w[kProjBias]), ptr(x1), M, W,
+                                   out.mutable_data_ptr<scalar_t>());
+  });
+  return {out, x1, qkv, probs, u, stats};
+}
+
+at::Tensor suffix_block_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& x1,
+                                     const at::Tensor& qkv, const at::Tensor& probs, const at::Tensor& u,
+                                     const at::Tensor& stats, const at::Tensor& prefix_k,
+                                     const at::Tensor& prefix_v, at::TensorList params,
+                                     c10::string_view activation) {
+  check_suffix_block_args("suffix_block_backward", x, prefix_k, prefix_v, params);
+  check_suffix_block_saved(grad_out, x, x1, qkv, probs, u, stats, prefix_k);
+  const Activation act = parse_activation(std::string(activation));
+  const int64_t B = x.size(0), S = x.size(1), W = x.size(2), M = B * S;
+  const int64_t H = prefix_k.size(0), P = prefix_k.size(1), D = prefix_k.size(2);
+  const int64_t F = params[kFcWeight].size(0);
+  const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+  auto grad_x = at::empty({B, S, W}, opts);
+  if (M == 0) return grad_x;
+  std::vector<at::Tensor> w;
+  for (const auto& p : params) w.push_back(p.contiguous());
+  const auto g = grad_out.contiguous().view({M, W});
+  const auto xc = x.contiguous();
+  const auto x1c = x1.contiguous();
+  const auto qkvc = qkv.contiguous();
+  const auto probsc = probs.contiguous();
+  const auto uc = u.contiguous();
+  const auto statsc = stats.contiguous();
+  const auto pk = prefix_k.contiguous();
+  const auto pv = prefix_v.contiguous();
+  auto dx1 = at::empty({M, W}, opts);
+  auto d_qkv = at::empty({M, 3 * W}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "suffix_block_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto ptr = [](const at::Tensor& t) { return t.const_data_ptr<scalar_t>(); };
+    const acc_t* st = statsc.const_data_ptr<acc_t>();
+    // MLP branch: out = x1 + proj(act(fc(LN_2(x1)))); g @ W reads the row-major weight in order.
+    auto du = at::mm(g, w[kProjWeight]);  // [M, F]
+    scalar_t* dup = du.mutable_data_ptr<scalar_t>();
+    const scalar_t* up = ptr(uc);
+    for (const auto i : c10::irange(M * F)) {
+      dup[i] = static_cast<scalar_t>(static_cast<acc_t>(dup[i]) *
+                                     suffix_math::activation_derivative<acc_t>(act, static_cast<acc_t>(up[i])));
+    }
+    layer_norm_backward_rows<scalar_t, acc_t>(at::mm(du, w[kFcWeight]), ptr(x1c), st, 2, ptr(w[kLn2Weight]), ptr(g),
+                                              M, W, dx1.mutable_data_ptr<scalar_t>());
+    // Attention branch: x1 = x + out_proj(attention(LN_1(x))).
+    const auto d_attn = at::mm(dx1, w[kOutWeight]).contiguous();
+    const KeyValues<scalar_t> kv{ptr(pk), ptr(pv), ptr(qkvc), P, S, W, D};
+    attention_backward<scalar_t, acc_t>(kv, probsc.const_data_ptr<acc_t>(), ptr(d_attn), B, H,
+                                        d_qkv.mutable_data_ptr<scalar_t>());
+    layer_norm_backward_rows<scalar_t, acc_t>(at::mm(d_qkv, w[kInWeight]), ptr(xc), st, 0, ptr(w[kLn1Weight]),
+                                              ptr(dx1), M, W, grad_x.mutable_data_ptr<scalar_t>());
+  });
+  return grad_x;
+}
+
+}  // namespace crossgap
