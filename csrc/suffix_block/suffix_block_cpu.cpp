@@ -281,6 +281,35 @@ void add_bias_rows(const at::Tensor& y, const scalar_t* bias, const scalar_t* re
   }
 }
 
+// a = act(u) for u [M, F]. The transcendental part goes to ATen's vectorised kernels: scalar erf/exp over
+// the F-wide rows would cost more than the rest of the block's non-matrix work.
+void activation_forward(Activation act, const at::Tensor& u, at::Tensor& a) {
+  if (act == Activation::kQuickGelu) {
+    at::sigmoid_out(a, at::mul(u, 1.702));
+    a.mul_(u);
+    return;
+  }
+  at::gelu_out(a, u, act == Activation::kGeluTanh ? "tanh" : "none");
+}
+
+// du = da * act'(u), written over da.
+template <typename scalar_t, typename acc_t>
+void activation_backward(Activation act, const at::Tensor& u, at::Tensor& da) {
+  if (act != Activation::kQuickGelu) {
+    da = at::gelu_backward(da, u, act == Activation::kGeluTanh ? "tanh" : "none");
+    return;
+  }
+  const auto s = at::sigmoid(at::mul(u, 1.702));
+  const scalar_t* sp = s.const_data_ptr<scalar_t>();
+  const scalar_t* up = u.const_data_ptr<scalar_t>();
+  scalar_t* dp = da.mutable_data_ptr<scalar_t>();
+  for (const auto i : c10::irange(u.numel())) {
+    const acc_t sv = static_cast<acc_t>(sp[i]);
+    const acc_t uv = static_cast<acc_t>(up[i]);
+    dp[i] = static_cast<scalar_t>(static_cast<acc_t>(dp[i]) * (sv + acc_t(1.702) * uv * sv * (acc_t(1) - sv)));
+  }
+}
+
 }  // namespace
 
 SuffixBlockOutputs suffix_block_forward_cpu(const at::Tensor& x, const at::Tensor& prefix_k,
@@ -327,11 +356,7 @@ SuffixBlockOutputs suffix_block_forward_cpu(const at::Tensor& x, const at::Tenso
                                      W, h.mutable_data_ptr<scalar_t>(), st, 2);
     add_bias_rows<scalar_t, acc_t>(product(h, w[kFcWeight]), ptr(w[kFcBias]), nullptr, M, F,
                                    u.mutable_data_ptr<scalar_t>());
-    const scalar_t* up = ptr(u);
-    scalar_t* ap = a.mutable_data_ptr<scalar_t>();
-    for (const auto i : c10::irange(M * F)) {
-      ap[i] = static_cast<scalar_t>(suffix_math::activation<acc_t>(act, static_cast<acc_t>(up[i])));
-    }
+    activation_forward(act, u.view({M, F}), a);
     add_bias_rows<scalar_t, acc_t>(product(a, w[kProjWeight]), ptr(w[kProjBias]), ptr(x1), M, W,
                                    out.mutable_data_ptr<scalar_t>());
   });
@@ -371,12 +396,7 @@ at::Tensor suffix_block_backward_cpu(const at::Tensor& grad_out, const at::Tenso
     const acc_t* st = statsc.const_data_ptr<acc_t>();
     // MLP branch: out = x1 + proj(act(fc(LN_2(x1)))); g @ W reads the row-major weight in order.
     auto du = at::mm(g, w[kProjWeight]);  // [M, F]
-    scalar_t* dup = du.mutable_data_ptr<scalar_t>();
-    const scalar_t* up = ptr(uc);
-    for (const auto i : c10::irange(M * F)) {
-      dup[i] = static_cast<scalar_t>(static_cast<acc_t>(dup[i]) *
-                                     suffix_math::activation_derivative<acc_t>(act, static_cast<acc_t>(up[i])));
-    }
+    activation_backward<scalar_t, acc_t>(act, uc.view({M, F}), du);
     layer_norm_backward_rows<scalar_t, acc_t>(at::mm(du, w[kFcWeight]), ptr(x1c), st, 2, ptr(w[kLn2Weight]), ptr(g),
                                               M, W, dx1.mutable_data_ptr<scalar_t>());
     // Attention branch: x1 = x + out_proj(attention(LN_1(x))).

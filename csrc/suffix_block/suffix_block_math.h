@@ -1,4 +1,6 @@
-// Scalar arithmetic of the suffix block shared by its CPU and CUDA kernels (acc = float or double).
+// Scalar arithmetic of the suffix block (acc = float or double): the layer-norm gradient and softmax exp are
+// shared by the CPU and CUDA kernels; the activations are the CUDA kernels' (on CPU, ATen's vectorised GELU and
+// sigmoid compute them faster than scalar erf/exp).
 #pragma once
 
 #include <c10/macros/Macros.h>
