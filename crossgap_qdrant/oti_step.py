@@ -121,6 +121,8 @@ class SuffixStep:
         self.fused_blocks = None if fused is False else self._fused_blocks()
         if fused and self.fused_blocks is None:
             raise UnsupportedModelError("the fused suffix-block ops cannot run this encoder (or were not built)")
+        # The ops read the prefix cache contiguous; the cache's head views are not, and would be copied per call.
+        self.prefix_kv = [(k.contiguous(), v.contiguous()) for k, v in encoder.prefix_kv]
 
     def _fused_blocks(self) -> list[tuple] | None:
         """Per block (params, ln_1 eps, ln_2 eps, activation name) for the fused ops, or None when they cannot run."""
@@ -157,7 +159,7 @@ class SuffixStep:
         saved = []
         if self.fused_blocks is not None:
             forward = torch.ops.crossgap.suffix_block_forward.default
-            for (pk, pv), (params, eps_1, eps_2, act) in zip(enc.prefix_kv, self.fused_blocks):
+            for (pk, pv), (params, eps_1, eps_2, act) in zip(self.prefix_kv, self.fused_blocks):
                 out = forward(x, pk, pv, enc.mask_bias, params, eps_1, eps_2, act)
                 saved.append((x, *out[1:]))
                 x = out[0]
@@ -177,7 +179,7 @@ class SuffixStep:
         if self.fused_blocks is not None:
             backward = torch.ops.crossgap.suffix_block_backward.default
             for (pk, pv), (params, _, _, act), ctx in zip(
-                reversed(enc.prefix_kv), reversed(self.fused_blocks), reversed(saved)
+                reversed(self.prefix_kv), reversed(self.fused_blocks), reversed(saved)
             ):
                 dx = backward(dx, *ctx, pk, pv, params, act)
         else:

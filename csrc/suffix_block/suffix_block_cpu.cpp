@@ -6,10 +6,22 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "suffix_block.h"
 #include "suffix_block_math.h"
+
+// The Fortran BLAS interface that PyTorch's own CPU products end in (exported by libtorch_cpu when it is built
+// with MKL or OpenBLAS). Weak, so that a PyTorch without it loads this library and falls back to at::mm.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
 
 namespace crossgap {
 
@@ -94,11 +106,61 @@ void check_suffix_block_saved(const at::Tensor& grad_out, const at::Tensor& x, c
 
 namespace {
 
-// y = x W^T for x [M, K] contiguous and W [N, K], as an [M, N] view with arbitrary strides (no bias).
-// With few rows, W x^T (x^T column-major) streams the row-major weight fastest through MKL.
-at::Tensor product(const at::Tensor& x, const at::Tensor& w) {
-  if (x.size(0) <= 8) return at::mm(w, x.t()).t();
-  return at::mm(x, w.t());
+// An [M, N] matrix product result: element (m, n) at data[m * sm + n * sn].
+struct Product {
+  at::Tensor data;
+  int64_t sm, sn;
+};
+
+// Column-major C (m x n, ldc) = op(A) op(B) through the BLAS ATen itself calls, when PyTorch exports it.
+template <typename scalar_t>
+bool blas_gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+               const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  if (m > kMax || n > kMax || k > kMax || lda > kMax || ldb > kMax || ldc > kMax) return false;
+  const int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (sgemm_ == nullptr) return false;
+    const float one = 1, zero = 0;
+    sgemm_(&ta, &tb, &mi, &ni, &ki, &one, a, &la, b, &lb, &zero, c, &lc);
+    return true;
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    if (dgemm_ == nullptr) return false;
+    const double one = 1, zero = 0;
+    dgemm_(&ta, &tb, &mi, &ni, &ki, &one, a, &la, b, &lb, &zero, c, &lc);
+    return true;
+  }
+  return false;
+}
+
+// x W^T for x [M, K] and W [N, K], both contiguous. With few rows it is formed as W x^T (x^T column-major),
+// which streams the row-major weight fastest; BLAS is called directly, which spares the per-call work of
+// at::mm (dispatch, checks, views) that adds up over a step's hundred products.
+template <typename scalar_t>
+Product product(const at::Tensor& x, const at::Tensor& w) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w.const_data_ptr<scalar_t>();
+  if (M <= 8) {
+    auto out = at::empty({N, M}, x.options());
+    if (blas_gemm<scalar_t>('T', 'N', M, N, K, xp, K, wp, K, out.mutable_data_ptr<scalar_t>(), M)) return {out, 1, M};
+    return {at::mm(w, x.t()), 1, M};
+  }
+  auto out = at::empty({M, N}, x.options());
+  if (blas_gemm<scalar_t>('T', 'N', N, M, K, wp, K, xp, K, out.mutable_data_ptr<scalar_t>(), N)) return {out, N, 1};
+  return {at::mm(x, w.t()), N, 1};
+}
+
+// g W for g [M, N] and W [N, K], both contiguous -> [M, K] contiguous.
+template <typename scalar_t>
+at::Tensor product_backward(const at::Tensor& g, const at::Tensor& w) {
+  const int64_t M = g.size(0), N = g.size(1), K = w.size(1);
+  auto out = at::empty({M, K}, g.options());
+  if (blas_gemm<scalar_t>('N', 'N', K, M, N, w.const_data_ptr<scalar_t>(), K, g.const_data_ptr<scalar_t>(), N,
+                          out.mutable_data_ptr<scalar_t>(), K)) {
+    return out;
+  }
+  return at::mm(g, w);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -267,10 +329,10 @@ void attention_backward(const KeyValues<scalar_t>& kv, const acc_t* probs, const
 
 // out[m, n] = y[m, n] + bias[n] (+ residual[m, n]), y an [M, N] view with strides.
 template <typename scalar_t, typename acc_t>
-void add_bias_rows(const at::Tensor& y, const scalar_t* bias, const scalar_t* residual, int64_t M, int64_t N,
+void add_bias_rows(const Product& y, const scalar_t* bias, const scalar_t* residual, int64_t M, int64_t N,
                    scalar_t* out) {
-  const scalar_t* yp = y.const_data_ptr<scalar_t>();
-  const int64_t sm = y.stride(0), sn = y.stride(1);
+  const scalar_t* yp = y.data.const_data_ptr<scalar_t>();
+  const int64_t sm = y.sm, sn = y.sn;
   for (const auto m : c10::irange(M)) {
     for (const auto n : c10::irange(N)) {
       // Rounded to the dtype before the residual, as a linear layer's output is.
@@ -345,19 +407,19 @@ SuffixBlockOutputs suffix_block_forward_cpu(const at::Tensor& x, const at::Tenso
     acc_t* st = stats.mutable_data_ptr<acc_t>();
     layer_norm_rows<scalar_t, acc_t>(ptr(xc), ptr(w[kLn1Weight]), ptr(w[kLn1Bias]), static_cast<acc_t>(ln_1_eps), M,
                                      W, h.mutable_data_ptr<scalar_t>(), st, 0);
-    add_bias_rows<scalar_t, acc_t>(product(h, w[kInWeight]), ptr(w[kInBias]), nullptr, M, 3 * W,
+    add_bias_rows<scalar_t, acc_t>(product<scalar_t>(h, w[kInWeight]), ptr(w[kInBias]), nullptr, M, 3 * W,
                                    qkv.mutable_data_ptr<scalar_t>());
     const KeyValues<scalar_t> kv{ptr(pk), ptr(pv), ptr(qkv), P, S, W, D};
     attention_forward<scalar_t, acc_t>(kv, mask.const_data_ptr<acc_t>(), B, H, probs.mutable_data_ptr<acc_t>(),
                                        h.mutable_data_ptr<scalar_t>());
-    add_bias_rows<scalar_t, acc_t>(product(h, w[kOutWeight]), ptr(w[kOutBias]), ptr(xc), M, W,
+    add_bias_rows<scalar_t, acc_t>(product<scalar_t>(h, w[kOutWeight]), ptr(w[kOutBias]), ptr(xc), M, W,
                                    x1.mutable_data_ptr<scalar_t>());
     layer_norm_rows<scalar_t, acc_t>(ptr(x1), ptr(w[kLn2Weight]), ptr(w[kLn2Bias]), static_cast<acc_t>(ln_2_eps), M,
                                      W, h.mutable_data_ptr<scalar_t>(), st, 2);
-    add_bias_rows<scalar_t, acc_t>(product(h, w[kFcWeight]), ptr(w[kFcBias]), nullptr, M, F,
+    add_bias_rows<scalar_t, acc_t>(product<scalar_t>(h, w[kFcWeight]), ptr(w[kFcBias]), nullptr, M, F,
                                    u.mutable_data_ptr<scalar_t>());
     activation_forward(act, u.view({M, F}), a);
-    add_bias_rows<scalar_t, acc_t>(product(a, w[kProjWeight]), ptr(w[kProjBias]), ptr(x1), M, W,
+    add_bias_rows<scalar_t, acc_t>(product<scalar_t>(a, w[kProjWeight]), ptr(w[kProjBias]), ptr(x1), M, W,
                                    out.mutable_data_ptr<scalar_t>());
   });
   return {out, x1, qkv, probs, u, stats};
@@ -395,16 +457,16 @@ at::Tensor suffix_block_backward_cpu(const at::Tensor& grad_out, const at::Tenso
     const auto ptr = [](const at::Tensor& t) { return t.const_data_ptr<scalar_t>(); };
     const acc_t* st = statsc.const_data_ptr<acc_t>();
     // MLP branch: out = x1 + proj(act(fc(LN_2(x1)))); g @ W reads the row-major weight in order.
-    auto du = at::mm(g, w[kProjWeight]);  // [M, F]
+    auto du = product_backward<scalar_t>(g, w[kProjWeight]);  // [M, F]
     activation_backward<scalar_t, acc_t>(act, uc.view({M, F}), du);
-    layer_norm_backward_rows<scalar_t, acc_t>(at::mm(du, w[kFcWeight]), ptr(x1c), st, 2, ptr(w[kLn2Weight]), ptr(g),
+    layer_norm_backward_rows<scalar_t, acc_t>(product_backward<scalar_t>(du, w[kFcWeight]), ptr(x1c), st, 2, ptr(w[kLn2Weight]), ptr(g),
                                               M, W, dx1.mutable_data_ptr<scalar_t>());
     // Attention branch: x1 = x + out_proj(attention(LN_1(x))).
-    const auto d_attn = at::mm(dx1, w[kOutWeight]).contiguous();
+    const auto d_attn = product_backward<scalar_t>(dx1, w[kOutWeight]).contiguous();
     const KeyValues<scalar_t> kv{ptr(pk), ptr(pv), ptr(qkvc), P, S, W, D};
     attention_backward<scalar_t, acc_t>(kv, probsc.const_data_ptr<acc_t>(), ptr(d_attn), B, H,
                                         d_qkv.mutable_data_ptr<scalar_t>());
-    layer_norm_backward_rows<scalar_t, acc_t>(at::mm(d_qkv, w[kInWeight]), ptr(xc), st, 0, ptr(w[kLn1Weight]),
+    layer_norm_backward_rows<scalar_t, acc_t>(product_backward<scalar_t>(d_qkv, w[kInWeight]), ptr(xc), st, 0, ptr(w[kLn1Weight]),
                                               ptr(dx1), M, W, grad_x.mutable_data_ptr<scalar_t>());
   });
   return grad_x;
