@@ -81,7 +81,7 @@ def suffix_block_forward_reference(
     """
     ln1_w, ln1_b, in_w, in_b, out_w, out_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b = params
     b, s, w = x.shape
-    heads, p, d = prefix_k.shape
+    heads, _, d = prefix_k.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     qkv = F.linear(F.layer_norm(x, (w,), ln1_w, ln1_b, ln_1_eps), in_w, in_b)
     q, k, v = (t.reshape(b, s, heads, d).transpose(1, 2) for t in qkv.split(w, dim=-1))  # [B, H, S, D]
