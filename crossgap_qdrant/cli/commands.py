@@ -7,18 +7,9 @@ import sys
 import uuid
 from typing import Any
 
-from crossgap_qdrant.cli.common import (
-    EXIT_ERROR,
-    EXIT_OK,
-    PROG,
-    UsageError,
-    described_collection,
-    emit,
-    format_table,
-    load_handle,
-    open_store,
-    report_rows,
-)
+from crossgap_qdrant.cli.common import EXIT_ERROR, EXIT_OK, PROG, UsageError, emit, format_table, report_rows
+from crossgap_qdrant.cli.resources import described_collection, load_handle, open_store
+from crossgap_qdrant.store import MODES, is_point_id
 
 
 def cmd_ingest(args) -> int:
@@ -69,8 +60,6 @@ def cmd_invert(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from crossgap_qdrant.store import MODES
-
     if args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     query: Any = args.query
@@ -78,8 +67,6 @@ def cmd_search(args) -> int:
     query_modality = "text" if args.text else "image"
     point_id = False
     if not args.text and not os.path.exists(query):
-        from crossgap_qdrant.store.ids import is_point_id
-
         if not query.isdigit() and not is_point_id(query):
             raise UsageError(f"{query!r} is neither an image file nor a point id; for a text query add --text")
         query = int(query) if query.isdigit() else uuid.UUID(query)  # ids as objects: never read as text

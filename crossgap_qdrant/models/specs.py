@@ -15,9 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import open_clip
+from open_clip import factory
+
+from crossgap_qdrant.errors import CrossgapError
+
+
+class ModelSpecError(CrossgapError, ValueError):
+    """A model spec, model config or pretrained tag cannot be used (the message names the fix)."""
+
+
+class WeightsUnavailableError(CrossgapError, RuntimeError):
+    """A model's pretrained weights could not be loaded (not cached and no network, or a damaged file)."""
+
+
 DEMO_SPEC = "crossgap-demo"  # the short name of the committed demo model
 DEMO_MODEL_NAME = "crossgap-demo-clip"  # its open_clip architecture name
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # open_clip_config.json + weights
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "demo_model"  # open_clip_config.json + weights
 LOCAL_DIR_PREFIX, HF_HUB_PREFIX = "local-dir:", "hf-hub:"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".npy")
 DIR_CHECKPOINTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
@@ -32,8 +46,6 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
         config: the open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...), or the layout of
             an open_clip_config.json file (``{"model_cfg": {...}, "preprocess_cfg": {...}}``).
     """
-    from open_clip import factory
-
     factory._MODEL_CONFIGS[name] = _model_cfg(config, f"model config {name!r}")
 
 
@@ -45,26 +57,24 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"model config not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"model config {path} is not valid JSON ({exc})") from None
+        raise ModelSpecError(f"model config {path} is not valid JSON ({exc})") from None
     return _model_cfg(data, f"model config {path}")
 
 
 def _model_cfg(config: Any, where: str) -> dict[str, Any]:
     if not isinstance(config, dict):
-        raise ValueError(f"{where} must hold a JSON object (an open_clip model config), not a "
+        raise ModelSpecError(f"{where} must hold a JSON object (an open_clip model config), not a "
                          f"{type(config).__name__}")
     if isinstance(config.get("model_cfg"), dict):
         config = config["model_cfg"]
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
     if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)}: expected an open_clip model config or an "
+        raise ModelSpecError(f"{where} lacks {', '.join(missing)}: expected an open_clip model config or an "
                          "open_clip_config.json layout ({'model_cfg': {...}, 'preprocess_cfg': {...}})")
     return dict(config)
 
 
 def _known_architectures() -> list[str]:
-    import open_clip
-
     if DEMO_MODEL_NAME not in open_clip.list_models() and (DEMO_MODEL_DIR / "open_clip_config.json").is_file():
         register_model_config(DEMO_MODEL_NAME, read_model_config(DEMO_MODEL_DIR / "open_clip_config.json"))
     return open_clip.list_models()
@@ -116,12 +126,10 @@ def parse_model_spec(name: str, pretrained: str | os.PathLike | None = None) -> 
         ValueError: unknown architecture or tag, or ``pretrained`` given with a spec that carries its weights.
         FileNotFoundError: a checkpoint path or folder that does not exist.
     """
-    import open_clip
-
     pretrained = os.fspath(pretrained) if pretrained is not None else None
     if carries_weights(name):
         if pretrained is not None:
-            raise ValueError(f"{name!r} carries its own weights: pass pretrained=None (got {pretrained!r})")
+            raise ModelSpecError(f"{name!r} carries its own weights: pass pretrained=None (got {pretrained!r})")
         if name == DEMO_SPEC:
             weights = _find_checkpoint(DEMO_MODEL_DIR)
             if weights is None:
@@ -134,7 +142,7 @@ def parse_model_spec(name: str, pretrained: str | os.PathLike | None = None) -> 
         return _local_dir_spec(Path(name[len(LOCAL_DIR_PREFIX):]))
     known = _known_architectures()
     if name not in known:
-        raise ValueError(_unknown_model_message(name, known))
+        raise ModelSpecError(_unknown_model_message(name, known))
     if pretrained is None:
         return ModelSpec(name, name)
     path = Path(pretrained)
@@ -150,14 +158,12 @@ def parse_model_spec(name: str, pretrained: str | os.PathLike | None = None) -> 
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
         known_tags = ", ".join(tags) if tags else "none: pass a checkpoint file"
-        raise ValueError(f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {name} "
+        raise ModelSpecError(f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {name} "
                          f"(its tags: {known_tags})")
     return ModelSpec(name, name, pretrained, tag=pretrained)
 
 
 def _local_dir_spec(folder: Path) -> ModelSpec:
-    import open_clip
-
     if not folder.is_dir():
         raise FileNotFoundError(f"local-dir: folder not found: {folder}")
     config_file = folder / "open_clip_config.json"
@@ -165,8 +171,6 @@ def _local_dir_spec(folder: Path) -> ModelSpec:
         raise FileNotFoundError(f"local-dir: {folder} has no open_clip_config.json (open_clip's model folder layout)")
     config = read_model_config(config_file)
     _known_architectures()
-    from open_clip import factory
-
     # A folder whose config is a known architecture takes that name, so the model id does not depend on where
     # (or under which folder name) the weights are kept.
     same = [n for n in open_clip.list_models() if factory._MODEL_CONFIGS.get(n) == config]

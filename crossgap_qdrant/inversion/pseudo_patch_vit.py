@@ -1,7 +1,7 @@
 """Fast forward of a frozen ViT image tower fed with pseudo patch tokens (OVI).
 
 Vision towers attend in both directions, so nothing can be skipped: every position runs every step. This
-module runs the same computation as the tower's own forward (see models.encode_image_with_pseudo_tokens,
+module runs the same computation as the tower's own forward (see reference.encode_image_with_pseudo_tokens,
 the published one) on contiguous activations, optionally on a copy of the tower cast once to a reduced
 precision; tests compare the two.
 """
@@ -13,8 +13,9 @@ import copy
 import torch
 import torch.nn as nn
 
-from crossgap_qdrant.blocks import block_forward, check_block
-from crossgap_qdrant.towers import UnsupportedModelError, patch_token_index, vision_tower
+from crossgap_qdrant.inversion.blocks import block_forward, check_block
+from crossgap_qdrant.inversion.reference import patch_token_index
+from crossgap_qdrant.models.towers import UnsupportedModelError, vision_tower
 
 
 class PseudoPatchImageEncoder(nn.Module):

@@ -14,8 +14,9 @@ import copy
 import torch
 import torch.nn as nn
 
-from crossgap_qdrant.blocks import check_block, merge_heads_and_project, mlp_residual, qkv
-from crossgap_qdrant.towers import TextTower, UnsupportedModelError, template_token_ids, text_tower
+from crossgap_qdrant.inversion.blocks import check_block, merge_heads_and_project, mlp_residual, qkv
+from crossgap_qdrant.inversion.reference import template_token_ids
+from crossgap_qdrant.models.towers import TextTower, UnsupportedModelError, text_tower
 
 
 def _additive(blocked: torch.Tensor) -> torch.Tensor:

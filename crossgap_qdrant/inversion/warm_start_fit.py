@@ -1,9 +1,4 @@
-"""A learned warm start for OTI and OVI (amortised inversion, after SEARLE's phi).
-
-A small network maps a unit feature to initial pseudo tokens in one forward pass. It is fitted by distillation:
-exact inversions (the published algorithm, this package's engine) of a sample of features give the target
-tokens, and the network learns to predict them. Inverting from its prediction then needs a few exact steps
-instead of the published 150 (OTI) or 1000 (OVI); with ``steps=0`` the prediction alone is used.
+"""Fitting a :class:`~crossgap_qdrant.inversion.warm_start.WarmStart` by distillation from exact inversions.
 
     warm, fit = fit_warm_start(clip, image_features, "oti")             # distil from exact OTI
     warm.save("oti_warm_start.pt")
@@ -13,130 +8,24 @@ instead of the published 150 (OTI) or 1000 (OVI); with ``steps=0`` the predictio
 The fit measures, on a held-out part of the sample, how close the warm-started features come to the exact ones
 after K steps, against how close two exact runs from different random initial tokens come to each other, and
 recommends the fewest steps that reach that level.
-
-A warm start belongs to one model (its ``model_id``), one inversion kind, one template and token count: the
-inversion refuses one that does not fit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from crossgap_qdrant.inversion_config import InversionConfig, OTIConfig, OVIConfig
-
-KINDS = ("oti", "ovi")
-FORMAT = "crossgap-warm-start/1"
-
-
-class WarmStartMismatchError(ValueError):
-    """A warm start was fitted for another model, inversion kind, template or token count."""
-
-
-class WarmStart(nn.Module):
-    """Features [N, E] -> initial pseudo tokens [N, R, W]: an MLP with GELU and dropout, predicting tokens
-    standardised by the statistics of its training targets.
-
-    Args:
-        kind: "oti" (image features -> pseudo words) or "ovi" (text features -> pseudo patches).
-        embed_dim: E, the width of the features.
-        num_tokens: R.
-        width: W, the token width (text tower width for OTI, vision tower width for OVI).
-        hidden: width of the two hidden layers.
-        dropout: dropout after each hidden layer (training only).
-        model_id: the model the warm start was fitted for (:attr:`crossgap_qdrant.models.ClipModel.model_id`).
-        template: the OTI template it was fitted with (None for OVI).
-    """
-
-    def __init__(self, kind: str, embed_dim: int, num_tokens: int, width: int, *, hidden: int = 1024,
-                 dropout: float = 0.1, model_id: str = "", template: str | None = None):
-        super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self.kind, self.embed_dim, self.num_tokens, self.width = kind, embed_dim, num_tokens, width
-        self.hidden, self.dropout, self.model_id, self.template = hidden, dropout, model_id, template
-        self.net = nn.Sequential(
-            nn.Linear(embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, num_tokens * width),
-        )
-        self.register_buffer("token_mean", torch.zeros(num_tokens, width))
-        self.register_buffer("token_scale", torch.ones(()))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Unit features [N, E] -> pseudo tokens [N, R, W] (float32)."""
-        out = self.net(features.float()).view(-1, self.num_tokens, self.width)
-        return self.token_mean + self.token_scale * out
-
-    @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` in eval mode without gradients, on the warm start's device; float32 on CPU."""
-        training = self.training
-        self.eval()
-        try:
-            device = self.token_mean.device
-            return self(F.normalize(features.float().to(device), dim=-1)).float().cpu()
-        finally:
-            self.train(training)
-
-    def check_fits(self, kind: str, embed_dim: int, num_tokens: int, width: int, template: str | None,
-                   weights_digest: str | None = None) -> None:
-        """Raises WarmStartMismatchError naming what differs from the inversion about to use it.
-
-        Args:
-            weights_digest: :func:`crossgap_qdrant.checkpoints.weights_digest` of the model about to be used,
-                compared with the fingerprint in :attr:`model_id` ("<name>@<16 hex digits>").
-        """
-        wanted = {"kind": kind, "embedding width": embed_dim, "token count": num_tokens, "token width": width}
-        have = {"kind": self.kind, "embedding width": self.embed_dim, "token count": self.num_tokens,
-                "token width": self.width}
-        if kind == "oti":
-            wanted["template"], have["template"] = template, self.template
-        diff = [f"{k} {have[k]!r} (needed {wanted[k]!r})" for k in wanted if have[k] != wanted[k]]
-        if weights_digest is not None and self.model_id and self.model_id.rsplit("@", 1)[-1] != weights_digest[:16]:
-            diff.append(f"it was fitted for model {self.model_id}, not these weights (@{weights_digest[:16]})")
-        if diff:
-            raise WarmStartMismatchError(f"the warm start does not fit this inversion: {'; '.join(diff)}. Fit one "
-                                         "for this model and settings (fit_warm_start)")
-
-    # ------------------------------------------------------------------------------------------- files
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the warm start (weights and settings) to ``path`` atomically (torch.save format)."""
-        meta = {"format": FORMAT, "kind": self.kind, "embed_dim": self.embed_dim, "num_tokens": self.num_tokens,
-                "width": self.width, "hidden": self.hidden, "dropout": self.dropout, "model_id": self.model_id,
-                "template": self.template}
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        torch.save({"meta": meta, "state": state}, tmp)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike | Any, map_location: str | torch.device = "cpu",
-             name: str | None = None) -> "WarmStart":
-        """Reads a file written by :meth:`save` (a path or a binary file object; weights-only loading: no code
-        runs), onto ``map_location``. ``name`` names it in errors (default: the path)."""
-        name = name or str(path)
-        try:
-            data = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"warm start file not found: {name}") from None
-        except Exception as exc:
-            raise ValueError(f"cannot read warm start file {name} ({type(exc).__name__}: {exc})") from None
-        meta = data.get("meta", {}) if isinstance(data, dict) else {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{name} is not a crossgap-qdrant warm start file (format {meta.get('format')!r})")
-        warm = cls(meta["kind"], meta["embed_dim"], meta["num_tokens"], meta["width"], hidden=meta["hidden"],
-                   dropout=meta["dropout"], model_id=meta["model_id"], template=meta["template"])
-        warm.load_state_dict(data["state"])
-        return warm.to(map_location).eval().requires_grad_(False)
+from crossgap_qdrant.inversion.config import InversionConfig, OTIConfig, OVIConfig
+from crossgap_qdrant.inversion.invert import oti_encoder, oti_invert, ovi_encoder, ovi_invert
+from crossgap_qdrant.inversion.warm_start import KINDS, WarmStart
+from crossgap_qdrant.models.loading import ClipModel, as_clip_model
 
 
 @dataclass
@@ -190,18 +79,16 @@ def _recommend(curve: dict[tuple[int, float], float], floor: float) -> tuple[int
 
 
 def _inversion(kind: str):
-    from crossgap_qdrant.inversion import oti_invert, ovi_invert
-
     return oti_invert if kind == "oti" else ovi_invert
 
 
-def invert_exact(clip, features: torch.Tensor, kind: str, config: InversionConfig, progress: bool = False):
+def invert_exact(clip: ClipModel, features: torch.Tensor, kind: str, config: InversionConfig, progress: bool = False):
     """The exact inversion of ``features`` with ``config`` (no warm start): the distillation targets."""
     return _inversion(kind)(clip, features, dataclasses.replace(config, warm_start=None), progress=progress)
 
 
 def fit_warm_start(
-    clip,
+    clip: ClipModel | tuple,
     features: torch.Tensor,
     kind: str = "oti",
     config: InversionConfig | None = None,
@@ -221,7 +108,8 @@ def fit_warm_start(
     """Fits a warm start by distillation from exact inversions of ``features``.
 
     Args:
-        clip: the model handle (:func:`crossgap_qdrant.load_model`).
+        clip: the model handle (:func:`crossgap_qdrant.load_model`); a (model, preprocess, tokenizer) triple is
+            deprecated (it warns once).
         features: [N, E] unit features of the kind's input modality (image features for OTI, text for OVI):
             a sample of the collection, or any image/text set of the same domain.
         kind: "oti" or "ovi".
@@ -238,8 +126,6 @@ def fit_warm_start(
     Returns:
         The warm start (eval mode, frozen) and the fit's report.
     """
-    from crossgap_qdrant.models import as_clip_model
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if epochs < 0 or feature_epochs < 0 or not 0 < validation < 1:
@@ -302,10 +188,8 @@ def fit_warm_start(
     return warm, report
 
 
-def _tower_encoder(clip, kind: str, template: str | None, num_tokens: int):
+def _tower_encoder(clip: ClipModel, kind: str, template: str | None, num_tokens: int):
     """Pseudo tokens [B, R, W] -> unnormalised features [B, E] through the frozen tower (float32), differentiable."""
-    from crossgap_qdrant.inversion import oti_encoder, ovi_encoder
-
     if kind == "oti":
         return oti_encoder(clip.model, clip.tokenizer, template, num_tokens, torch.float32)
     return ovi_encoder(clip.model, torch.float32)
@@ -324,8 +208,6 @@ def _optimise(warm: WarmStart, n: int, batch_loss, epochs: int, lr: float, weigh
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)) if cosine_decay else 1.0)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=epochs, desc=desc, unit="epoch")
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
@@ -363,3 +245,6 @@ def _train_through_tower(warm: WarmStart, encode, x: torch.Tensor, target: torch
 
     _optimise(warm, x.shape[0], batch_loss, epochs, lr, weight_decay, batch_size, gen, progress,
               "fit warm start through the tower", cosine_decay=False)
+
+
+__all__ = ["CURVE_STEPS", "FLOOR_MARGIN", "WarmStartFit", "fit_warm_start", "invert_exact"]

@@ -1,6 +1,6 @@
 """Helper process of tests/test_store_lifecycle.py: ingests synthetic image features into a Qdrant folder.
 
-Usage: python tests/store_kill_worker.py ENGINE FOLDER N BATCH PAUSE_SECONDS
+Usage, from the repository root: python -m tests.support.store_kill_worker ENGINE FOLDER N BATCH PAUSE_SECONDS
 
 ENGINE is "edge" or "local". With PAUSE_SECONDS > 0 it prints "INVERTING" before every inversion and pauses
 before the second one, so the test can SIGKILL it after batch 1 is written, while batch 2 is being inverted.
@@ -8,19 +8,15 @@ It prints "READY" once the store is open (before ingesting) and "REPORT {json}" 
 """
 
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import conftest  # noqa: E402,F401  (registers the tiny test model configs)
-from crossgap_qdrant.inversion import OTIConfig  # noqa: E402
-from crossgap_qdrant.models import load_model  # noqa: E402
-from crossgap_qdrant.store import CrossModalStore  # noqa: E402
+from crossgap_qdrant.inversion import OTIConfig
+from crossgap_qdrant.store import CrossModalStore
+from tests.support.tiny_models import load_tiny
 
 COLLECTION = "killed"
 
@@ -31,8 +27,7 @@ def synthetic_features(n: int) -> torch.Tensor:
 
 
 def main(engine: str, folder: str, n: int, batch: int, pause: float) -> None:
-    torch.manual_seed(0)
-    clip = load_model("test-tiny-clip", device="cpu", allow_random=True)
+    clip = load_tiny("test-tiny-clip", 0)
     store = CrossModalStore.open(folder, COLLECTION, clip, engine=engine, oti_config=OTIConfig(steps=2))
     print("READY", flush=True)  # the store is open: what follows is the ingestion
     if pause > 0:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossgap_qdrant.towers import UnsupportedModelError
+from crossgap_qdrant.models.towers import UnsupportedModelError
 
 
 def check_block(block: nn.Module) -> None:

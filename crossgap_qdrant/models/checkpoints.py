@@ -11,16 +11,18 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from open_clip.factory import load_checkpoint as open_clip_load
+from safetensors.torch import load_file
+
+from crossgap_qdrant.errors import CrossgapError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CrossgapError, ValueError):
     """A checkpoint file is unreadable, holds more than weights, or does not fit the architecture."""
 
 
 def load_checkpoint(model: nn.Module, path: Path, architecture: str) -> None:
     """Loads ``path`` into ``model`` strictly, reading it weights-only (torch.load(weights_only=True))."""
-    from open_clip.factory import load_checkpoint as open_clip_load
-
     state = read_state_dict(path)  # refuses pickled code before open_clip opens the file
     try:
         open_clip_load(model, str(path), strict=True, weights_only=True, device="cpu")
@@ -49,8 +51,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
         return None
     try:
         if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             data = load_file(str(path))
         else:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

@@ -16,9 +16,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from crossgap_qdrant import ops
-from crossgap_qdrant.inversion_config import InversionConfig, InversionResult, StoppingRule
+from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, StoppingRule
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def run_engine(
     """Optimises one pseudo-token set per target; see OTIConfig/OVIConfig for the settings.
 
     ``loss_and_grad(tokens, targets, grad_scale) -> (loss [B], grad [B, R, W])``, when given, replaces the
-    autograd step through ``encode`` (see :mod:`crossgap_qdrant.oti_step`).
+    autograd step through ``encode`` (see :mod:`crossgap_qdrant.inversion.text_suffix_step`).
     """
     start_time = time.perf_counter()
     device = targets.device
@@ -47,8 +48,6 @@ def run_engine(
     steps_out = torch.zeros(n, dtype=torch.int64)
     bar = None
     if progress and n:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n * config.steps, desc=f"{desc} ({n} samples x {config.steps} steps)", unit="step")
     hyper = dict(lr=config.lr, beta1=config.betas[0], beta2=config.betas[1], eps=config.eps,
                  weight_decay=config.weight_decay)

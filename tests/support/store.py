@@ -1,4 +1,4 @@
-"""What the store tests share: stores on either engine, synthetic inputs, and reading stored vectors back."""
+"""Stores on either engine, synthetic inputs, and reading stored vectors back."""
 
 from __future__ import annotations
 

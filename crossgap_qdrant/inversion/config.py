@@ -1,14 +1,14 @@
-"""Settings and results of an inversion: OTI/OVI configs (a shared base), stopping rule, initial tokens."""
+"""Settings and results of an inversion: OTI/OVI configs (a shared base), the stopping rule, precisions."""
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import torch.nn as nn
+
+from crossgap_qdrant.inversion.warm_start import WarmStart
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,7 +84,7 @@ class InversionConfig:
         precision: "fp32" (exact), "bf16" (CPU and CUDA) or "fp16" (CUDA); final features are always float32.
         seed: seed of the initial tokens.
         stopping: per-sample early stopping; None runs the full budget.
-        warm_start: a :class:`crossgap_qdrant.warm_start.WarmStart` whose prediction replaces the published
+        warm_start: a :class:`~crossgap_qdrant.inversion.WarmStart` whose prediction replaces the published
             random initialisation (then a few ``steps`` suffice; 0 takes the prediction as it is); None: the
             published normal(0, init_std) initialisation.
         cuda_graph: on CUDA, capture a step in a CUDA graph and replay it (fixed budgets of at least 20 steps
@@ -101,7 +101,7 @@ class InversionConfig:
     precision: str = "fp32"
     seed: int = 0
     stopping: StoppingRule | None = None
-    warm_start: Any = None
+    warm_start: WarmStart | None = None
     cuda_graph: bool = True
 
     def __post_init__(self):
@@ -122,8 +122,7 @@ class InversionConfig:
             raise ValueError(f"num_tokens must be an int >= 1, got {num_tokens!r}")
         if self.stopping is not None and not isinstance(self.stopping, StoppingRule):
             raise TypeError(f"stopping must be a StoppingRule or None, got {type(self.stopping).__name__}")
-        if self.warm_start is not None and not (hasattr(self.warm_start, "predict")
-                                                and hasattr(self.warm_start, "check_fits")):
+        if self.warm_start is not None and not isinstance(self.warm_start, WarmStart):
             raise TypeError(f"warm_start must be a WarmStart (WarmStart.load(path)) or None, got "
                             f"{type(self.warm_start).__name__}")
 
@@ -151,7 +150,8 @@ class OTIConfig(InversionConfig):
 class OVIConfig(InversionConfig):
     """Optimisation-based visual inversion (text -> image space); defaults are the published settings.
 
-    ``num_tokens=None`` takes the backbone's published default (see :func:`ovi_num_tokens`).
+    ``num_tokens=None`` takes the backbone's published default (see
+    :func:`crossgap_qdrant.inversion.init_tokens.ovi_num_tokens`).
     """
 
     steps: int = 1000
@@ -177,45 +177,14 @@ class InversionResult:
     seconds: float = 0.0
 
 
-def ovi_num_tokens(
-    model: nn.Module | None, config: OVIConfig, model_name: str | None = None, pretrained: str | None = None
-) -> int:
-    """R for OVI: ``config.num_tokens``, else the published choice for the backbone.
-
-    4 for OpenAI ViT-L/14 and SigLIP ViT-B/16, 2 for OpenCLIP ViT-L/14, 1 otherwise (ViT-B/32 backbones).
-    The name and tag are read from a model made by :func:`crossgap_qdrant.load_model`, else taken from the
-    arguments.
-    """
-    if config.num_tokens is not None:
-        return config.num_tokens
-    name = getattr(model, "crossgap_model_name", None) or model_name or ""
-    tag = getattr(model, "crossgap_pretrained", None) or pretrained or ""
-    if "SigLIP" in name and "B-16" in name:
-        return 4
-    if name.startswith("ViT-L-14"):
-        return 4 if tag == "openai" else 2
-    return 1
-
-
-def initial_tokens(n: int, num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:
-    """The published initialisation, normal(0, std), [n, R, width] float32 on CPU, from one seeded generator.
-
-    Sample i gets the same tokens for a given seed whatever the batching (but not whatever its position).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, num_tokens, width, generator=gen) * std
-
-
-def seeded_initial_tokens(keys: Sequence[str], num_tokens: int, width: int, std: float, seed: int) -> torch.Tensor:
-    """Initial pseudo tokens seeded per item, [N, R, width] float32 on CPU, row i normal(0, std).
-
-    Row i depends only on ``keys[i]`` and ``seed`` (a generator seeded with the first 8 bytes of
-    sha256(f"{seed}:{key}"), little-endian, top bit cleared), so an item starts from the same tokens in
-    whichever batch, order or run it is inverted. The store seeds by point id.
-    """
-    out = torch.empty(len(keys), num_tokens, width)
-    for i, key in enumerate(keys):
-        digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-        out[i] = torch.randn(num_tokens, width, generator=gen) * std
-    return out
+__all__ = [
+    "PRECISIONS",
+    "InversionConfig",
+    "InversionResult",
+    "OTIConfig",
+    "OVIConfig",
+    "SlowPrecisionWarning",
+    "StoppingRule",
+    "check_precision",
+    "cpu_has_bf16",
+]

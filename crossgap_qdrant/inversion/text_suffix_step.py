@@ -1,11 +1,11 @@
 """A hand-written forward and input-gradient pass of the cached text-tower suffix, for OTI steps.
 
-At small batches an autograd step of :class:`~crossgap_qdrant.text_cache.CachedTemplateTextEncoder` spends
-much of its time building and walking a graph of several hundred small operations. This module runs the same
-arithmetic directly: the forward keeps exactly the activations the backward needs, and the backward computes
-only d(loss)/d(pseudo tokens) (no weight gradients), with the fused cosine-loss backward at the top. Layer
-norm, GELU and softmax go through the same ATen forward/backward kernels autograd would call, so the result
-equals the autograd step to float rounding; tests compare the two (loss values and token gradients).
+At small batches an autograd step of :class:`~crossgap_qdrant.inversion.text_suffix.CachedTemplateTextEncoder`
+spends much of its time building and walking a graph of several hundred small operations. This module runs the
+same arithmetic directly: the forward keeps exactly the activations the backward needs, and the backward
+computes only d(loss)/d(pseudo tokens) (no weight gradients), with the fused cosine-loss backward at the top.
+Layer norm, GELU and softmax go through the same ATen forward/backward kernels autograd would call, so the
+result equals the autograd step to float rounding; tests compare the two (loss values and token gradients).
 
 Small matrices: with a handful of rows, ``W @ x^T`` reads the weight faster than ``x @ W^T`` with MKL on CPU,
 so :func:`linear` picks the form by row count. At batch 1 a step is bound by reading the weights twice
@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossgap_qdrant import ops
-from crossgap_qdrant.towers import UnsupportedModelError
-from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
+from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
+from crossgap_qdrant.models.towers import UnsupportedModelError
 
 # Below this many rows the transposed product form is faster (measured on AVX2 CPUs with MKL).
 SMALL_ROWS = 8
