@@ -40,7 +40,7 @@ from crossgap_qdrant.inversion.reference import (
     encode_text_with_pseudo_tokens,
     template_token_ids,
 )
-from crossgap_qdrant.inversion.setup import oti_setup, ovi_setup
+from crossgap_qdrant.inversion.problem import oti_setup, ovi_setup
 from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
 from crossgap_qdrant.inversion.text_suffix_step import try_suffix_step
 from crossgap_qdrant.models.loading import ClipModel, takes_clip_model

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, OTIConfig, OVIConfig
 from crossgap_qdrant.inversion.engine import final_features
-from crossgap_qdrant.inversion.setup import oti_setup, ovi_setup
+from crossgap_qdrant.inversion.problem import oti_setup, ovi_setup
 from crossgap_qdrant.models.loading import ClipModel, takes_clip_model
 from crossgap_qdrant.models.towers import UnsupportedModelError, text_tower, vision_tower
 
