@@ -1,4 +1,4 @@
-"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info.
+"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info, serve.
 
 Examples::
 
@@ -10,8 +10,9 @@ Examples::
     crossgap-qdrant fit-warm-start --model crossgap-demo && crossgap-qdrant search q.png --model crossgap-demo \
         --mode query_inverted --warm-start                                       # interactive query inversion
     crossgap-qdrant info --json
+    crossgap-qdrant serve --model crossgap-demo                                  # http://127.0.0.1:8000/
 
-Modules: parser (flags), common (model, store and output helpers), commands, evaluate_command.
+Modules: parser (flags), common (model, store and output helpers), commands, evaluate_command, serve_command.
 
 Exit codes: 0 success; 1 runtime or data error (missing files, unreadable data, a collection built with
 another model, a locked folder, an unreachable server, ...); 2 usage error (bad flags or arguments). Errors
@@ -37,9 +38,10 @@ from crossgap_qdrant.cli.common import (
 )
 from crossgap_qdrant.cli.evaluate_command import cmd_evaluate
 from crossgap_qdrant.cli.parser import build_parser
+from crossgap_qdrant.cli.serve_command import cmd_serve
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "invert": cmd_invert, "evaluate": cmd_evaluate,
-            "fit-warm-start": cmd_fit_warm_start, "info": cmd_info}
+            "fit-warm-start": cmd_fit_warm_start, "info": cmd_info, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from crossgap_qdrant.cli.common import (
     open_store,
     report_rows,
 )
+from crossgap_qdrant.cli.search_output import check_html_target, compare_modes, emit_results, run_columns
 
 
 def cmd_ingest(args) -> int:
@@ -73,6 +74,8 @@ def cmd_search(args) -> int:
 
     if args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    compare_modes(args.compare)
+    check_html_target(args.html)
     query: Any = args.query
     gallery = args.gallery[:-1]  # "image" | "text"
     query_modality = "text" if args.text else "image"
@@ -97,19 +100,8 @@ def cmd_search(args) -> int:
         mode = args.mode or (store.default_mode(gallery) if query_modality == gallery else "native")
         if args.hubness and query_modality != gallery:
             raise UsageError(f"--hubness applies to {gallery}->{gallery} search, not {query_modality}->{gallery}")
-        hubness = query_modality == gallery and store.hub_correction(gallery, mode, args.hubness) is not None
-        search = store.search_images if gallery == "image" else store.search_texts
-        points = search(**{query_modality: query}, mode=mode, limit=args.limit, hubness=args.hubness)
-    hits = [{"rank": i + 1, "id": str(p.id), "score": float(p.score), "payload": p.payload or {}}
-            for i, p in enumerate(points)]
-    rows = []
-    for h in hits:
-        payload = h["payload"]
-        what = payload.get("text") or payload.get("source") or ""
-        rows.append((h["rank"], f"{h['score']:.4f}", h["id"], what, payload.get("label", "")))
-    emit(args, {"query": args.query, "query_modality": query_modality, "gallery": gallery, "mode": mode,
-                 "hubness": hubness, "hits": hits},
-          format_table(rows, ["rank", "score", "id", "item", "label"]) if rows else "no results")
+        results = run_columns(store, args, query, query_modality, gallery, mode)
+    emit_results(args, results, args.collection)
     return EXIT_OK
 
 

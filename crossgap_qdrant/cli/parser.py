@@ -6,6 +6,7 @@ import argparse
 import os
 
 from crossgap_qdrant.cli.common import PROG
+from crossgap_qdrant.cli.serve_command import add_serve_parser
 
 
 def output_flags(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-score by the hubness statistics fitted for the mode (evaluate --apply, or "
                         "CrossModalStore.fit_hubness); default: as recorded with the collection's mode")
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--compare", default=None, metavar="MODE[,MODE]",
+                   help="also search in these modes and show them side by side (table, JSON columns, --html)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write a contact sheet: one HTML file with the query, thumbnails, scores and modes")
     model_flags(p)
     warm_flags(p)
     location_flags(p)
@@ -164,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     warm_flags(p, use=False)
     location_flags(p)
     output_flags(p)
+
+    add_serve_parser(sub)
 
     p = sub.add_parser("info", help="collection, model, vector names and counts (no model needed)")
     location_flags(p)
