@@ -45,13 +45,15 @@ def openclipart_images(per_category: int = 4) -> list[Path]:
     return out
 
 
-def build_store(location: Path, clip, images: list[Path], texts=TEXTS, collection: str = "serve"):
-    """A store at ``location`` holding ``images`` and ``texts``, inverted with 2 steps (fast, not exact)."""
+def build_store(location: Path, clip, images: list[Path], texts=TEXTS, collection: str = "serve",
+                exact_images: bool = False):
+    """A store at ``location`` holding ``images`` and ``texts``, inverted with 2 steps (fast, not exact), or
+    with ``exact_images`` the images with the published OTI budget (what a user's collection holds)."""
     from crossgap_qdrant.inversion import OTIConfig, OVIConfig
     from crossgap_qdrant.store import CrossModalStore
 
-    store = CrossModalStore.open(str(location), collection, clip, oti_config=OTIConfig(steps=2),
-                                 ovi_config=OVIConfig(steps=2))
+    oti = None if exact_images else OTIConfig(steps=2)
+    store = CrossModalStore.open(str(location), collection, clip, oti_config=oti, ovi_config=OVIConfig(steps=2))
     report = store.ingest_images([str(p) for p in images], progress=False)
     assert not report.failed, report.failed
     store.ingest_texts(list(texts), progress=False)

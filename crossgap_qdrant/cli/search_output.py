@@ -69,7 +69,8 @@ def emit_results(args, results: list, collection: str) -> None:
     table = _side_by_side(results) if len(results) > 1 else _table(first)
     emit(args, data, f"{header_line(results)}\n{table}")
     if args.html:
-        _write_sheet(args.html, results, collection, args.query if first.query_kind == "image" else None)
+        image = first.query_modality == "image" and first.query_kind in ("image", "id")
+        _write_sheet(args.html, results, collection, first.query_item if image and first.query_item else None)
 
 
 def _hits(result) -> list[dict]:
@@ -108,7 +109,12 @@ def _write_sheet(path: str, results: list, collection: str, query_file: str | No
     from crossgap_qdrant.serve.contact_sheet import render_contact_sheet
     from crossgap_qdrant.serve.thumbnails import data_uri, file_thumbnail
 
-    query_thumbnail = data_uri(file_thumbnail(query_file)) if query_file else None
+    query_thumbnail = None
+    if query_file:
+        try:
+            query_thumbnail = data_uri(file_thumbnail(query_file))
+        except (OSError, ValueError) as exc:  # a stored point whose file moved: the sheet names it without a picture
+            print(f"{PROG}: warning: no thumbnail of the query: {exc}", file=sys.stderr)
     page = render_contact_sheet(results, collection=collection, query_thumbnail=query_thumbnail)
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)

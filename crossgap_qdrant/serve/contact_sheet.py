@@ -66,7 +66,10 @@ def render_contact_sheet(results: Sequence[SearchResult], *, collection: str = "
         raise ValueError("a contact sheet needs at least one result")
     first = results[0]
     esc = html.escape
-    about = [("query", esc(first.query) + f" <small>({esc(first.query_kind)}, {esc(first.query_modality)})</small>"),
+    shown = esc(first.query) + f" <small>({esc(first.query_kind)}, {esc(first.query_modality)})</small>"
+    if first.query_item and first.query_item != first.query:
+        shown += f"<br><small>{esc(first.query_item)}</small>"
+    about = [("query", shown),
              ("gallery", esc(first.gallery)),
              ("mode" + ("s" if len(results) > 1 else ""), ", ".join(
                  f"{esc(r.mode)} ({esc(r.score_kind)})" for r in results)),

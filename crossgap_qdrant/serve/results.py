@@ -91,6 +91,8 @@ class SearchResult:
             cosine rankings).
         query_excluded: the query itself is stored in the gallery and was left out of the results.
         hits: best first.
+        query_item: what the query is, for people: the stored text or source file of a point id, the file of
+            an image query ("" when there is nothing more to say than ``query``).
     """
 
     query: str
@@ -102,6 +104,7 @@ class SearchResult:
     score_kind: str
     query_excluded: bool
     hits: list[Hit] = field(default_factory=list)
+    query_item: str = ""
 
     def to_dict(self, thumbnail_url: Callable[[Hit], str | None] | None = None) -> dict[str, Any]:
         """JSON form; ``thumbnail_url`` gives each hit's thumbnail address (None: no ``thumbnail`` key)."""
@@ -113,7 +116,7 @@ class SearchResult:
             hits.append(entry)
         return {"query": self.query, "query_kind": self.query_kind, "query_modality": self.query_modality,
                 "gallery": self.gallery, "mode": self.mode, "score_kind": self.score_kind, "hubness": self.hubness,
-                "query_excluded": self.query_excluded, "hits": hits}
+                "query_excluded": self.query_excluded, "query_item": self.query_item, "hits": hits}
 
 
 def header_line(results: list[SearchResult]) -> str:
@@ -121,7 +124,8 @@ def header_line(results: list[SearchResult]) -> str:
     hubness, and "query excluded" when it was."""
     first = results[0]
     modes = ", ".join(f"{r.mode} ({r.score_kind})" for r in results)
-    parts = [f"query: {first.query!r} ({first.query_kind}, {first.query_modality})",
+    item = f": {first.query_item}" if first.query_item and first.query_item != first.query else ""
+    parts = [f"query: {first.query!r} ({first.query_kind}, {first.query_modality}{item})",
              f"gallery: {first.gallery}", f"mode{'s' if len(results) > 1 else ''}: {modes}",
              f"hubness: {'on' if any(r.hubness for r in results) else 'off'}"]
     if first.query_excluded:
@@ -187,12 +191,16 @@ def run_search(store, *, text: str | None = None, image: ImageQuery | None = Non
             raise SearchRequestError(str(exc)) from None
         value = uuid.UUID(pid) if isinstance(pid, str) else pid  # an id object is never read as a text
         query_modality, kind, shown, exclusion = store.modality_of(pid), "id", str(pid), pid
+        records = store.collection.retrieve([pid], with_payload=True)
+        item = Hit(0, str(pid), 0.0, dict(records[0].payload or {}) if records else {}).item
     elif text is not None:
         if not isinstance(text, str) or not text.strip():
             raise SearchRequestError("the text query is empty: type something to search for")
         query_modality, kind, shown, value, exclusion = "text", "text", text, text, text_id(text)
+        item = ""
     else:
         query_modality, kind, shown, value, exclusion = "image", "image", image.name, image.image, image.content_id
+        item = image.name
     allowed = modes_for(store, query_modality, gallery)
     mode = mode or (store.default_mode(modality) if query_modality == modality else "native")
     if mode not in allowed:
@@ -214,7 +222,7 @@ def run_search(store, *, text: str | None = None, image: ImageQuery | None = Non
     points = search(**{query_modality: value}, mode=mode, limit=limit, query_filter=flt, hubness=hubness if same else None,
                     exclude_query=kind != "image")
     hits = [Hit(i + 1, str(p.id), float(p.score), dict(p.payload or {})) for i, p in enumerate(points)]
-    return SearchResult(shown, kind, query_modality, gallery, mode, hub, score_kind(mode, hub), excluded, hits)
+    return SearchResult(shown, kind, query_modality, gallery, mode, hub, score_kind(mode, hub), excluded, hits, item)
 
 
 def _modality(gallery: str) -> str:

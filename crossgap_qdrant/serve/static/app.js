@@ -112,9 +112,10 @@ function hitButton(hit) {
   label.textContent = name;
   caption.append(score, label);
   button.appendChild(caption);
-  button.addEventListener("click", () => runQuery({
-    kind: "id", value: hit.id, modality: hit.modality, label: name, thumb: hit.thumbnail,
-  }));
+  button.addEventListener("click", () => {
+    $("text").value = "";
+    runQuery({ kind: "id", value: hit.id, modality: hit.modality, label: name, thumb: hit.thumbnail }, true);
+  });
   item.appendChild(button);
   return item;
 }
@@ -159,7 +160,9 @@ function renderColumn(mode, result, error, single) {
   return column;
 }
 
-async function runQuery(query) {
+// fromResult: the query is a result the user activated, whose button the new results replace; focus moves to
+// the query heading so that keyboard users continue from there.
+async function runQuery(query, fromResult) {
   state.query = query;
   const modes = modesFor(query.modality);
   say("searching\u2026");
@@ -171,6 +174,7 @@ async function runQuery(query) {
   columns.classList.toggle("single", modes.length === 1);
   const first = answers.find((a) => a.result);
   showQuery(query, first && first.result);
+  if (fromResult) $("query-title").focus();
   const failed = answers.filter((a) => a.error);
   if (failed.length === answers.length) {
     say(failed[0].error.message, true);
