@@ -44,9 +44,9 @@ def img_sources(page: str, css_class: str | None = None) -> list[str]:
 
 
 def test_html_of_a_text_query_has_one_embedded_thumbnail_per_hit(capsys, collection, tmp_path):
-    root, _, loc = collection
+    _, _, loc = collection
     sheet = tmp_path / "sheet.html"
-    code, out, err = run(capsys, "search", "a red circle", "--text", *MODEL, *loc, "--limit", "4", "--html", sheet)
+    code, _, err = run(capsys, "search", "a red circle", "--text", *MODEL, *loc, "--limit", "4", "--html", sheet)
     assert code == EXIT_OK, err
     page = sheet.read_text()
     sources = img_sources(page)
@@ -60,9 +60,9 @@ def test_html_of_a_text_query_has_one_embedded_thumbnail_per_hit(capsys, collect
 
 
 def test_html_of_an_image_query_shows_the_query_and_the_compared_modes(capsys, collection, tmp_path):
-    root, images, loc = collection
+    _, images, loc = collection
     sheet = tmp_path / "sheet.html"
-    code, out, err = run(capsys, "search", images[0], *MODEL, *loc, "--limit", "3", "--mode", "gallery_inverted",
+    code, _, err = run(capsys, "search", images[0], *MODEL, *loc, "--limit", "3", "--mode", "gallery_inverted",
                          "--compare", "native,fused", "--html", sheet)
     assert code == EXIT_OK, err
     page = sheet.read_text()
@@ -75,7 +75,7 @@ def test_html_of_an_image_query_shows_the_query_and_the_compared_modes(capsys, c
 
 
 def test_header_line_names_query_mode_gallery_hubness_and_exclusion(capsys, collection):
-    root, images, loc = collection
+    _, images, loc = collection
     code, out, err = run(capsys, "search", images[0], *MODEL, *loc, "--limit", "2", "--mode", "fused")
     assert code == EXIT_OK, err
     lines = out.splitlines()
@@ -94,7 +94,7 @@ def test_header_line_names_query_mode_gallery_hubness_and_exclusion(capsys, coll
 
 
 def test_compare_prints_modes_side_by_side_and_json_columns(capsys, collection):
-    root, images, loc = collection
+    _, images, loc = collection
     code, out, err = run(capsys, "search", images[1], *MODEL, *loc, "--limit", "3", "--mode", "native",
                          "--compare", "gallery_inverted")
     assert code == EXIT_OK, err
@@ -110,7 +110,7 @@ def test_compare_prints_modes_side_by_side_and_json_columns(capsys, collection):
 
 
 def test_compare_and_html_refusals_are_usage_errors(capsys, collection, tmp_path):
-    root, images, loc = collection
+    _, images, loc = collection
     code, _, err = run(capsys, "search", "a red circle", "--text", *MODEL, *loc, "--compare", "fused")
     assert code == EXIT_USAGE and "does not apply to text->image" in err
     code, _, err = run(capsys, "search", images[0], *MODEL, *loc, "--compare", "native,,fused")

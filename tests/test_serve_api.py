@@ -5,6 +5,7 @@ import json
 import threading
 import time
 from importlib import resources
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -26,7 +27,7 @@ def demo_clip():
 
 @pytest.fixture(scope="module")
 def served(demo_clip, tmp_path_factory):
-    """(store, client, image paths, path of a stored image whose file was deleted afterwards)."""
+    """.store, .client, .images (stored paths) and .gone (a stored image whose file was deleted afterwards)."""
     root = tmp_path_factory.mktemp("serve")
     images = shape_images(root / "imgs")
     gone = root / "gone.png"
@@ -35,7 +36,7 @@ def served(demo_clip, tmp_path_factory):
     gone.unlink()
     app = create_app(store, limits=ServiceLimits(max_upload_bytes=200_000, max_pixels=1_000_000, max_limit=50))
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield store, client, images, gone
+        yield SimpleNamespace(store=store, client=client, images=images, gone=gone)
     store.close()
 
 
@@ -61,7 +62,8 @@ def assert_error(response, status: int, *words: str) -> dict:
 
 
 def test_info_names_the_collection_counts_and_modes(served):
-    store, client, images, _ = served
+    client = served.client
+    images = served.images
     info = client.get("/api/info").json()
     assert info["collection"] == "serve" and info["model"].startswith("crossgap-demo")
     assert info["counts"] == {"images": len(images) + 1, "texts": len(TEXTS)} and info["points"] == len(images) + 5
@@ -71,7 +73,8 @@ def test_info_names_the_collection_counts_and_modes(served):
 
 
 def test_text_search_answers_hits_with_thumbnails_and_the_mode(served):
-    store, client, images, _ = served
+    store = served.store
+    client = served.client
     answer = client.get("/api/search", params={"text": "a red circle", "limit": 3}).json()
     assert answer["mode"] == "native" and answer["score_kind"] == "cosine" and answer["gallery"] == "images"
     assert answer["query_kind"] == "text" and answer["query_excluded"] is False and answer["hubness"] is False
@@ -85,7 +88,8 @@ def test_text_search_answers_hits_with_thumbnails_and_the_mode(served):
 
 
 def test_thumbnail_is_a_small_jpeg_of_the_stored_file_with_cache_headers(served):
-    store, client, images, _ = served
+    client = served.client
+    images = served.images
     pid = image_id(client, images[0])
     response = client.get(f"/thumb/{pid}")
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
@@ -99,7 +103,8 @@ def test_thumbnail_is_a_small_jpeg_of_the_stored_file_with_cache_headers(served)
 
 
 def test_id_search_runs_each_mode_and_leaves_the_query_out(served):
-    store, client, images, _ = served
+    client = served.client
+    images = served.images
     pid = image_id(client, images[0])
     for mode, kind in (("native", "cosine"), ("gallery_inverted", "cosine"), ("fused", "rrf")):
         answer = client.get("/api/search", params={"id": pid, "mode": mode, "limit": 4}).json()
@@ -110,7 +115,8 @@ def test_id_search_runs_each_mode_and_leaves_the_query_out(served):
 
 
 def test_uploaded_image_equals_the_id_search_of_the_stored_file(served):
-    store, client, images, _ = served
+    client = served.client
+    images = served.images
     pid = image_id(client, images[2])
     data = images[2].read_bytes()
     for mode in ("native", "gallery_inverted"):
@@ -127,7 +133,8 @@ def test_uploaded_image_equals_the_id_search_of_the_stored_file(served):
 
 
 def test_text_gallery_and_hits_without_thumbnails(served):
-    store, client, images, _ = served
+    client = served.client
+    images = served.images
     answer = client.get("/api/search", params={"text": TEXTS[1], "gallery": "texts"}).json()
     assert answer["gallery"] == "texts" and answer["mode"] == "gallery_inverted" and answer["query_excluded"] is True
     assert len(answer["hits"]) == len(TEXTS) - 1 and all(h["thumbnail"] is None for h in answer["hits"])
@@ -138,7 +145,8 @@ def test_text_gallery_and_hits_without_thumbnails(served):
 
 
 def test_payload_filters_in_both_forms(served):
-    store, client, images, _ = served
+    client = served.client
+    images = served.images
     one = str(images[3])
     answer = client.get("/api/search", params={"text": "a shape", "filter": f"source:{one}"}).json()
     assert [h["payload"]["source"] for h in answer["hits"]] == [one]
@@ -168,19 +176,20 @@ def test_payload_filters_in_both_forms(served):
     ({}, 400, ("give text=... or id=...",)),
 ])
 def test_search_errors_are_4xx_json(served, params, status, words):
-    store, client, _, _ = served
+    client = served.client
     assert_error(client.get("/api/search", params=params), status, *words)
 
 
 def test_image_mode_errors_name_the_modes(served):
-    store, client, images, _ = served
+    client = served.client
+    images = served.images
     pid = image_id(client, images[0])
     assert_error(client.get("/api/search", params={"id": pid, "mode": "bogus"}), 400,
                  "mode must be one of native, gallery_inverted, query_inverted, fused, got 'bogus'")
 
 
 def test_upload_errors_are_4xx_json(served):
-    store, client, images, _ = served
+    client = served.client
 
     def post(data, name="q.png", field="image", **kwargs):
         return client.post("/api/search", files={field: (name, data, "image/png")}, **kwargs)
@@ -211,19 +220,21 @@ def test_upload_errors_are_4xx_json(served):
     ("/api/nothing", 404),
 ])
 def test_thumbnails_only_for_stored_points(served, path, status):
-    store, client, _, _ = served
+    client = served.client
     assert_error(client.get(path), status)
 
 
 def test_thumbnail_of_a_text_or_a_vanished_file_is_404(served):
-    store, client, images, gone = served
+    client = served.client
+    gone = served.gone
     text_hit = client.get("/api/search", params={"text": TEXTS[0], "gallery": "texts", "limit": 1}).json()["hits"][0]
     assert_error(client.get(f"/thumb/{text_hit['id']}"), 404, "not an image with a stored source file")
     assert_error(client.get(f"/thumb/{image_id(client, gone)}"), 404, "source file cannot be read any more")
 
 
 def test_unexpected_failures_are_500_without_details(served, monkeypatch):
-    store, client, _, _ = served
+    store = served.store
+    client = served.client
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret detail in /var/lib/secret")
@@ -235,7 +246,8 @@ def test_unexpected_failures_are_500_without_details(served, monkeypatch):
 
 def test_store_use_is_serialised(served, monkeypatch):
     """Requests run in parallel threads; the store is entered by one at a time."""
-    store, client, images, _ = served
+    store = served.store
+    client = served.client
     active, peak, guard = [0], [0], threading.Lock()
     query = store.collection.query
 
@@ -265,7 +277,7 @@ def test_store_use_is_serialised(served, monkeypatch):
 
 
 def test_page_and_assets_are_local(served):
-    store, client, _, _ = served
+    client = served.client
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -275,3 +287,22 @@ def test_page_and_assets_are_local(served):
         text = (static / name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
         assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_hubness_corrected_search_names_its_score(demo_clip, tmp_path):
+    images = shape_images(tmp_path / "imgs")
+    store = build_store(tmp_path / "q", demo_clip, images)
+    try:
+        store.fit_hubness("image", "native")
+        client = TestClient(create_app(store))
+        pid = image_id(client, images[0])
+        plain = client.get("/api/search", params={"id": pid, "mode": "native"}).json()
+        corrected = client.get("/api/search", params={"id": pid, "mode": "native", "hubness": "true"}).json()
+        assert plain["hubness"] is False and plain["score_kind"] == "cosine"
+        assert corrected["hubness"] is True and corrected["score_kind"] == "cosine - hubness"
+        direct = store.search_images(image=pid, mode="native", hubness=True)
+        assert [h["score"] for h in corrected["hits"]] == pytest.approx([p.score for p in direct])
+        assert_error(client.get("/api/search", params={"text": "x", "hubness": "true"}), 400,
+                     "hubness correction applies to image->image search, not text->image")
+    finally:
+        store.close()
