@@ -306,3 +306,21 @@ def test_hubness_corrected_search_names_its_score(demo_clip, tmp_path):
                      "hubness correction applies to image->image search, not text->image")
     finally:
         store.close()
+
+
+def test_missing_inverted_vectors_are_409_for_every_query_form(demo_clip, tmp_path):
+    from crossgap_qdrant.store import CrossModalStore
+
+    images = shape_images(tmp_path / "imgs")
+    store = CrossModalStore.open(str(tmp_path / "q"), "plain", demo_clip)
+    try:
+        store.ingest_images([str(p) for p in images], invert=False, progress=False)
+        client = TestClient(create_app(store))
+        pid = image_id(client, images[0])
+        upload = client.post("/api/search", params={"mode": "gallery_inverted"},
+                             files={"image": ("q.png", images[0].read_bytes(), "image/png")})
+        for response in (upload, client.get("/api/search", params={"id": pid, "mode": "gallery_inverted"})):
+            assert_error(response, 409, "image_oti", "invert")
+        assert client.get("/api/search", params={"id": pid, "mode": "native"}).status_code == 200
+    finally:
+        store.close()

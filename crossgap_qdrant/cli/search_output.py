@@ -89,8 +89,8 @@ def _side_by_side(results: list) -> str:
     if depth == 0:
         return "no results"
     headers = ["rank"]
-    for r in results:
-        headers += [f"{r.mode} ({r.score_kind})", ""]
+    for r in results:  # the score kind over each score column, the mode over its items
+        headers += [r.score_kind, r.mode]
     rows = []
     for i in range(depth):
         row: list[Any] = [i + 1]

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 _STYLE = """
 body { font-family: system-ui, sans-serif; color: #1b1f24; background: #f6f8fa; margin: 0; padding: 1rem 1.5rem; }
 h1 { font-size: 1.3rem; margin: 0 0 .5rem; }
-dl.about { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; margin: 0 0 1rem; font-size: .9rem; }
+.head { display: flex; gap: 1.25rem; align-items: flex-start; margin: 0 0 1rem; }
+dl.about { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; margin: 0; font-size: .9rem; }
 dl.about dt { color: #57606a; }
 dl.about dd { margin: 0; }
 img.query { width: 96px; height: 96px; object-fit: contain; background: #fff; border: 1px solid #d0d7de; }
@@ -81,9 +82,10 @@ def render_contact_sheet(results: Sequence[SearchResult], *, collection: str = "
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(first.query)} - crossgap-qdrant contact sheet</title>", f"<style>{_STYLE}</style>",
              "</head><body>", "<h1>crossgap-qdrant search results</h1>"]
+    parts.append('<div class="head">')
     if query_thumbnail:
         parts.append(f'<img class="query" src="{esc(query_thumbnail)}" alt="the query image">')
-    parts.append('<dl class="about">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in about) + "</dl>")
+    parts.append('<dl class="about">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in about) + "</dl></div>")
     parts.append(f'<div class="columns" style="--n: {len(results)}">')
     for result in results:
         parts.append(f'<section><h2>{esc(result.mode)} <span>{esc(result.score_kind)}, '

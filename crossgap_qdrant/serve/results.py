@@ -219,8 +219,13 @@ def run_search(store, *, text: str | None = None, image: ImageQuery | None = Non
         flt = models.Filter(must=[query_filter] if query_filter is not None else None,
                             must_not=[models.HasIdCondition(has_id=[exclusion])])
     search = store.search_images if modality == "image" else store.search_texts
-    points = search(**{query_modality: value}, mode=mode, limit=limit, query_filter=flt, hubness=hubness if same else None,
+    hubness = hubness if same else None
+    points = search(**{query_modality: value}, mode=mode, limit=limit, query_filter=flt, hubness=hubness,
                     exclude_query=kind != "image")
+    if not points and flt is not None and query_filter is None:
+        # the store explains an empty unfiltered result (e.g. a mode whose vectors were never computed); the
+        # exclusion filter above hides that, so ask once more without it: the same error, or only the query
+        search(**{query_modality: value}, mode=mode, limit=1, hubness=hubness, exclude_query=False)
     hits = [Hit(i + 1, str(p.id), float(p.score), dict(p.payload or {})) for i, p in enumerate(points)]
     return SearchResult(shown, kind, query_modality, gallery, mode, hub, score_kind(mode, hub), excluded, hits, item)
 
