@@ -128,3 +128,16 @@ def test_contact_sheet_escapes_payload_text():
     assert "<script>alert" not in page and "&lt;script&gt;" in page and "<b>q</b>" not in page
     assert "<img" not in page  # texts have no thumbnail
     assert header_line([result]).startswith("query: '<b>q</b>' (text, text) | gallery: texts")
+
+
+def test_html_of_a_stored_id_shows_the_stored_image_as_the_query(capsys, collection, tmp_path):
+    _, images, loc = collection
+    code, out, _ = run(capsys, "search", images[0], *MODEL, *loc, "--limit", "1", "--mode", "native", "--json")
+    pid = json.loads(out)["hits"][0]["id"]
+    stored = json.loads(out)["hits"][0]["payload"]["source"]
+    sheet = tmp_path / "sheet.html"
+    code, out, err = run(capsys, "search", pid, *MODEL, *loc, "--limit", "2", "--html", sheet)
+    assert code == EXIT_OK, err
+    assert out.splitlines()[0].startswith(f"query: '{pid}' (id, image: {stored}) | gallery: images")
+    page = sheet.read_text()
+    assert len(img_sources(page, "query")) == 1 and len(img_sources(page, "hit")) == 2

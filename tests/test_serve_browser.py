@@ -173,14 +173,15 @@ def test_errors_show_on_the_page(server, browser):
 
 
 def test_contact_sheet_renders_its_embedded_thumbnails(store, browser, tmp_path):
-    from crossgap_qdrant.serve.contact_sheet import render_contact_sheet
+    from crossgap_qdrant.serve.contact_sheet import query_thumbnail, render_contact_sheet
     from crossgap_qdrant.serve.results import run_search
 
     hits = run_search(store, text=QUERY, limit=1).hits
-    results = [run_search(store, point_id=hits[0].id, mode=m, limit=8) for m in ("native", "gallery_inverted")]
+    modes = ("gallery_inverted", "native", "fused")
+    results = [run_search(store, point_id=hits[0].id, mode=m, limit=8) for m in modes]
     sheet = tmp_path / "sheet.html"
-    sheet.write_text(render_contact_sheet(results, collection="serve"))
+    sheet.write_text(render_contact_sheet(results, collection="serve", query_thumbnail=query_thumbnail(results[0])))
     browser.get(sheet.as_uri())
     images = WebDriverWait(browser, WAIT_S).until(lambda d: shown_images(d, "img.hit"))
-    assert len(images) == 16
+    assert len(images) == 24 and shown_images(browser, "img.query")
     screenshot(browser, "CROSSGAP_SHEET_SCREENSHOT")

@@ -69,8 +69,7 @@ def emit_results(args, results: list, collection: str) -> None:
     table = _side_by_side(results) if len(results) > 1 else _table(first)
     emit(args, data, f"{header_line(results)}\n{table}")
     if args.html:
-        image = first.query_modality == "image" and first.query_kind in ("image", "id")
-        _write_sheet(args.html, results, collection, first.query_item if image and first.query_item else None)
+        _write_sheet(args.html, results, collection)
 
 
 def _hits(result) -> list[dict]:
@@ -105,17 +104,10 @@ def _short(text: str) -> str:
     return text if len(text) <= ITEM_WIDTH else text[:ITEM_WIDTH - 3] + "..."
 
 
-def _write_sheet(path: str, results: list, collection: str, query_file: str | None) -> None:
-    from crossgap_qdrant.serve.contact_sheet import render_contact_sheet
-    from crossgap_qdrant.serve.thumbnails import data_uri, file_thumbnail
+def _write_sheet(path: str, results: list, collection: str) -> None:
+    from crossgap_qdrant.serve.contact_sheet import query_thumbnail, render_contact_sheet
 
-    query_thumbnail = None
-    if query_file:
-        try:
-            query_thumbnail = data_uri(file_thumbnail(query_file))
-        except (OSError, ValueError) as exc:  # a stored point whose file moved: the sheet names it without a picture
-            print(f"{PROG}: warning: no thumbnail of the query: {exc}", file=sys.stderr)
-    page = render_contact_sheet(results, collection=collection, query_thumbnail=query_thumbnail)
+    page = render_contact_sheet(results, collection=collection, query_thumbnail=query_thumbnail(results[0]))
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
     print(f"{PROG}: contact sheet written to {path}", file=sys.stderr)

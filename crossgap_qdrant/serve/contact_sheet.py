@@ -49,6 +49,18 @@ def stored_thumbnail(hit: Hit) -> str | None:
         return None
 
 
+def query_thumbnail(result: SearchResult) -> str | None:
+    """A data URI of an image query's picture (its file, or a stored point's source); None for texts and
+    unreadable files."""
+    if result.query_modality != "image" or not result.query_item:
+        return None
+    try:
+        return data_uri(file_thumbnail(result.query_item))
+    except (OSError, ValueError) as exc:
+        logger.warning("no thumbnail of the query %s: %s", result.query_item, exc)
+        return None
+
+
 def render_contact_sheet(results: Sequence[SearchResult], *, collection: str = "",
                          query_thumbnail: str | None = None,
                          thumbnail: Callable[[Hit], str | None] = stored_thumbnail) -> str:
