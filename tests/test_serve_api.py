@@ -206,6 +206,12 @@ def test_upload_errors_are_4xx_json(served):
     assert_error(client.post("/api/search", data={"image": "not a file"}), 400, "field named 'image'")
     assert_error(client.post("/api/search", content=b"--zzz\r\nbroken",
                              headers={"content-type": "multipart/form-data; boundary=zzz"}), 400, "multipart")
+    assert_error(client.post("/api/search", content=b"garbage",
+                             headers={"content-type": "multipart/form-data; boundary=zzz"}), 400,
+                 "not a readable multipart form")
+    assert_error(client.post("/api/search", files=[("image", ("a.png", png_bytes(), "image/png")),
+                                                   ("image", ("b.png", png_bytes(), "image/png"))]), 400,
+                 "not a readable multipart form")
     assert_error(post(png_bytes(), params={"mode": "bogus"}), 400, "mode must be one of")
 
 

@@ -173,34 +173,10 @@ def run_search(store, *, text: str | None = None, image: ImageQuery | None = Non
     """
     from qdrant_client import models
 
-    from crossgap_qdrant.store.ids import normalize_point_id, text_id
-
-    given = [v for v in (text, image, point_id) if v is not None]
-    if len(given) != 1:
-        raise SearchRequestError("give exactly one query: a text, an image or a point id")
-    if gallery not in GALLERIES:
-        raise SearchRequestError(f"gallery must be images or texts, got {gallery!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise SearchRequestError(f"limit must be an integer >= 1, got {limit!r}")
     modality = _modality(gallery)
-    exclusion: Any = None  # the id a same-modality query has when stored; None: nothing to leave out
-    if point_id is not None:
-        try:
-            pid = normalize_point_id(point_id)
-        except ValueError as exc:
-            raise SearchRequestError(str(exc)) from None
-        value = uuid.UUID(pid) if isinstance(pid, str) else pid  # an id object is never read as a text
-        query_modality, kind, shown, exclusion = store.modality_of(pid), "id", str(pid), pid
-        records = store.collection.retrieve([pid], with_payload=True)
-        item = Hit(0, str(pid), 0.0, dict(records[0].payload or {}) if records else {}).item
-    elif text is not None:
-        if not isinstance(text, str) or not text.strip():
-            raise SearchRequestError("the text query is empty: type something to search for")
-        query_modality, kind, shown, value, exclusion = "text", "text", text, text, text_id(text)
-        item = ""
-    else:
-        query_modality, kind, shown, value, exclusion = "image", "image", image.name, image.image, image.content_id
-        item = image.name
+    query_modality, kind, shown, value, exclusion, item = _resolve(store, text, image, point_id)
     allowed = modes_for(store, query_modality, gallery)
     mode = mode or (store.default_mode(modality) if query_modality == modality else "native")
     if mode not in allowed:
@@ -228,6 +204,30 @@ def run_search(store, *, text: str | None = None, image: ImageQuery | None = Non
         search(**{query_modality: value}, mode=mode, limit=1, hubness=hubness, exclude_query=False)
     hits = [Hit(i + 1, str(p.id), float(p.score), dict(p.payload or {})) for i, p in enumerate(points)]
     return SearchResult(shown, kind, query_modality, gallery, mode, hub, score_kind(mode, hub), excluded, hits, item)
+
+
+def _resolve(store, text, image, point_id) -> tuple[str, str, str, Any, Any, str]:
+    """(query modality, kind, how it is shown, what the store searches by, the id the query has when stored,
+    what the query is for people) of exactly one of the three query forms."""
+    from crossgap_qdrant.store.ids import normalize_point_id, text_id
+
+    if sum(v is not None for v in (text, image, point_id)) != 1:
+        raise SearchRequestError("give exactly one query: a text, an image or a point id")
+    if point_id is not None:
+        try:
+            pid = normalize_point_id(point_id)
+        except ValueError as exc:
+            raise SearchRequestError(str(exc)) from None
+        value = uuid.UUID(pid) if isinstance(pid, str) else pid  # an id object is never read as a text
+        modality = store.modality_of(pid)
+        records = store.collection.retrieve([pid], with_payload=True)
+        item = Hit(0, str(pid), 0.0, dict(records[0].payload or {}) if records else {}).item
+        return modality, "id", str(pid), value, pid, item
+    if text is not None:
+        if not isinstance(text, str) or not text.strip():
+            raise SearchRequestError("the text query is empty: type something to search for")
+        return "text", "text", text, text, text_id(text), ""
+    return "image", "image", image.name, image.image, image.content_id, image.name
 
 
 def _modality(gallery: str) -> str:

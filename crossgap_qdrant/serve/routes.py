@@ -17,6 +17,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from crossgap_qdrant.images import ImageError
 from crossgap_qdrant.serve.app import Service, ServiceError
@@ -145,11 +147,10 @@ async def _upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     """The bytes and file name of the form's ``image`` field; 4xx errors for anything else."""
     try:
         form = await request.form(max_files=1, max_fields=8)
-    except ServiceError:
-        raise
-    except Exception as exc:  # the multipart parser's errors: a malformed body
-        raise ServiceError(f"the request is not a readable multipart form ({type(exc).__name__}); POST the image "
-                           "as a multipart form field named 'image'") from None
+    except (HTTPException, MultiPartException) as exc:  # how Starlette reports a malformed body
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", "")
+        raise ServiceError(f"the request is not a readable multipart form ({detail}); POST the image as a "
+                           "multipart form field named 'image'") from None
     try:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
