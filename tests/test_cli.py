@@ -40,8 +40,9 @@ def test_ingest_info_search(capsys, tmp_path, images):
         hits = json.loads(out)["hits"]
         assert len(hits) == 3 and all(h["payload"]["source"] != str(query) for h in hits)  # query excluded
     code, out, err = run(capsys, "search", query, *MODEL, *loc, "--mode", "native", "--limit", "2")
-    assert code == EXIT_OK and out.splitlines()[0].split() == ["rank", "score", "id", "item", "label"]
-    assert len(out.splitlines()) == 4
+    assert code == EXIT_OK and out.splitlines()[0].startswith("query: ")  # the header line, then the table
+    assert out.splitlines()[1].split() == ["rank", "score", "id", "item", "label"]
+    assert len(out.splitlines()) == 5
 
     # a second ingestion of the same folder adds nothing
     code, out, _ = run(capsys, "ingest", images, *MODEL, *loc, "--isoclip", "1,2", "--json")

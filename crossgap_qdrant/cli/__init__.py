@@ -1,4 +1,4 @@
-"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info.
+"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info, serve.
 
 Examples::
 
@@ -10,8 +10,10 @@ Examples::
     crossgap-qdrant fit-warm-start --model crossgap-demo && crossgap-qdrant search q.png --model crossgap-demo \
         --mode query_inverted --warm-start                                       # interactive query inversion
     crossgap-qdrant info --json
+    crossgap-qdrant serve --model crossgap-demo                                  # http://127.0.0.1:8000/
 
-Modules: parser (flags), common (model, store and output helpers), commands, evaluate_command.
+Modules: parser (flags), common (output helpers), resources (model and store), commands, evaluate_command,
+serve_command, search_output.
 
 Exit codes: 0 success; 1 runtime or data error (missing files, unreadable data, a collection built with
 another model, a locked folder, an unreachable server, ...) or a bug; 2 usage error (bad flags or arguments).
@@ -48,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("crossgap_qdrant.cli.evaluate_command", "cmd_evaluate"),
     "fit-warm-start": ("crossgap_qdrant.cli.commands", "cmd_fit_warm_start"),
     "info": ("crossgap_qdrant.cli.commands", "cmd_info"),
+    "serve": ("crossgap_qdrant.cli.serve_command", "cmd_serve"),
 }
 
 

@@ -34,13 +34,13 @@ import torch.nn as nn
 from crossgap_qdrant import ops
 from crossgap_qdrant.inversion.config import InversionResult, OTIConfig, OVIConfig, check_precision
 from crossgap_qdrant.inversion.engine import run_engine
+from crossgap_qdrant.inversion.problem import oti_setup, ovi_setup
 from crossgap_qdrant.inversion.pseudo_patch_vit import PseudoPatchImageEncoder
 from crossgap_qdrant.inversion.reference import (
     encode_image_with_pseudo_tokens,
     encode_text_with_pseudo_tokens,
     template_token_ids,
 )
-from crossgap_qdrant.inversion.problem import oti_setup, ovi_setup
 from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
 from crossgap_qdrant.inversion.text_suffix_step import try_suffix_step
 from crossgap_qdrant.models.loading import ClipModel, takes_clip_model
