@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from crossgap_qdrant.models import load_model
 from crossgap_qdrant.serve import create_app  # noqa: E402
-from crossgap_qdrant.serve.app import ServiceLimits  # noqa: E402
+from crossgap_qdrant.serve.service import ServiceLimits  # noqa: E402
 from crossgap_qdrant.store import CrossModalStore
 from tests.support.serve import TEXTS, build_store, shape_images  # noqa: E402
 

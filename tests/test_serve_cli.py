@@ -72,7 +72,7 @@ def test_serve_starts_and_answers_on_127_0_0_1(location):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    code = ("import sys, tests.conftest; from crossgap_qdrant.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys, tests.support.tiny_models; from crossgap_qdrant.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", *MODEL, *location, "--port", str(port)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

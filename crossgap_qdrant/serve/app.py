@@ -7,8 +7,6 @@ unexpected failure is a 500 whose details stay in the server's log (no stack tra
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -18,11 +16,10 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from crossgap_qdrant.errors import CrossgapError
 from crossgap_qdrant.images import ImageError
 from crossgap_qdrant.serve.results import SearchRequestError
 from crossgap_qdrant.serve.routes import router
-from crossgap_qdrant.serve.thumbnails import THUMB_SIZE
+from crossgap_qdrant.serve.service import Service, ServiceError, ServiceLimits
 from crossgap_qdrant.store.errors import CollectionNotFoundError, PointNotFoundError, VectorsNotStoredError
 
 logger = logging.getLogger(__name__)
@@ -34,50 +31,6 @@ FORM_OVERHEAD = 64 * 1024
 #: The page's Content-Security-Policy: nothing is loaded from elsewhere, uploads are previewed as blob: URLs.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
                            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    """What one request may ask of the service.
-
-    Attributes:
-        max_upload_bytes: size of an uploaded query image.
-        max_pixels: pixels of an uploaded query image (checked before it is decoded).
-        max_limit: results per search.
-        thumb_size: the longest side of a thumbnail, in pixels.
-    """
-
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 25_000_000
-    max_limit: int = 100
-    thumb_size: int = THUMB_SIZE
-
-    def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_limit", "thumb_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-class ServiceError(CrossgapError, ValueError):
-    """A request the service refuses; ``status`` is its HTTP status (4xx)."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-class Service:
-    """What the routes share: the store, the lock serialising its use, and the limits.
-
-    The store's engines open their shards lazily and are not safe to enter from two threads at once, while
-    FastAPI runs plain endpoints in a thread pool: every use of the store holds :attr:`lock`.
-    """
-
-    def __init__(self, store: Any, limits: ServiceLimits):
-        self.store = store
-        self.limits = limits
-        self.lock = threading.Lock()
 
 
 #: Statuses of the errors the package raises on purpose.

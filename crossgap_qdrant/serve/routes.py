@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from crossgap_qdrant.images import ImageError
-from crossgap_qdrant.serve.app import Service, ServiceError
 from crossgap_qdrant.serve.filters import parse_filter
 from crossgap_qdrant.serve.results import GALLERIES, Hit, ImageQuery, SearchResult, compare_mode, modes_for, run_search
+from crossgap_qdrant.serve.service import Service, ServiceError
 from crossgap_qdrant.serve.thumbnails import THUMB_MEDIA_TYPE, file_thumbnail
 from crossgap_qdrant.store.ids import normalize_point_id
 
