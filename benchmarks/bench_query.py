@@ -34,45 +34,25 @@ import platform
 import random
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from timing import interleaved_ms, median_ms, timed
 
-from crossgap_qdrant import load_model
-from crossgap_qdrant.inversion import OTIConfig, oti_invert, reference_step
+from crossgap_qdrant import load_model, ops
+from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
+from crossgap_qdrant.inversion import OTIConfig, WarmStart, fit_warm_start, oti_invert, reference_step
+from crossgap_qdrant.inversion.reference import encode_text_with_pseudo_tokens, template_token_ids
+from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
+from crossgap_qdrant.inversion.text_suffix_step import SuffixStep
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
-from crossgap_qdrant.towers import text_tower
-from crossgap_qdrant.warm_start import WarmStart, fit_warm_start
+from crossgap_qdrant.models import text_tower
+from crossgap_qdrant.store import CrossModalStore
 
 KS = (0, 5, 10, 20)
-
-
-def _median_ms(fn, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def _interleaved_ms(fns: dict, repeat: int, warmup: int = 2) -> tuple[dict, dict]:
-    """Median milliseconds of each function, timed round-robin; also every round's times per function."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    rounds = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            rounds[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in rounds.items()}, rounds
 
 
 def _cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -96,8 +76,6 @@ def _ci(ap: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
 
 
 def quality(args) -> dict:
-    from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
-
     clip = load_model("crossgap-demo", device="cpu")
     rows = load_or_build_manifest(None)
     held = demo_subset(rows, per_category=args.per_category, seed=0)
@@ -109,9 +87,7 @@ def quality(args) -> dict:
         held_feats = clip.encode_images(flatten_to_folder(held, Path(tmp) / "held", size=side))
         train_feats = clip.encode_images(flatten_to_folder(train_rows, Path(tmp) / "train", size=side))
     labels = [r["category"] for r in held]
-    start = time.perf_counter()
-    warm, fit = fit_warm_start(clip, train_feats, "oti")
-    fit_s = time.perf_counter() - start
+    (warm, fit), fit_s = timed(fit_warm_start, clip, train_feats, "oti")
     exact = oti_invert(clip, held_feats, OTIConfig(), progress=False).features
     reseeded = oti_invert(clip, held_feats, OTIConfig(seed=1), progress=False).features
     base_q, base_g = _map(exact, held_feats, labels), _map(held_feats, exact, labels)
@@ -132,11 +108,6 @@ def quality(args) -> dict:
 
 
 def step_costs(clip) -> dict:
-    from crossgap_qdrant import ops
-    from crossgap_qdrant.oti_step import SuffixStep
-    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
-    from crossgap_qdrant.towers import encode_text_with_pseudo_tokens, template_token_ids
-
     model, tokenizer = clip.model, clip.tokenizer
     encoder = CachedTemplateTextEncoder(model, tokenizer, "a photo of {}", 1, torch.float32)
     fused = SuffixStep(encoder)  # the fused suffix-block ops where the compiled library has them
@@ -166,13 +137,13 @@ def step_costs(clip) -> dict:
 
         param = torch.nn.Parameter(tokens.clone())
         opt = torch.optim.AdamW([param], lr=2e-2)
-        published = _median_ms(lambda: reference_step(
+        published = median_ms(lambda: reference_step(
             lambda t: encode_text_with_pseudo_tokens(model, ids, positions, t), param, opt, target), 5, 1)
-        ours_auto = _median_ms(autograd_step, 20)
+        ours_auto = median_ms(autograd_step, 20)
         # The steps and the floors in alternation, so that load from other processes hits them alike; the
         # ratios are medians of per-round ratios.
         steps = {"handwritten": lambda: handwritten(tokens, target, 1.0), "fused": lambda: fused(tokens, target, 1.0)}
-        ms, rounds = _interleaved_ms(steps | (floors if b == 1 else {}), 20)
+        ms, rounds = interleaved_ms(steps | (floors if b == 1 else {}), 20)
         out[f"batch_{b}"] = {"published_ms": round(published, 1), "autograd_ms": round(ours_auto, 1),
                              "handwritten_ms": round(ms["handwritten"], 1), "fused_ms": round(ms["fused"], 1),
                              "fused_ops": fused.fused_blocks is not None,
@@ -192,10 +163,6 @@ def step_costs(clip) -> dict:
 
 
 def cost(args, chosen: dict) -> dict:
-    from PIL import Image
-
-    from crossgap_qdrant.store import CrossModalStore
-
     torch.manual_seed(0)
     clip = load_model("ViT-B-32", device="cpu", allow_random=True)
     k, lr = chosen["steps"], chosen["lr"]
@@ -213,14 +180,14 @@ def cost(args, chosen: dict) -> dict:
                                 progress=False)
             latency = {}
             for mode in ("native", "gallery_inverted"):
-                latency[mode] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10), 10)
+                latency[mode] = median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10), 10)
             exact_cfg, warm_cfg = store.encoder.oti_config, OTIConfig(steps=k, lr=lr, warm_start=warm)
             plans = [("query_inverted", "exact_150", exact_cfg, 3), ("query_inverted", f"warm_{k}", warm_cfg, 5),
                      ("query_inverted", "warm_0", OTIConfig(steps=0, warm_start=warm), 10),
                      ("fused", f"warm_{k}", warm_cfg, 5)]
             for mode, label, config, repeat in plans:
                 store.encoder.oti_config = config
-                latency[f"{mode}_{label}"] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10),
+                latency[f"{mode}_{label}"] = median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10),
                                                         repeat, 1)
             store.encoder.oti_config = exact_cfg
         finally:
@@ -228,12 +195,8 @@ def cost(args, chosen: dict) -> dict:
     out["query_latency_ms"] = {name: round(ms, 1) for name, ms in latency.items()}
 
     feats = F.normalize(torch.randn(args.backfill, clip.embed_dim), dim=-1)
-    start = time.perf_counter()
-    oti_invert(clip, feats, OTIConfig(), progress=False)
-    exact_s = time.perf_counter() - start
-    start = time.perf_counter()
-    oti_invert(clip, feats, OTIConfig(steps=k, lr=lr, warm_start=warm), progress=False)
-    warm_s = time.perf_counter() - start
+    _, exact_s = timed(oti_invert, clip, feats, OTIConfig(), progress=False)
+    _, warm_s = timed(oti_invert, clip, feats, OTIConfig(steps=k, lr=lr, warm_start=warm), progress=False)
     out["backfill_images_per_s"] = {"exact_150": round(args.backfill / exact_s, 2),
                                     f"warm_{k}": round(args.backfill / warm_s, 2),
                                     "speedup": round(exact_s / warm_s, 1), "batch": min(64, args.backfill)}

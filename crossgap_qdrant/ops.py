@@ -163,6 +163,7 @@ def suffix_block_backward(grad_out, x, x1, qkv, probs, u, stats, prefix_k, prefi
 def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
 
+
 def _cosine_loss_fake(y, target):
     torch._check(y.dim() == 2, lambda: f"cosine_loss: y must be 2-D [B, E], got {tuple(y.shape)}")
     torch._check(y.shape == target.shape, lambda: "cosine_loss: target shape does not match y shape")

@@ -2,7 +2,7 @@
 reference, the parameter order the op takes, and the op's fake kernels and autograd.
 
 The op runs one open_clip ResidualAttentionBlock over the S suffix positions of
-:class:`~crossgap_qdrant.text_cache.CachedTemplateTextEncoder`, attending to the block's cached prefix
+:class:`~crossgap_qdrant.inversion.text_suffix.CachedTemplateTextEncoder`, attending to the block's cached prefix
 keys/values, and returns what its backward needs; the backward gives only the gradient in the block's input
 (frozen weights). csrc/suffix_block/suffix_block.h documents the arithmetic and every shape.
 """

@@ -5,11 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from crossgap_qdrant import ops
+from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
+from crossgap_qdrant.inversion.text_suffix_step import SuffixStep
+from crossgap_qdrant.models import load_model, register_model_config
+from crossgap_qdrant.models.towers import UnsupportedModelError
 from crossgap_qdrant.suffix_block import (
     ACTIVATIONS,
     suffix_block_backward_reference,
     suffix_block_forward_reference,
 )
+from tests.support.tiny_models import TINY_CLIP
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10),
        torch.bfloat16: dict(rtol=3e-2, atol=3e-2)}
@@ -100,6 +105,9 @@ def test_empty_batch():
     (dict(x=torch.zeros(2, 8)), "x must be 3-D"),
     (dict(x=torch.zeros(2, 2, 8, dtype=torch.float16)), "x must be float32, float64 or bfloat16"),
     (dict(prefix_v=torch.zeros(2, 4, 4)), "prefix_v shape"),
+    (dict(prefix_k=torch.zeros(2, 3, 4, dtype=torch.float64), prefix_v=torch.zeros(2, 3, 4, dtype=torch.float64)),
+     "prefix_k dtype"),
+    (dict(prefix_v=torch.zeros(2, 3, 4, dtype=torch.float64)), "prefix_v dtype"),
     (dict(prefix_k=torch.zeros(2, 3, 5), prefix_v=torch.zeros(2, 3, 5)), "heads x head width"),
     (dict(mask_bias=torch.zeros(2, 4)), "mask_bias must have shape"),
     (dict(params=[torch.zeros(8)] * 11), "params must hold 12"),
@@ -138,10 +146,6 @@ def _one_thread():
 
 
 def _tiny(tiny_clip, quick_gelu):
-    from conftest import TINY_CLIP
-
-    from crossgap_qdrant.models import load_model, register_model_config
-
     if not quick_gelu:
         return tiny_clip.model, tiny_clip.tokenizer
     register_model_config("test-tiny-quickgelu", {**TINY_CLIP, "quick_gelu": True})
@@ -155,9 +159,6 @@ def _tiny(tiny_clip, quick_gelu):
 @pytest.mark.parametrize("quick_gelu", [False, True])
 @pytest.mark.parametrize("r, template, b", [(1, "a photo of {}", 5), (2, "a photo of {}.", 3), (1, "a {}", 7)])
 def test_fused_step_equals_the_aten_step_and_autograd_of_the_encoder(tiny_clip, quick_gelu, r, template, b):
-    from crossgap_qdrant.oti_step import SuffixStep
-    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
-
     assert ops.has_suffix_block("cpu"), "the compiled library lacks the suffix-block ops: rebuild it"
     model, tok = _tiny(tiny_clip, quick_gelu)
     encoder = CachedTemplateTextEncoder(model, tok, template, r, torch.float32)
@@ -180,9 +181,6 @@ def test_fused_step_equals_the_aten_step_and_autograd_of_the_encoder(tiny_clip, 
 
 @pytest.mark.usefixtures("_one_thread")
 def test_fused_step_in_float64_equals_autograd_of_the_encoder(tiny_clip):
-    from crossgap_qdrant.oti_step import SuffixStep
-    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
-
     model, tok = tiny_clip.model, tiny_clip.tokenizer
     encoder = CachedTemplateTextEncoder(model, tok, "a photo of {}.", 2, torch.float64)
     step = SuffixStep(encoder, fused=True)
@@ -199,10 +197,6 @@ def test_fused_step_in_float64_equals_autograd_of_the_encoder(tiny_clip):
 
 
 def test_fused_true_without_a_fitting_model_is_refused(tiny_clip):
-    from crossgap_qdrant.oti_step import SuffixStep
-    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
-    from crossgap_qdrant.towers import UnsupportedModelError
-
     encoder = CachedTemplateTextEncoder(tiny_clip.model, tiny_clip.tokenizer, "a photo of {}", 1, torch.float16)
     with pytest.raises(UnsupportedModelError, match="fused suffix-block ops cannot run"):
         SuffixStep(encoder, fused=True)
