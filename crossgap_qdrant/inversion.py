@@ -134,6 +134,7 @@ def oti_invert(
     config: OTIConfig = OTIConfig(),
     init_tokens: torch.Tensor | None = None,
     progress: bool = True,
+    snapshots: tuple[int, ...] = (),
 ) -> InversionResult:
     """Inverts image features into the text space (OTI).
 
@@ -147,6 +148,7 @@ def oti_invert(
         config: settings; the defaults are the published ones.
         init_tokens: [N, R, W] initial pseudo tokens (W: text width); default normal(0, init_std) from seed.
         progress: show a progress bar.
+        snapshots: step counts whose features are kept too (``InversionResult.snapshots``; fixed budgets).
 
     Returns:
         InversionResult whose features are text-space unit vectors [N, E].
@@ -172,7 +174,7 @@ def oti_invert(
                 "step='handwritten' needs the prefix cache (a causal text tower, prefix_cache=True) and blocks "
                 "with LayerNorm, GELU/QuickGELU and no layer scale; use step='autograd'"
             )
-    return run_engine(encode, final, targets, init, config, progress, "OTI", loss_and_grad)
+    return run_engine(encode, final, targets, init, config, progress, "OTI", loss_and_grad, snapshots)
 
 
 def oti_encoder(model: nn.Module, tokenizer: Callable, template: str, num_tokens: int, dtype: torch.dtype,
@@ -276,6 +278,7 @@ def ovi_invert(
     progress: bool = True,
     model_name: str | None = None,
     pretrained: str | None = None,
+    snapshots: tuple[int, ...] = (),
 ) -> InversionResult:
     """Inverts text features into the image space (OVI).
 
@@ -288,6 +291,7 @@ def ovi_invert(
         progress: show a progress bar.
         model_name, pretrained: open_clip architecture and pretrained tag, for the published default R
             when ``config.num_tokens`` is None and the model was not made by ``load_model``.
+        snapshots: step counts whose features are kept too (``InversionResult.snapshots``; fixed budgets).
 
     Returns:
         InversionResult whose features are image-space unit vectors [N, E].
@@ -298,7 +302,7 @@ def ovi_invert(
     dtype = check_precision(config.precision, device)
     encode = ovi_encoder(model, dtype)
     final = encode if dtype == torch.float32 else ovi_encoder(model, torch.float32)
-    return run_engine(encode, final, targets, init, config, progress, "OVI")
+    return run_engine(encode, final, targets, init, config, progress, "OVI", snapshots=snapshots)
 
 
 def ovi_invert_reference(

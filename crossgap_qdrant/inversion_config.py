@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -168,6 +168,8 @@ class InversionResult:
         loss: [N] float32, 1 - cos(features, target).
         steps: [N] int64 optimisation steps taken per sample.
         seconds: wall time of the whole inversion.
+        snapshots: step count K -> [N, E] float32 unit features of the tokens after K steps, for the counts
+            asked for (``snapshots=`` of the inversion); empty otherwise.
     """
 
     features: torch.Tensor
@@ -175,6 +177,7 @@ class InversionResult:
     loss: torch.Tensor
     steps: torch.Tensor
     seconds: float = 0.0
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def ovi_num_tokens(
