@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossgap_qdrant import ops
+from crossgap_qdrant.cast_copy import cast_copy
 from crossgap_qdrant.inversion_config import (
     PRECISIONS,
     InversionConfig,
@@ -207,10 +208,9 @@ def ovi_encoder(model: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor]
 
 
 def _reduced_precision(model: nn.Module, dtype: torch.dtype, fn):
-    """fn evaluated on a frozen copy of the model cast to dtype (no per-step weight casts)."""
-    import copy
-
-    low = copy.deepcopy(model).to(dtype).requires_grad_(False)
+    """fn evaluated on a frozen copy of the model cast to dtype (made once per model and dtype, see
+    crossgap_qdrant.cast_copy; no per-step weight casts)."""
+    low = cast_copy(model, dtype)
     return lambda tokens: fn(tokens.to(dtype), m=low)
 
 
