@@ -16,10 +16,12 @@ cost       OpenCLIP ViT-B-32 with random weights (the cost of pretrained weights
            Qdrant (qdrant-edge) collection of --gallery points) at batch 1; backfill throughput (images/s) of
            exact OTI against the warm start at the chosen budget. The warm start used for cost has the fitted
            network's size with untrained weights: its cost does not depend on its weights.
+ovi        OVI (text -> image space) quality against steps and the text warm start's cost: benchmarks/bench_ovi.py.
 machine    CPU, threads, torch version.
 
     python benchmarks/bench_query.py                 # about 15 minutes on one core
     python benchmarks/bench_query.py --quick         # smaller sets, a few minutes
+    python benchmarks/bench_query.py --ovi-only      # the ovi section alone (benchmarks/bench_ovi.py)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import bench_ovi
 from crossgap_qdrant import load_model
 from crossgap_qdrant.inversion import OTIConfig, oti_invert, reference_step
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
@@ -212,18 +215,25 @@ def main() -> None:
                         help="skip the quality part; the cost part uses --warm-steps and --warm-lr")
     parser.add_argument("--warm-steps", type=int, default=10)
     parser.add_argument("--warm-lr", type=float, default=5e-3)
+    bench_ovi.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.fit_samples, args.per_category, args.backfill = 500, 10, 16
+        bench_ovi.apply_quick(args)
     torch.set_num_threads(args.threads)
     report = {"benchmark": "query", "machine": {"cpu": platform.processor() or platform.machine(),
                                                 "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if args.ovi_only:
+        report["ovi"] = bench_ovi.ovi_section(args)
+        print(json.dumps(report, indent=2))
+        return
     if args.cost_only:
         chosen = {"steps": args.warm_steps, "lr": args.warm_lr}
     else:
         report["quality"] = quality(args)
         chosen = report["quality"]["chosen"]
     report["cost"] = cost(args, chosen)
+    report["ovi"] = bench_ovi.ovi_section(args)
     print(json.dumps(report, indent=2))
 
 
