@@ -24,13 +24,27 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import median_wall_cpu_ms, timed_wall_cpu
+
+from crossgap_qdrant import load_model, ops
+from crossgap_qdrant.datasets import demo_subset, load_or_build_manifest
+from crossgap_qdrant.inversion import (
+    OVIConfig,
+    StoppingRule,
+    WarmStart,
+    fit_warm_start,
+    ovi_encoder,
+    ovi_invert,
+)
+from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
+from crossgap_qdrant.models import vision_tower
+from crossgap_qdrant.store import CrossModalStore
 
 KS_EXACT = (10, 25, 50, 100, 250, 500, 1000)
 KS_WARM = (0, 5, 10, 25, 50)
@@ -40,8 +54,6 @@ FOLDS = 2
 def caption_sets(per_category: int, fit_samples: int = 0, seed: int = 0) -> tuple[list[dict], list[str]]:
     """(held-out rows with distinct captions, shuffled by ``seed + 1``; up to ``fit_samples`` distinct
     training-split captions that are not held-out captions)."""
-    from crossgap_qdrant.datasets import demo_subset, load_or_build_manifest
-
     rows = load_or_build_manifest(None)
     held, seen = [], set()
     for row in demo_subset(rows, per_category=per_category, seed=seed):
@@ -54,24 +66,6 @@ def caption_sets(per_category: int, fit_samples: int = 0, seed: int = 0) -> tupl
     return held, train[:fit_samples]
 
 
-# ------------------------------------------------------------------------------------------------ timing
-def timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def median_ms(fn, repeat: int, warmup: int = 1) -> dict:
-    """Median wall and CPU milliseconds of ``repeat`` calls after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    runs = [timed(fn) for _ in range(repeat)]
-    return {"wall": round(statistics.median(r[0] for r in runs) * 1e3, 1),
-            "cpu": round(statistics.median(r[1] for r in runs) * 1e3, 1)}
-
-
-# ----------------------------------------------------------------------------------------------- quality
 def cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
     c = (a * b).sum(-1)
     return {"mean": round(float(c.mean()), 4), "p5": round(float(c.quantile(0.05)), 4)}
@@ -80,16 +74,12 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
 def per_query_ap(query: torch.Tensor, gallery: torch.Tensor, labels) -> np.ndarray:
     """Per-query AP of full rankings (the query's own item removed), of the queries that have a relevant item
     (which ones depends on the labels only, so rows of two representations pair up)."""
-    from crossgap_qdrant.metrics import per_query, retrieval_metrics
-
     sim = (query @ gallery.T).numpy()
     ap = per_query(retrieval_metrics(sim, labels, labels, exclude=np.arange(len(labels))), len(labels))
     return ap[np.isfinite(ap)]
 
 
 def with_ci(ap: np.ndarray, base: np.ndarray | None, seed: int = 0) -> dict:
-    from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci
-
     lo, hi = bootstrap_ci(ap, n=1000, seed=seed)
     out = {"mAP": round(100 * float(ap.mean()), 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)]}
     if base is not None:
@@ -113,9 +103,6 @@ def cross_fitted_warm(clip, texts: torch.Tensor, exact, batch_size: int, fit_opt
         ({K: [N, E] features}, the fits, {"steps_mean", "seconds"} of a run at the chosen budget with
         ``stopping`` when given).
     """
-    from crossgap_qdrant.inversion import OVIConfig, ovi_invert
-    from crossgap_qdrant.warm_start import fit_warm_start
-
     n = texts.shape[0]
     fold_of = torch.arange(n) % FOLDS
     out = {k: torch.empty_like(exact.features) for k in KS_WARM}
@@ -160,9 +147,6 @@ def quality_rows(texts: torch.Tensor, labels, exact, warm: dict[int, torch.Tenso
 
 
 def ovi_quality(args) -> dict:
-    from crossgap_qdrant import load_model
-    from crossgap_qdrant.inversion import OVIConfig, StoppingRule, ovi_invert
-
     clip = load_model("crossgap-demo", device="cpu")
     held, _ = caption_sets(args.ovi_per_category)
     held = held[: args.ovi_captions] if args.ovi_captions else held
@@ -189,14 +173,7 @@ def _strict(record: dict) -> dict:
     return {k: None if isinstance(v, float) and v != v else v for k, v in record.items()}
 
 
-# -------------------------------------------------------------------------------------------------- cost
 def ovi_cost(args, chosen: dict) -> dict:
-    from crossgap_qdrant import load_model, ops
-    from crossgap_qdrant.inversion import OVIConfig, ovi_encoder, ovi_invert
-    from crossgap_qdrant.store import CrossModalStore
-    from crossgap_qdrant.towers import vision_tower
-    from crossgap_qdrant.warm_start import WarmStart
-
     torch.manual_seed(0)
     clip = load_model("ViT-B-32", device="cpu", allow_random=True)
     k, lr = chosen["steps"], chosen["lr"]
@@ -213,15 +190,16 @@ def ovi_cost(args, chosen: dict) -> dict:
             p = tokens.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(ops.cosine_loss(encode(p), target).sum(), p)
 
-        out["step_ms"][f"batch_{b}"] = median_ms(step, args.ovi_step_repeat)
+        out["step_ms"][f"batch_{b}"] = median_wall_cpu_ms(step, args.ovi_step_repeat)
 
     n = args.ovi_backfill
     feats = F.normalize(torch.randn(n, clip.embed_dim), dim=-1)
     s = args.ovi_exact_steps
-    zero = timed(lambda: ovi_invert(clip, feats, OVIConfig(steps=0), progress=False))
-    some = timed(lambda: ovi_invert(clip, feats, OVIConfig(steps=s), progress=False))
+    zero = timed_wall_cpu(lambda: ovi_invert(clip, feats, OVIConfig(steps=0), progress=False))
+    some = timed_wall_cpu(lambda: ovi_invert(clip, feats, OVIConfig(steps=s), progress=False))
     exact = [z + (1000 / s) * (x - z) for x, z in zip(some, zero)]  # fixed cost + 1000 steps at the measured rate
-    warm_run = timed(lambda: ovi_invert(clip, feats, OVIConfig(steps=k, lr=lr, warm_start=warm), progress=False))
+    warm_config = OVIConfig(steps=k, lr=lr, warm_start=warm)
+    warm_run = timed_wall_cpu(lambda: ovi_invert(clip, feats, warm_config, progress=False))
     out["backfill_texts_per_s"] = {
         "texts": n, "batch": min(64, n), "exact_steps_measured": s,
         "exact": {"wall": round(n / exact[0], 4), "cpu": round(n / exact[1], 4)},
@@ -241,20 +219,20 @@ def ovi_cost(args, chosen: dict) -> dict:
                 return lambda: store.search_texts(text=query, mode=mode, limit=10)
 
             for mode in ("native", "gallery_inverted"):
-                latency[mode] = median_ms(search(mode), 5)
+                latency[mode] = median_wall_cpu_ms(search(mode), 5)
             exact_cfg = store.encoder.ovi_config
             store.encoder.ovi_config = OVIConfig(steps=s)
-            few = median_ms(search("query_inverted"), 1, 0)
+            few = median_wall_cpu_ms(search("query_inverted"), 1, 0)
             store.encoder.ovi_config = OVIConfig(steps=0)
-            none = median_ms(search("query_inverted"), 3)
+            none = median_wall_cpu_ms(search("query_inverted"), 3)
             latency["query_inverted_exact_1000"] = {  # the same extrapolation as the backfill's
                 key: round(none[key] + (1000 / s) * (few[key] - none[key]), 1) for key in few}
             for label, config in ((f"warm_{k}", OVIConfig(steps=k, lr=lr, warm_start=warm)),
                                   ("warm_0", OVIConfig(steps=0, warm_start=warm))):
                 store.encoder.ovi_config = config
-                latency[f"query_inverted_{label}"] = median_ms(search("query_inverted"), 3)
+                latency[f"query_inverted_{label}"] = median_wall_cpu_ms(search("query_inverted"), 3)
             store.encoder.ovi_config = OVIConfig(steps=k, lr=lr, warm_start=warm)
-            latency[f"fused_warm_{k}"] = median_ms(search("fused"), 3)
+            latency[f"fused_warm_{k}"] = median_wall_cpu_ms(search("fused"), 3)
             store.encoder.ovi_config = exact_cfg
         finally:
             store.close()

@@ -1,12 +1,17 @@
 """Cast copies of a tower: made once per (module, dtype), reused, never changing the module itself."""
 
+import copy
 import gc
+import warnings
+import weakref
 
 import torch
 
-from crossgap_qdrant.cast_copy import cast_copy
-from crossgap_qdrant.inversion import OVIConfig, ovi_invert
-from crossgap_qdrant.patch_encoder import PseudoPatchImageEncoder
+from crossgap_qdrant.inversion import OVIConfig, SlowPrecisionWarning, ovi_invert
+from crossgap_qdrant.inversion.pseudo_patch_vit import PseudoPatchImageEncoder
+from crossgap_qdrant.models import ClipModel
+from crossgap_qdrant.models import cast_copy as cache
+from crossgap_qdrant.models.cast_copy import cast_copy
 
 
 def _weights(module):
@@ -33,8 +38,6 @@ def test_encoders_of_one_tower_share_its_copy(tiny_clip):
 
 
 def test_a_changed_weight_makes_a_new_copy(tiny_clip):
-    import copy
-
     model = copy.deepcopy(tiny_clip.model)
     low = cast_copy(model.visual, torch.bfloat16)
     with torch.no_grad():
@@ -45,11 +48,6 @@ def test_a_changed_weight_makes_a_new_copy(tiny_clip):
 
 
 def test_a_copy_goes_away_with_its_module(tiny_clip):
-    import copy
-    import weakref
-
-    from crossgap_qdrant import cast_copy as cache
-
     model = copy.deepcopy(tiny_clip.model.visual)
     copy_ref = weakref.ref(cast_copy(model, torch.bfloat16))
     assert model in cache._COPIES
@@ -59,17 +57,11 @@ def test_a_copy_goes_away_with_its_module(tiny_clip):
 
 
 def test_reduced_precision_inversions_reuse_the_copy(tiny_clip, monkeypatch):
-    import copy
-
-    from crossgap_qdrant.inversion_config import SlowPrecisionWarning
-
     calls = []
     real = copy.deepcopy
     monkeypatch.setattr(copy, "deepcopy", lambda obj, *a: calls.append(type(obj).__name__) or real(obj, *a))
     feats = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
-    model = real(tiny_clip.model)
-    import warnings
-
+    model = ClipModel.from_parts(real(tiny_clip.model), None, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlowPrecisionWarning)
         for _ in range(2):

@@ -6,22 +6,16 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from crossgap_qdrant import inversion_config
-from crossgap_qdrant.inversion import OTIConfig, OVIConfig, StoppingRule, oti_invert, ovi_invert
-from crossgap_qdrant.warm_start import CURVE_STEPS, fit_warm_start
-from tests.store_support import Stores, stored_vectors
+from crossgap_qdrant.cli import EXIT_OK
+from crossgap_qdrant.inversion import OTIConfig, OVIConfig, StoppingRule, fit_warm_start, oti_invert, ovi_invert
+from crossgap_qdrant.inversion import config as inversion_config
+from crossgap_qdrant.inversion.warm_start_fit import CURVE_STEPS
+from crossgap_qdrant.store.encoder import unit_vectors
+from tests.support.cli import MODEL, run
+from tests.support.store import Stores, stored_vectors
 
 EXACT = OVIConfig(steps=60)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +96,6 @@ def test_bf16_hardware_is_read_from_cpu_flags(tmp_path, monkeypatch):
 
 
 def test_the_store_uses_the_text_warm_start_for_backfills_ingestion_and_queries(tiny_clip, tmp_path):
-    from crossgap_qdrant.store.encoder import unit_vectors
-
     stores = Stores("edge", tmp_path, tiny_clip)
     store = stores.make()
     texts = [f"a drawing of thing number {i}" for i in range(10)]
@@ -135,9 +127,6 @@ def test_the_store_uses_the_text_warm_start_for_backfills_ingestion_and_queries(
 
 
 def test_cli_fits_the_text_warm_start_and_uses_it(capsys, tmp_path):
-    from tests.test_cli import MODEL, run
-    from crossgap_qdrant.cli import EXIT_OK
-
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"a drawing of thing number {i}\n" for i in range(8)))
     loc = ["--location", tmp_path / "q"]

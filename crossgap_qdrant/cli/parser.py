@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-score by the hubness statistics fitted for the mode (evaluate --apply, or "
                         "CrossModalStore.fit_hubness); default: as recorded with the collection's mode")
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--compare", default=None, metavar="MODE[,MODE]",
+                   help="also search in these modes and show them side by side (table, JSON columns, --html)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write a contact sheet: one HTML file with the query, thumbnails, scores and modes")
     model_flags(p)
     warm_flags(p)
     location_flags(p)
@@ -165,9 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
     location_flags(p)
     output_flags(p)
 
+    add_serve_parser(sub)
+
     p = sub.add_parser("info", help="collection, model, vector names and counts (no model needed)")
     location_flags(p)
     output_flags(p)
     return parser
 
 
+def add_serve_parser(sub) -> None:
+    """Adds the ``serve`` subcommand to the parser's subcommands."""
+    p = sub.add_parser("serve", help="a web page and JSON API for searching a collection (model kept loaded)",
+                       description="Serves a search page (text box, image upload, thumbnails, native and inter-modal "
+                                   "results side by side) and a JSON API (/api/search, /api/info, /thumb/ID) for "
+                                   "one collection. There is no authentication: it listens on 127.0.0.1 unless "
+                                   "--host says otherwise.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 exposes it to the "
+                        "network without authentication)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest uploaded query image, in MiB (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=25_000_000,
+                   help="most pixels of an uploaded query image; larger ones are refused before decoding "
+                        "(default: %(default)s)")
+    p.add_argument("--max-limit", type=int, default=100, help="most results one search may ask for "
+                                                             "(default: %(default)s)")
+    model_flags(p)
+    warm_flags(p)
+    location_flags(p)
+    output_flags(p)
