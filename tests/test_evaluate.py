@@ -121,10 +121,9 @@ def test_loader_errors(tmp_path):
 
 
 def test_torch_and_qdrant_agree_on_images(tiny_clip, image_folder, tmp_path):
-    model, preprocess, tokenizer = tiny_clip
     data = load_image_folder(image_folder)
     config = EvaluationConfig(isoclip_k_top=2, isoclip_k_bottom=4, **FAST)
-    result = evaluate(model, preprocess, tokenizer, data, config, model_id="test-tiny-clip")
+    result = evaluate(tiny_clip, data, config, model_id="test-tiny-clip")
     assert {r.method for r in result.by_backend("torch")} == set(METHODS)
     assert {r.method for r in result.by_backend("qdrant")} == set(METHODS)
     agreement = result.agreement()
@@ -164,12 +163,11 @@ def test_torch_and_qdrant_agree_on_images(tiny_clip, image_folder, tmp_path):
 
 
 def test_split_and_texts_agree(tiny_clip, tmp_path):
-    model, preprocess, tokenizer = tiny_clip
     gallery = ["a red apple", "a green apple", "a fast car", "a red car", "a small dog", "a big dog"]
     glabels = ["fruit", "fruit", "car", "car", "dog", "dog"]
     data = LabelledSet("text", gallery, glabels, ["an apple", "a truck"], ["fruit", "car"], name="t")
     config = EvaluationConfig(methods=("native", "query_inverted", "fused", "isoclip", "gap_shift"), **FAST)
-    result = evaluate(model, preprocess, tokenizer, data, config, model_id="test-tiny-clip")
+    result = evaluate(tiny_clip, data, config, model_id="test-tiny-clip")
     assert "gap_shift" in result.skipped  # no image sample for a text set
     assert {r.method for r in result.by_backend("qdrant")} == {"native", "query_inverted", "fused", "isoclip"}
     assert max(result.agreement().values()) < 1e-6
@@ -425,3 +423,15 @@ def test_pca_vocabulary_is_the_users_texts_when_there_are_enough(tiny_clip):
     given = EvaluationConfig(methods=("native", "pca"), backends=("torch",), vocabulary=["x", "y"], **FAST)
     with pytest.raises(ValueError, match="at most 1 principal direction"):
         evaluate(tiny_clip, few, given)  # a vocabulary the user chose is never silently replaced
+
+
+def test_evaluate_takes_the_handle_and_the_old_parts_form_still_works(tiny_clip):
+    data = LabelledSet("text", ["a red apple", "a fast car", "a green apple", "a red car"],
+                       ["fruit", "car", "fruit", "car"], name="t")
+    config = EvaluationConfig(methods=("native",), backends=("torch",), bootstrap=10, latency_queries=1)
+    new = evaluate(tiny_clip, data, config)
+    model, preprocess, tokenizer = tiny_clip
+    old = evaluate(model, preprocess, tokenizer, data, config)  # deprecated; same result
+    assert new.by_backend("torch")[0].map_ci == old.by_backend("torch")[0].map_ci
+    with pytest.raises(TypeError, match="model handle and a labelled set"):
+        evaluate(tiny_clip, "not a set")

@@ -48,7 +48,7 @@ from crossgap_qdrant.evaluate.results import (
 )
 from crossgap_qdrant.inversion import OTIConfig, OVIConfig, oti_invert, ovi_invert
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
-from crossgap_qdrant.models import as_clip_model, encode_images, encode_texts, model_device
+from crossgap_qdrant.models import ClipModel, as_clip_model, encode_images, encode_texts, model_device
 from crossgap_qdrant.rivals import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT
 
 INVERTING = ("gallery_inverted", "query_inverted", "fused")
@@ -245,24 +245,22 @@ def _representations(feats: _Features, methods: Sequence[str], config: Evaluatio
 
 
 def evaluate(
-    model: Any,
-    preprocess: Callable | LabelledSet | None = None,
-    tokenizer: Callable | EvaluationConfig | None = None,
-    data: LabelledSet | None = None,
+    clip: ClipModel,
+    data: LabelledSet,
     config: EvaluationConfig | None = None,
-    *,
+    *parts: Any,
     model_id: str | None = None,
     model_name: str | None = None,
     progress: bool = False,
 ) -> EvaluationResult:
     """Evaluates every configured method on a labelled set, with each configured backend.
 
-    Call it with a model handle, ``evaluate(clip, data, config)``, or with its parts,
-    ``evaluate(model, preprocess, tokenizer, data, config)``.
+    Call it with a model handle, ``evaluate(clip, data, config)``. The parts form
+    ``evaluate(model, preprocess, tokenizer, data[, config])`` still works in this release and warns once.
 
     Args:
-        model: a :class:`~crossgap_qdrant.models.ClipModel` (:func:`crossgap_qdrant.models.load_model`), or a
-            frozen open_clip model with ``preprocess`` and ``tokenizer``.
+        clip: a :class:`~crossgap_qdrant.models.ClipModel` (:func:`crossgap_qdrant.models.load_model`, or
+            ``ClipModel.from_parts``).
         data: the labelled set.
         config: settings (default :class:`EvaluationConfig`).
         model_id: recorded in the Qdrant collection metadata and results.json (default: the handle's content
@@ -274,14 +272,7 @@ def evaluate(
     Returns:
         EvaluationResult with one MethodResult per (method, backend).
     """
-    if isinstance(preprocess, LabelledSet):  # evaluate(clip, data[, config])
-        if data is not None or config is not None:
-            raise TypeError("evaluate(clip, data, config) takes no further positional arguments")
-        data, config, preprocess, tokenizer = preprocess, tokenizer, None, None
-    if data is None:
-        raise TypeError("evaluate() needs a labelled set: evaluate(clip, data) or evaluate(model, preprocess, "
-                        "tokenizer, data)")
-    clip = as_clip_model(model if preprocess is None and tokenizer is None else (model, preprocess, tokenizer))
+    clip, data, config = _handle_and_data(clip, data, config, parts)
     model_id = model_id or clip.model_id
     config = config or EvaluationConfig()
     data, unreadable = drop_unreadable_images(data)
@@ -361,3 +352,15 @@ def evaluate(
     )
     result.recommendation = recommend(result)
     return result
+
+
+def _handle_and_data(clip: Any, data: Any, config: Any, parts: tuple) -> tuple[ClipModel, LabelledSet, Any]:
+    """(handle, labelled set, config) of ``evaluate(clip, data, config)`` or of the deprecated parts form
+    ``evaluate(model, preprocess, tokenizer, data[, config])`` (which warns once, through as_clip_model)."""
+    if isinstance(data, LabelledSet):
+        if parts:
+            raise TypeError("evaluate(clip, data, config) takes no further positional arguments")
+        return as_clip_model(clip), data, config
+    if not parts or not isinstance(parts[0], LabelledSet) or len(parts) > 2:
+        raise TypeError("evaluate() needs a model handle and a labelled set: evaluate(clip, data[, config])")
+    return as_clip_model((clip, data, config)), parts[0], parts[1] if len(parts) > 1 else None

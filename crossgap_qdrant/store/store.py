@@ -17,7 +17,7 @@ from qdrant_client import QdrantClient, models
 
 from crossgap_qdrant.images import WHITE
 from crossgap_qdrant.inversion import OTIConfig, OVIConfig
-from crossgap_qdrant.models import as_clip_model
+from crossgap_qdrant.models import ClipModel, as_clip_model
 from crossgap_qdrant.models.towers import embed_dim
 from crossgap_qdrant.rivals import vector_from_record
 from crossgap_qdrant.store import ingest as ingest_lib
@@ -71,8 +71,9 @@ class CrossModalStore(RecordedSettings):
         client: a QdrantClient (server, ":memory:", local folder) or a Collection from
             :func:`crossgap_qdrant.store.open_collection`; :meth:`open` builds one from a location.
         collection_name: created when missing (unless ``create=False``), validated otherwise.
-        model: the model handle from :func:`crossgap_qdrant.models.load_model`, or a bare open_clip model
-            with ``tokenizer`` and ``preprocess`` given by keyword.
+        clip: the model handle from :func:`crossgap_qdrant.models.load_model` (or ``ClipModel.from_parts``);
+            a bare open_clip model with ``tokenizer=`` and ``preprocess=`` still works in this release and warns
+            once.
         model_id: overrides the handle's content fingerprint recorded in the collection (a collection is
             never mixed across models).
         vector_names: names of the four named vectors.
@@ -96,7 +97,7 @@ class CrossModalStore(RecordedSettings):
         self,
         client: Any,
         collection_name: str,
-        model: Any,
+        clip: ClipModel,
         *,
         tokenizer: Callable | None = None,
         preprocess: Callable | None = None,
@@ -118,7 +119,7 @@ class CrossModalStore(RecordedSettings):
         warm_start: bool = False,
     ):
 
-        self.clip = _handle(model, tokenizer, preprocess, as_clip_model)
+        self.clip = _handle(clip, tokenizer, preprocess, as_clip_model)
         self.model_id = model_id if model_id is not None else self.clip.model_id
         if not self.model_id or not isinstance(self.model_id, str):
             raise InvalidRequestError("model_id must be a non-empty string naming the model's weights")
@@ -156,7 +157,7 @@ class CrossModalStore(RecordedSettings):
         cls,
         location: str = "./qdrant_data",
         collection_name: str = "crossgap",
-        model: Any = None,
+        clip: ClipModel | None = None,
         *,
         engine: str | None = None,
         create: bool = True,
@@ -175,12 +176,12 @@ class CrossModalStore(RecordedSettings):
             timeout: seconds per server request.
             kwargs: the store's keyword arguments (tokenizer, preprocess, model_id, ...).
         """
-        if model is None:
-            raise TypeError("open() needs a model (see crossgap_qdrant.models.load_model)")
+        if clip is None:
+            raise TypeError("open() needs a model handle (see crossgap_qdrant.models.load_model)")
         collection = open_collection(location, collection_name, engine=engine, api_key=api_key, timeout=timeout,
                                      retry=retry, client_kwargs=client_kwargs, create_folder=create)
         try:
-            store = cls(collection, collection_name, model, retry=retry, create=create, **kwargs)
+            store = cls(collection, collection_name, clip, retry=retry, create=create, **kwargs)
         except BaseException:
             collection.close()
             raise
