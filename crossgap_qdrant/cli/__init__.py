@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from crossgap_qdrant.cli.adopt_commands import cmd_adopt, cmd_backfill, cmd_optimize
 from crossgap_qdrant.cli.commands import cmd_fit_warm_start, cmd_info, cmd_ingest, cmd_invert, cmd_search
 from crossgap_qdrant.cli.common import (
     EXIT_ERROR,
@@ -39,7 +40,8 @@ from crossgap_qdrant.cli.evaluate_command import cmd_evaluate
 from crossgap_qdrant.cli.parser import build_parser
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "invert": cmd_invert, "evaluate": cmd_evaluate,
-            "fit-warm-start": cmd_fit_warm_start, "info": cmd_info}
+            "fit-warm-start": cmd_fit_warm_start, "info": cmd_info, "adopt": cmd_adopt, "backfill": cmd_backfill,
+            "optimize": cmd_optimize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

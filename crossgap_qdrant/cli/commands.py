@@ -12,6 +12,7 @@ from crossgap_qdrant.cli.common import (
     EXIT_OK,
     PROG,
     UsageError,
+    adopted_lines,
     described_collection,
     emit,
     format_table,
@@ -122,6 +123,7 @@ def cmd_info(args) -> int:
         f"model: {info['model'] or 'unknown (not recorded)'}, id {info['model_id']} "
         f"(embedding width {info['embed_dim']})",
         f"points: {info['points']}",
+        *adopted_lines(info.get("adopted")),
         "",
         format_table(rows, ["vector", "size", "distance", "points"]),
     ])

@@ -196,6 +196,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 def described_collection(args) -> dict:
     """describe_collection of --collection at --location; CollectionNotFoundError when it does not exist."""
     from crossgap_qdrant.store import describe_collection
+    from crossgap_qdrant.store.adopt import adopted_view
     from crossgap_qdrant.store.errors import CollectionNotFoundError
 
     collection = open_collection_at(args, create=False)
@@ -203,6 +204,19 @@ def described_collection(args) -> dict:
         if not collection.exists():
             raise CollectionNotFoundError(f"no collection {args.collection!r} at {collection.location}; check "
                                           "--collection and --location")
+        collection = adopted_view(collection)
         return describe_collection(collection)
     finally:
         collection.close()
+
+
+def adopted_lines(adopted: dict | None) -> list[str]:
+    """What ``info`` says of an adopted collection: its source vector and whether the model was checked."""
+    if not adopted:
+        return []
+    check = adopted.get("check")
+    checked = check if isinstance(check, str) else (f"checked on {check['points']} point(s), cosine >= "
+                                                     f"{check['min_cosine']:.4f}")
+    vector = "the unnamed vector" if adopted.get("vector") == "" else f"vector {adopted.get('vector')!r}"
+    where = f", added vectors in {adopted['companion']}" if adopted.get("companion") else ""
+    return [f"adopted: {vector} ({adopted.get('modality')}s), model {checked}{where}"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from crossgap_qdrant.cli.adopt_commands import add_adopt_commands
 from crossgap_qdrant.cli.common import PROG
 
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="collection, model, vector names and counts (no model needed)")
     location_flags(p)
     output_flags(p)
+    add_adopt_commands(sub, model_flags, warm_flags, location_flags, output_flags)
     return parser
 
 

@@ -1,0 +1,174 @@
+"""``crossgap-qdrant adopt``, ``backfill`` and ``optimize``: collections built elsewhere, filled at any scale."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from crossgap_qdrant.cli.common import (
+    EXIT_OK,
+    UsageError,
+    background_colour,
+    emit,
+    format_table,
+    inversion_configs,
+    load_handle,
+    open_collection_at,
+    open_store,
+    retry_policy,
+)
+
+
+def add_adopt_commands(sub, model_flags, warm_flags, location_flags, output_flags) -> None:
+    """Registers adopt, backfill and optimize on the parser's subcommands."""
+    p = sub.add_parser("adopt", help="adopt a collection another tool built (its CLIP vectors become native)",
+                       description="Records the model and the stored CLIP vector in the collection (or, for a "
+                                   "single unnamed vector, in a companion collection) and adds the vectors this "
+                                   "package fills; no point of the collection is rewritten. Then run backfill.")
+    p.add_argument("--vector", required=True, metavar="NAME",
+                   help="the stored CLIP vector's name ('' for a collection's single unnamed vector)")
+    p.add_argument("--modality", choices=("image", "text"), default="image",
+                   help="what the stored vectors embed (default: %(default)s)")
+    p.add_argument("--check", type=int, default=8, metavar="N",
+                   help="points with an image path or text in their payload encoded again and compared with the "
+                        "stored vectors (default: %(default)s; 0: take the vectors on trust)")
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("backfill", help="compute the inverted vectors a collection lacks, resumably, on one "
+                                        "process or a Ray cluster",
+                       description="Inverts the stored native vectors that lack their inverted vector and writes "
+                                   "the new vectors only (update_vectors). Run the same command again after any "
+                                   "crash: it resumes.")
+    p.add_argument("--modality", choices=("image", "text"), default="image")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a local cluster (no ADDRESS) or the cluster at ADDRESS ('auto', "
+                        "'ray://host:10001')")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="parallel workers (Ray actors, one model each; in-process: parts run in turn)")
+    p.add_argument("--batch-size", type=int, default=64)
+    model_flags(p)
+    warm_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("optimize", help="build the search indexes of an embedded (Edge) collection after a large "
+                                        "ingest or backfill (searches are exact until then)")
+    location_flags(p)
+    output_flags(p)
+
+
+def cmd_adopt(args) -> int:
+    from crossgap_qdrant.store import CrossModalStore
+
+    if args.check < 0:
+        raise UsageError(f"--check must be >= 0, got {args.check}")
+    clip = load_handle(args)
+    oti, ovi = inversion_configs(args)
+    store = CrossModalStore.adopt(args.location, args.collection, clip, native_vector=args.vector,
+                                  modality=args.modality, engine=args.engine, check=args.check,
+                                  api_key=args.api_key, timeout=args.timeout, retry=retry_policy(args),
+                                  oti_config=oti, ovi_config=ovi, image_background=background_colour(args.background))
+    with store:
+        info = store.info()
+    adopted = info["adopted"]
+    check = adopted["check"]
+    checked = check if isinstance(check, str) else (f"{check['points']} point(s) encoded again from payload "
+                                                     f"{check['field']!r}, cosine >= {check['min_cosine']:.4f}")
+    rows = [("collection", f"{info['collection']} at {info['location']} ({info['engine']})"),
+            ("vector", repr(adopted["vector"]) + (" (unnamed)" if adopted["vector"] == "" else "")),
+            ("modality", adopted["modality"]), ("model", info["model"]), ("vectors checked", checked),
+            ("added vectors in", adopted["companion"] or "the collection itself"), ("points", info["points"])]
+    text = format_table(rows, ["", "value"]) + (f"\nnext: crossgap-qdrant backfill --location {args.location} "
+                                                f"--collection {args.collection} --model {args.model}")
+    emit(args, info, text)
+    return EXIT_OK
+
+
+def cmd_backfill(args) -> int:
+    from crossgap_qdrant.store.backfill import backfill, missing_count
+    from crossgap_qdrant.store.connection import is_server_location
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    clip = load_handle(args)
+    with open_store(args, clip, create=False) as store:
+        start = time.perf_counter()
+        if args.ray is not None:
+            from crossgap_qdrant.store.backfill_ray import ServerSpec, backfill_on_ray
+
+            server = None
+            if is_server_location(args.location):
+                server = ServerSpec(args.location, args.collection, api_key=args.api_key, timeout=args.timeout)
+            report = backfill_on_ray(store.collection, store.encoder, store.names, args.modality,
+                                     address=None if args.ray == "local" else args.ray, workers=args.workers,
+                                     batch_size=args.batch_size, threads=args.threads or 1, server=server,
+                                     progress=args.progress)
+        else:
+            report = backfill(store.collection, store.encoder, store.names, args.modality,
+                              batch_size=args.batch_size, workers=args.workers, progress=args.progress)
+        seconds = time.perf_counter() - start
+        left = missing_count(store.collection, store.names, args.modality)
+        engine = store.engine
+    data = {"written": report.written, "missing": left, "seconds": round(seconds, 3),
+            "points_per_second": round(report.written / seconds, 3) if seconds > 0 else None,
+            "workers": args.workers, "ray": args.ray, "partition": report.partition,
+            "failed": [{"item": str(i), "reason": r} for i, r in report.failed]}
+    text = format_table([(k, v) for k, v in data.items() if k != "failed"], ["", "value"])
+    if engine == "qdrant-edge" and report.written:
+        text += "\nsearches are exact until the index is built: crossgap-qdrant optimize"
+    if data["failed"]:
+        text += "\nfailed:\n" + "\n".join(f"  {f['item']}: {f['reason']}" for f in data["failed"])
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_optimize(args) -> int:
+    from tqdm.auto import tqdm
+
+    from crossgap_qdrant.store.adopt import adopted_view
+
+    collection = adopted_view(open_collection_at(args, create=False))
+    try:
+        target = getattr(collection, "companion", collection)
+        before = _indexed(target)
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                collection.optimize()
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        start = time.perf_counter()
+        threading.Thread(target=run, daemon=True).start()
+        with tqdm(desc="building the search index", unit="s", disable=not args.progress,
+                  bar_format="{desc}: {elapsed}") as bar:
+            while not done.wait(0.5):
+                bar.update(0)
+        if failure:
+            raise failure[0]
+        data = {"collection": collection.name, "engine": collection.engine, "seconds": round(time.perf_counter()
+                                                                                              - start, 3),
+                "indexed_vectors_before": before, "indexed_vectors": _indexed(target)}
+    finally:
+        collection.close()
+    text = format_table(list(data.items()), ["", "value"])
+    if data["engine"] != "qdrant-edge":
+        text += "\n(a Qdrant server and local mode index on their own: nothing to do)"
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def _indexed(collection) -> int | None:
+    indexed = getattr(collection, "indexed_vectors", None)
+    return indexed() if callable(indexed) else None
+
+
+__all__ = ["add_adopt_commands", "cmd_adopt", "cmd_backfill", "cmd_optimize"]

@@ -1,0 +1,169 @@
+"""The backfill on Ray Data: a pool of actors, each loading the model once, inverting streamed batches.
+
+Two shapes, by where the collection lives:
+
+- **a Qdrant server**: the dataset is the list of parts (Qdrant slices, or id-hash parts); each actor runs
+  :class:`~crossgap_qdrant.store.backfill.BackfillWorker` on the parts it is given, reading and writing the
+  server itself. A part that dies with its actor is retried by Ray on a restarted actor and resumes from what
+  is already written.
+- **an embedded folder** (Edge, qdrant-client local mode): one process may open it, so the driver reads the
+  points lacking the vector (into Ray's object store, which spills to disk past its memory), the actors
+  invert the streamed batches, and the driver writes each result as it arrives.
+
+Actors take one GPU each where the cluster has GPUs, else one CPU and ``threads`` PyTorch threads. Ray gets one
+logical CPU more than there are actors on a local cluster, so the dataset's read tasks are never starved by the
+actor pool. Tasks are retried and actors restarted without limit (Ray Data's defaults for an actor pool);
+since every write is an ``update_vectors`` of the vector a point lacks, a batch written twice is harmless and
+a rerun after the driver dies resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossgap_qdrant.store.backfill import BackfillReport, BackfillWorker, deferred_index, missing_count
+from crossgap_qdrant.store.schema import VectorNames
+
+logger = logging.getLogger(__name__)
+
+PARTS_PER_WORKER = 4
+"""Parts per actor on a server: small parts spread the work evenly and lose little when an actor dies."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How an actor opens the collection on a server itself (location, name, key, timeout, engine)."""
+
+    location: str
+    collection: str
+    api_key: str | None = None
+    timeout: float | None = None
+
+
+def _require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ImportError("--ray needs Ray Data: pip install 'crossgap-qdrant[ray]' (ray[data])") from None
+    return ray
+
+
+class _Inverter:
+    """A Ray actor: the model loaded once; batches of (id, native vector) in, (id, inverted vector) out; with a
+    server, whole parts read, inverted and written here."""
+
+    def __init__(self, shared: Any, server: ServerSpec | None = None):
+        import ray
+
+        setup = ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared
+        torch.set_num_threads(setup["threads"])
+        clip = setup["clip"]
+        if ray.get_gpu_ids() and torch.cuda.is_available():
+            clip.model.to("cuda")
+        from crossgap_qdrant.store.encoder import Encoder
+
+        self.encoder = Encoder(clip, setup["dim"], setup["oti"], setup["ovi"], {})
+        self.names, self.modality, self.batch_size = setup["names"], setup["modality"], setup["batch_size"]
+        self.worker = None
+        if server is not None:
+            from crossgap_qdrant.store.adopt import adoption_layout
+            from crossgap_qdrant.store.engines import open_collection
+
+            collection = open_collection(server.location, server.collection, api_key=server.api_key,
+                                         timeout=server.timeout)
+            collection = adoption_layout(collection, collection.schema(), self.names)[0]
+            self.worker = BackfillWorker(collection, self.encoder, self.names, self.modality,
+                                         batch_size=self.batch_size, slices=setup["slices"])
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        if self.worker is not None:  # parts: read, invert and write here, one output row per written page
+            for part in batch["part"].tolist():
+                for ids, feats in self.worker.pending(int(part), int(batch["total"][0])):
+                    self.worker.write(ids, self.worker.invert(ids, feats))
+                    yield {"written": np.array([len(ids)])}
+            return
+        ids = [_point_id(i) for i in batch["id"].tolist()]
+        feats = torch.from_numpy(np.ascontiguousarray(batch["vector"], dtype=np.float32))
+        out = self.encoder.invert(self.modality, feats, [str(p) for p in ids])
+        yield {"id": batch["id"], "vector": out.numpy()}
+
+
+def _point_id(text: str) -> Any:
+    """A point id carried as text: digits are an integer id, anything else a UUID."""
+    return int(text) if text.isdigit() else text
+
+
+def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality: str = "image", *,
+                    address: str | None = None, workers: int = 2, batch_size: int = 64, threads: int = 1,
+                    server: ServerSpec | None = None, progress: bool = True) -> BackfillReport:
+    """Backfills the inverted vectors of ``collection`` on Ray (see the module docstring).
+
+    Args:
+        collection: the collection as the driver opened it (an adopted one's companion view included).
+        encoder: the driver's encoder: its model and inversion settings (warm start included) go to the actors.
+        address: a Ray cluster ("auto", "ray://host:10001"); None starts a local one with workers + 1 CPUs.
+        workers: actors (model copies).
+        threads: PyTorch threads per CPU actor.
+        server: set for a Qdrant server: the actors open the collection themselves and write to it.
+
+    Returns:
+        The report (written counts as the driver saw them; a batch retried after a crash counts again).
+    """
+    ray = _require_ray()
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        if address is None:
+            ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.verbose_progress = False
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    worker = BackfillWorker(collection, encoder, names, modality, batch_size=batch_size)
+    shared = ray.put({"clip": encoder.clip, "dim": encoder.dim, "oti": encoder.oti_config, "ovi": encoder.ovi_config,
+                      "names": names, "modality": modality, "batch_size": batch_size, "threads": threads,
+                      "slices": worker.slices})
+    # Ray Data restarts the pool's actors and retries their tasks without limit by default
+    options = {"compute": ray.data.ActorPoolStrategy(size=workers), "num_cpus": 0 if gpus else 1, "num_gpus": gpus}
+    report = BackfillReport(partition="slice" if worker.slices else "id-hash")
+    from tqdm.auto import tqdm
+
+    total = missing_count(collection, names, modality)
+    with tqdm(total=total, desc=f"backfill {modality}s on Ray ({workers} worker{'s' * (workers > 1)})", unit="pt",
+              disable=not progress, dynamic_ncols=True) as bar:
+        if server is not None:
+            parts = workers * PARTS_PER_WORKER
+            ds = ray.data.from_items([{"part": p, "total": parts} for p in range(parts)], override_num_blocks=parts)
+            out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared, "server": server},
+                                 batch_size=1, **options)
+            with deferred_index(getattr(collection, "companion", collection), names.inverted(modality)):
+                for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+                    written = int(batch["written"].sum())
+                    report.written += written
+                    bar.update(written)
+        else:
+            rows = [{"id": str(pid), "vector": row.numpy()}
+                    for ids, feats in worker.pending(0, 1, report) for pid, row in zip(ids, feats)]
+            if rows:
+                ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+                out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared}, batch_size=batch_size,
+                                     **options)
+                for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+                    ids = [_point_id(i) for i in batch["id"].tolist()]
+                    worker.write(ids, torch.from_numpy(np.ascontiguousarray(batch["vector"])))
+                    report.written += len(ids)
+                    bar.update(len(ids))
+    report.seconds = time.perf_counter() - started
+    return report
