@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +92,7 @@ class _Inverter:
                     yield {"written": np.array([len(ids)])}
             return
         ids = [_point_id(i) for i in batch["id"].tolist()]
-        feats = torch.from_numpy(np.ascontiguousarray(batch["vector"], dtype=np.float32))
+        feats = torch.from_numpy(np.array(batch["vector"], dtype=np.float32))
         out = self.encoder.invert(self.modality, feats, [str(p) for p in ids])
         yield {"id": batch["id"], "vector": out.numpy()}
 
@@ -122,9 +123,11 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
     if not ray.is_initialized():
-        if address is None:
+        if address is None:  # a local cluster: its workers import this very package (a checkout, not installed)
+            package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
             ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False)
+                     log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
         else:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     context = ray.data.DataContext.get_current()
@@ -162,7 +165,7 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                                      **options)
                 for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
                     ids = [_point_id(i) for i in batch["id"].tolist()]
-                    worker.write(ids, torch.from_numpy(np.ascontiguousarray(batch["vector"])))
+                    worker.write(ids, torch.from_numpy(np.array(batch["vector"], dtype=np.float32)))
                     report.written += len(ids)
                     bar.update(len(ids))
     report.seconds = time.perf_counter() - started
