@@ -199,3 +199,66 @@ def test_cli_adopt_errors(tmp_path, demo, capsys):
     assert code == EXIT_ERROR and "crossgap-qdrant adopt" in err
     code, _, err = cli(capsys, "backfill", *loc, "--model", "crossgap-demo", "--workers", 0)
     assert code == 2 and "--workers" in err
+
+
+@pytest.mark.parametrize("engine,vector", [("edge", ""), ("local", "clip")])
+def test_transforms_and_hubness_from_stored_vectors(tmp_path, demo, engine, vector):
+    """IsoCLIP and PCA from stored vectors equal the same maps computed from the images; hubness statistics
+    fitted on the stored vectors; all searchable, and rebuilt from the record when reopened."""
+    from crossgap_qdrant.images import load_pixels
+    from crossgap_qdrant.rivals import IsoCLIPProjector, fit_pca_projector
+    from crossgap_qdrant.store.stored_transforms import NotFromStoredVectorsError, add_stored_transform
+
+    foreign = make_foreign(tmp_path, demo, engine, vector, "int", n=8)
+    before = snapshot(foreign)
+    iso = IsoCLIPProjector.from_model(demo.model, 10, 5).vector("image")
+    pca = fit_pca_projector(demo.model, demo.tokenizer).vector("image")
+    with adopt(foreign, demo) as store:
+        backfill(store.collection, store.encoder, store.names, batch_size=4, progress=False)
+        assert add_stored_transform(store, "image_isoclip", iso) == 8
+        assert add_stored_transform(store, "image_pca", pca) == 8
+        assert add_stored_transform(store, "image_pca", pca) == 0  # resumable: nothing left to write
+        pixels = load_pixels(demo.preprocess, foreign.paths)
+        for name, vec in (("image_isoclip", iso), ("image_pca", pca)):
+            reference = vec.compute(demo.model, pixels)
+            stored = store.collection.retrieve(foreign.ids, with_vectors=[name])
+            by_id = {r.id: torch.tensor(r.vector[name]) for r in stored}
+            got = torch.stack([by_id[i] for i in foreign.ids])
+            assert float((got * reference).sum(-1).min()) > 0.9999, name
+        fitted = store.fit_hubness("image", "gallery_inverted", bank_size=8)
+        assert fitted["points"] == 8
+        hits = store.search_images(image=foreign.ids[0], mode="gallery_inverted", hubness=True, limit=3)
+        assert len(hits) == 3
+    with CrossModalStore.open(foreign.location, NAME, demo, create=False,
+                              engine="local" if engine == "local" else None) as store:
+        for mode in ("image_isoclip", "image_pca"):
+            hits = store.search_images(image=foreign.ids[1], mode=mode, limit=3)
+            assert len(hits) == 3 and all("label" in h.payload for h in hits), mode
+        from crossgap_qdrant.rivals import ModalityGapShift
+
+        shift = ModalityGapShift(torch.zeros(128), torch.ones(128) / 128 ** 0.5)
+        with pytest.raises(NotFromStoredVectorsError, match="not linear in the normalised vector"):
+            add_stored_transform(store, "image_gap", shift.vector("image"))
+    after, before = snapshot(foreign)["points"], before["points"]
+    # in place, the fitted hub values are one payload key more (merged); with a companion they stay there
+    hub_keys = {"hub_image_gallery_inverted"} if vector else set()
+    assert after.keys() == before.keys()
+    for pid, (native, payload) in after.items():
+        assert native == before[pid][0] and set(payload) - set(before[pid][1]) == hub_keys
+        assert {k: v for k, v in payload.items() if k not in hub_keys} == before[pid][1]
+
+
+def test_cli_transforms(tmp_path, demo, capsys):
+    foreign = make_foreign(tmp_path, demo, "edge", "", "int", n=5)
+    loc = ["--location", foreign.location, "--collection", NAME]
+    model = ["--model", "crossgap-demo", "--quiet"]
+    assert cli(capsys, "adopt", *loc, *model, "--vector", "")[0] == EXIT_OK
+    code, out, err = cli(capsys, "backfill", *loc, *model, "--steps", STEPS, "--transform", "isoclip:10,5",
+                         "--transform", "pca", "--json")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["transforms"] == {"image_isoclip": 5, "image_pca": 5}
+    code, out, err = cli(capsys, "search", foreign.ids[0], *loc, *model, "--mode", "image_isoclip", "--limit", 2,
+                         "--json")
+    assert code == EXIT_OK and len(json.loads(out)["hits"]) == 2, err
+    code, _, err = cli(capsys, "backfill", *loc, *model, "--transform", "gap_shift")
+    assert code == 2 and "not linear in the normalised vector" in err

@@ -129,7 +129,7 @@ def test_ray_worker_killed_mid_backfill(tmp_path, demo):
         os.kill(actors[0], signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-        assert json.loads(out)["missing"] == 0
+        assert _json(out)["missing"] == 0
     finally:
         _end_session(proc)
     _check_complete(foreign, demo, before)
@@ -156,8 +156,14 @@ def test_driver_killed_mid_backfill_then_rerun(tmp_path, demo, on_ray):
     rerun = subprocess.run(_cli(foreign, *extra, "--json"), env=_env(), capture_output=True, timeout=900,
                            start_new_session=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert json.loads(rerun.stdout)["written"] == left
+    assert _json(rerun.stdout)["written"] == left
     _check_complete(foreign, demo, before)
+
+
+def _json(stdout: bytes) -> dict:
+    """The command's JSON document (Ray's raylet writes a line on stdout when a worker dies)."""
+    lines = stdout.decode().splitlines()
+    return json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))
 
 
 def _end_session(proc) -> None:

@@ -48,6 +48,10 @@ def add_adopt_commands(sub, model_flags, warm_flags, location_flags, output_flag
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="parallel workers (Ray actors, one model each; in-process: parts run in turn)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--transform", action="append", default=[], metavar="KIND",
+                   help="also add a rival vector computed from the stored vectors (no image read): "
+                        "isoclip:TOP,BOTTOM (<modality>_isoclip) or pca (<modality>_pca, the bundled vocabulary); "
+                        "repeatable; searchable as --mode <name>")
     model_flags(p)
     warm_flags(p)
     location_flags(p)
@@ -89,6 +93,7 @@ def cmd_adopt(args) -> int:
 def cmd_backfill(args) -> int:
     from crossgap_qdrant.store.backfill import backfill, missing_count
     from crossgap_qdrant.store.connection import is_server_location
+    from crossgap_qdrant.store.stored_transforms import add_stored_transform
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
@@ -96,6 +101,7 @@ def cmd_backfill(args) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     clip = load_handle(args)
     with open_store(args, clip, create=False) as store:
+        transforms = stored_transforms(args.transform, args.modality, store.clip)
         start = time.perf_counter()
         if args.ray is not None:
             from crossgap_qdrant.store.backfill_ray import ServerSpec, backfill_on_ray
@@ -112,10 +118,12 @@ def cmd_backfill(args) -> int:
                               batch_size=args.batch_size, workers=args.workers, progress=args.progress)
         seconds = time.perf_counter() - start
         left = missing_count(store.collection, store.names, args.modality)
+        added = {name: add_stored_transform(store, name, vector, progress=args.progress)
+                 for name, vector in transforms.items()}
         engine = store.engine
     data = {"written": report.written, "missing": left, "seconds": round(seconds, 3),
             "points_per_second": round(report.written / seconds, 3) if seconds > 0 else None,
-            "workers": args.workers, "ray": args.ray, "partition": report.partition,
+            "workers": args.workers, "ray": args.ray, "partition": report.partition, "transforms": added,
             "failed": [{"item": str(i), "reason": r} for i, r in report.failed]}
     text = format_table([(k, v) for k, v in data.items() if k != "failed"], ["", "value"])
     if engine == "qdrant-edge" and report.written:
@@ -124,6 +132,27 @@ def cmd_backfill(args) -> int:
         text += "\nfailed:\n" + "\n".join(f"  {f['item']}: {f['reason']}" for f in data["failed"])
     emit(args, data, text)
     return EXIT_OK
+
+
+def stored_transforms(specs: list[str], modality: str, clip) -> dict:
+    """{name: derived vector} of --transform isoclip:TOP,BOTTOM / pca, checked before anything runs."""
+    from crossgap_qdrant.cli.common import parse_cuts
+    from crossgap_qdrant.rivals import IsoCLIPProjector, fit_pca_projector
+    from crossgap_qdrant.store.stored_transforms import stored_map
+
+    out = {}
+    for spec in specs:
+        kind, _, cuts = spec.partition(":")
+        if kind == "isoclip" and cuts:
+            vector = IsoCLIPProjector.from_model(clip.model, *parse_cuts(cuts)).vector(modality)
+        elif kind == "pca" and not cuts:
+            vector = fit_pca_projector(clip.model, clip.tokenizer).vector(modality)
+        else:
+            raise UsageError(f"--transform takes isoclip:TOP,BOTTOM or pca, got {spec!r} (the gap shift moves "
+                             "queries only and is not linear in the normalised vector: it is not stored)")
+        stored_map(vector, clip.model)  # refuses what stored vectors cannot give, before anything is written
+        out[f"{modality}_{kind}"] = vector
+    return out
 
 
 def cmd_optimize(args) -> int:
