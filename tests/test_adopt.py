@@ -262,3 +262,17 @@ def test_cli_transforms(tmp_path, demo, capsys):
     assert code == EXIT_OK and len(json.loads(out)["hits"]) == 2, err
     code, _, err = cli(capsys, "backfill", *loc, *model, "--transform", "gap_shift")
     assert code == 2 and "not linear in the normalised vector" in err
+
+
+def test_cli_evaluate_label_field(tmp_path, demo, capsys):
+    foreign = make_foreign(tmp_path, demo, "local", "", "int", n=6)
+    loc = ["--location", foreign.location, "--collection", NAME, "--engine", "local"]
+    assert cli(capsys, "adopt", *loc, "--model", "crossgap-demo", "--quiet", "--vector", "")[0] == EXIT_OK
+    code, out, err = cli(capsys, "evaluate", "--label-field", "label", *loc, "--model", "crossgap-demo", "--quiet",
+                         "--steps", STEPS, "--methods", "native,gallery_inverted", "--backend", "torch",
+                         "--bootstrap", 10, "--json")
+    assert code == EXIT_OK, err
+    result = json.loads(out)
+    assert result["num_gallery"] == 6 and {r["method"] for r in result["results"]} >= {"native", "gallery_inverted"}
+    code, _, err = cli(capsys, "evaluate", "--label-field", "nothing", *loc, "--model", "crossgap-demo", "--quiet")
+    assert code == EXIT_ERROR and "0 point(s) with a 'nothing' payload field" in err

@@ -195,6 +195,40 @@ def cmd_optimize(args) -> int:
     return EXIT_OK
 
 
+def labelled_set_from_collection(args, field: str, modality: str, limit: int = 100_000):
+    """The labelled set of a collection's points: class ``payload[field]``, item the image path (or text) in
+    the payload, as the adoption check reads them. Points lacking either are left out (logged)."""
+    import logging
+
+    from crossgap_qdrant.evaluate.data import DataError, LabelledSet
+    from crossgap_qdrant.store.adopt import IMAGE_FIELDS, TEXT_FIELDS, _usable, adopted_view
+
+    collection = adopted_view(open_collection_at(args, create=False))
+    items, labels, left_out = [], [], 0
+    try:
+        for page in collection.pages(page_size=512, limit=limit, with_payload=True):
+            for r in page:
+                payload = r.payload or {}
+                _, item = _usable(payload, IMAGE_FIELDS if modality == "image" else TEXT_FIELDS, modality)
+                label = payload.get(field)
+                if item is None or label is None or isinstance(label, (dict, list)):
+                    left_out += 1
+                    continue
+                items.append(item)
+                labels.append(str(label))
+    finally:
+        collection.close()
+    if left_out:
+        logging.getLogger("crossgap_qdrant").warning(
+            "%d point(s) of %s have no %r label or no %s in their payload: left out", left_out, args.collection,
+            field, "readable image path" if modality == "image" else "text")
+    if len(items) < 2:
+        raise DataError(f"collection {args.collection!r} has {len(items)} point(s) with a {field!r} payload field and "
+                        f"an {'image path' if modality == 'image' else 'text'} in their payload: the evaluation "
+                        "needs at least 2")
+    return LabelledSet(modality, items, labels, name=f"{args.collection} ({field})")
+
+
 def _indexed(collection) -> int | None:
     indexed = getattr(collection, "indexed_vectors", None)
     return indexed() if callable(indexed) else None

@@ -125,8 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="measure every representation on a labelled set, recommend one (and "
                                         "with --apply make a collection's searches use it)")
-    p.add_argument("data", help="a folder of class subfolders of images, a labelled text file "
-                                "('label<TAB>text' lines or JSON lines), or with --queries the gallery file")
+    p.add_argument("data", nargs="?", default=None,
+                   help="a folder of class subfolders of images, a labelled text file ('label<TAB>text' lines or JSON "
+                        "lines), or with --queries the gallery file; left out with --label-field")
+    p.add_argument("--label-field", default=None, metavar="FIELD",
+                   help="evaluate on the points of --collection at --location instead: the class of each point is "
+                        "this payload field, its item the image path or text in its payload (an adopted collection)")
+    p.add_argument("--label-modality", choices=("image", "text"), default="image",
+                   help="with --label-field: the points' modality (default: %(default)s)")
     p.add_argument("--queries", default=None, help="query file of a query/gallery split ('label<TAB>item' lines)")
     p.add_argument("--out", default=None, help="folder for report.md, map.png and results.json")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all; also "
