@@ -24,7 +24,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -104,7 +104,8 @@ def _point_id(text: str) -> Any:
 
 def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality: str = "image", *,
                     address: str | None = None, workers: int = 2, batch_size: int = 64, threads: int = 1,
-                    server: ServerSpec | None = None, progress: bool = True) -> BackfillReport:
+                    server: ServerSpec | None = None, progress: bool = True,
+                    on_written: Callable[[int], None] | None = None) -> BackfillReport:
     """Backfills the inverted vectors of ``collection`` on Ray (see the module docstring).
 
     Args:
@@ -114,6 +115,7 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
         workers: actors (model copies).
         threads: PyTorch threads per CPU actor.
         server: set for a Qdrant server: the actors open the collection themselves and write to it.
+        on_written: called with the number of points of each batch written (as the progress bar is).
 
     Returns:
         The report (written counts as the driver saw them; a batch retried after a crash counts again).
@@ -156,6 +158,8 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                     written = int(batch["written"].sum())
                     report.written += written
                     bar.update(written)
+                    if on_written is not None:
+                        on_written(written)
         else:
             rows = [{"id": str(pid), "vector": row.numpy()}
                     for ids, feats in worker.pending(0, 1, report) for pid, row in zip(ids, feats)]
@@ -168,5 +172,7 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                     worker.write(ids, torch.from_numpy(np.array(batch["vector"], dtype=np.float32)))
                     report.written += len(ids)
                     bar.update(len(ids))
+                    if on_written is not None:
+                        on_written(len(ids))
     report.seconds = time.perf_counter() - started
     return report
