@@ -4,7 +4,6 @@
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -207,7 +206,10 @@ def test_transforms_and_hubness_from_stored_vectors(tmp_path, demo, engine, vect
     fitted on the stored vectors; all searchable, and rebuilt from the record when reopened."""
     from crossgap_qdrant.images import load_pixels
     from crossgap_qdrant.rivals import IsoCLIPProjector, fit_pca_projector
-    from crossgap_qdrant.store.stored_transforms import NotFromStoredVectorsError, add_stored_transform
+    from crossgap_qdrant.store.stored_transforms import (
+        NotFromStoredVectorsError,
+        add_stored_transform,
+    )
 
     foreign = make_foreign(tmp_path, demo, engine, vector, "int", n=8)
     before = snapshot(foreign)

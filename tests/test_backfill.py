@@ -153,7 +153,7 @@ def test_driver_killed_mid_backfill_then_rerun(tmp_path, demo, on_ray):
     with adopted(foreign, demo) as store:
         left = missing_count(store.collection, store.names, "image")
     assert 0 < left < 24
-    rerun = subprocess.run(_cli(foreign, *extra, "--json"), env=_env(), capture_output=True, timeout=900,
+    rerun = subprocess.run(_cli(foreign, *extra, "--json"), check=False, env=_env(), capture_output=True, timeout=900,
                            start_new_session=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _json(rerun.stdout)["written"] == left
@@ -162,8 +162,8 @@ def test_driver_killed_mid_backfill_then_rerun(tmp_path, demo, on_ray):
 
 def _json(stdout: bytes) -> dict:
     """The command's JSON document (Ray's raylet writes a line on stdout when a worker dies)."""
-    lines = stdout.decode().splitlines()
-    return json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))
+    text = stdout.decode()
+    return json.JSONDecoder().raw_decode(text[text.index("{\n"):])[0]
 
 
 def _end_session(proc) -> None:
@@ -173,3 +173,37 @@ def _end_session(proc) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=60)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("vector", ["", "clip"])
+def test_ray_workers_write_to_a_server(tmp_path, demo, vector, capsys):
+    """Against a server the actors read and write their parts themselves (CROSSGAP_QDRANT_URL names it)."""
+    from qdrant_client import QdrantClient, models
+
+    from crossgap_qdrant.cli import main
+    from tests.adopt_support import demo_features, write_images
+
+    url = os.environ.get("CROSSGAP_QDRANT_URL")
+    if not url:
+        pytest.skip("set CROSSGAP_QDRANT_URL to a Qdrant server")
+    name = f"adopt_{os.getpid()}_{vector or 'unnamed'}"
+    paths = write_images(tmp_path / "images", 6)
+    feats = demo_features(demo, paths)
+    client = QdrantClient(url=url)
+    params = models.VectorParams(size=feats.shape[1], distance=models.Distance.COSINE)
+    client.create_collection(name, vectors_config=params if vector == "" else {vector: params})
+    try:
+        client.upsert(name, [models.PointStruct(id=i + 1, vector=f.tolist() if vector == "" else {vector: f.tolist()},
+                                                payload={"path": p}) for i, (f, p) in enumerate(zip(feats, paths))])
+        loc = ["--location", url, "--collection", name, "--model", "crossgap-demo", "--quiet"]
+        assert main(["adopt", *loc, "--vector", vector]) == 0
+        assert main(["backfill", *loc, "--steps", str(STEPS), "--ray", "--workers", "2", "--json"]) == 0
+        assert _json(capsys.readouterr().out.encode())["written"] == 6
+        with CrossModalStore.open(url, name, demo, create=False) as store:
+            assert missing_count(store.collection, store.names, "image") == 0 and store.count() == 6
+    finally:
+        ray.shutdown()
+        client.delete_collection(name)
+        client.delete_collection(f"{name}__crossgap")
+        client.close()

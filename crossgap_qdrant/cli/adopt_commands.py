@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 
@@ -109,10 +111,11 @@ def cmd_backfill(args) -> int:
             server = None
             if is_server_location(args.location):
                 server = ServerSpec(args.location, args.collection, api_key=args.api_key, timeout=args.timeout)
-            report = backfill_on_ray(store.collection, store.encoder, store.names, args.modality,
-                                     address=None if args.ray == "local" else args.ray, workers=args.workers,
-                                     batch_size=args.batch_size, threads=args.threads or 1, server=server,
-                                     progress=args.progress)
+            with contextlib.redirect_stdout(sys.stderr):  # Ray reports dead workers on stdout: keep it for --json
+                report = backfill_on_ray(store.collection, store.encoder, store.names, args.modality,
+                                         address=None if args.ray == "local" else args.ray, workers=args.workers,
+                                         batch_size=args.batch_size, threads=args.threads or 1, server=server,
+                                         progress=args.progress)
         else:
             report = backfill(store.collection, store.encoder, store.names, args.modality,
                               batch_size=args.batch_size, workers=args.workers, progress=args.progress)
@@ -170,7 +173,7 @@ def cmd_optimize(args) -> int:
         def run() -> None:
             try:
                 collection.optimize()
-            except BaseException as exc:  # re-raised in the caller's thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
             finally:
                 done.set()
@@ -201,7 +204,12 @@ def labelled_set_from_collection(args, field: str, modality: str, limit: int = 1
     import logging
 
     from crossgap_qdrant.evaluate.data import DataError, LabelledSet
-    from crossgap_qdrant.store.adopt import IMAGE_FIELDS, TEXT_FIELDS, _usable, adopted_view
+    from crossgap_qdrant.store.adopt import (
+        IMAGE_FIELDS,
+        TEXT_FIELDS,
+        _usable,
+        adopted_view,
+    )
 
     collection = adopted_view(open_collection_at(args, create=False))
     items, labels, left_out = [], [], 0

@@ -20,12 +20,17 @@ import os
 from typing import Any
 
 import torch
-from qdrant_client import models
 
 from crossgap_qdrant.store.collection import Collection, CollectionSchema
 from crossgap_qdrant.store.companion import CompanionCollection, companion_name, sibling
 from crossgap_qdrant.store.errors import CollectionNotFoundError, SchemaMismatchError
-from crossgap_qdrant.store.schema import METADATA_KEY, VectorNames, check_modality, metadata, vector_sizes
+from crossgap_qdrant.store.schema import (
+    METADATA_KEY,
+    VectorNames,
+    check_modality,
+    metadata,
+    vector_sizes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +113,9 @@ def adopt(store_class: Any, location_or_client: Any, collection_name: str, clip:
         collection = location_or_client
     elif isinstance(location_or_client, (str, os.PathLike)):
         collection = open_collection(location_or_client, collection_name, engine=engine, api_key=api_key,
-                                     timeout=timeout)
+                                     timeout=timeout, **_retry(store_kwargs))
     else:
-        collection = open_collection(None, collection_name, client=location_or_client)
+        collection = open_collection(None, collection_name, client=location_or_client, **_retry(store_kwargs))
     try:
         if not collection.exists():
             raise CollectionNotFoundError(f"no collection {collection_name!r} at {collection.location} to adopt; "
@@ -136,6 +141,10 @@ def adopt(store_class: Any, location_or_client: Any, collection_name: str, clip:
         raise
     store._owns_collection = not isinstance(location_or_client, Collection)
     return store
+
+
+def _retry(store_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"retry": store_kwargs["retry"]} if "retry" in store_kwargs else {}
 
 
 def _handle(clip: Any):
@@ -241,8 +250,3 @@ def _usable(payload: dict, fields: tuple[str, ...], modality: str) -> tuple[str 
             return field, value
     return None, None
 
-
-def has_vector_filter(name: str, present: bool) -> models.Filter:
-    """Points that hold (``present``) or lack vector ``name``."""
-    cond = [models.HasVectorCondition(has_vector=name)]
-    return models.Filter(must=cond) if present else models.Filter(must_not=cond)

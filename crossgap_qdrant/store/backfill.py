@@ -19,8 +19,9 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from qdrant_client import models
@@ -49,7 +50,7 @@ class BackfillReport:
     seconds: float = 0.0
     partition: str = "slice"
 
-    def add(self, other: "BackfillReport") -> None:
+    def add(self, other: BackfillReport) -> None:
         self.written += other.written
         self.failed += other.failed
         self.seconds = max(self.seconds, other.seconds)
@@ -73,7 +74,7 @@ def supports_slices(collection: Collection) -> bool:
     try:
         collection.count(models.Filter(must=[models.SliceCondition(slice=models.Slice(total=1, index=0))]))
         return True
-    except Exception as exc:  # an older server answers 400; an engine without it raises its own error
+    except Exception as exc:  # noqa: BLE001 - an older server answers 400, other engines their own errors
         logger.debug("no slice condition on %s (%s): partitioning by id hash", collection.location, exc)
         return False
 

@@ -23,13 +23,19 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from crossgap_qdrant.store.backfill import BackfillReport, BackfillWorker, deferred_index, missing_count
+from crossgap_qdrant.store.backfill import (
+    BackfillReport,
+    BackfillWorker,
+    deferred_index,
+    missing_count,
+)
 from crossgap_qdrant.store.schema import VectorNames
 
 logger = logging.getLogger(__name__)
@@ -51,7 +57,7 @@ class ServerSpec:
 def _require_ray():
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise ImportError("--ray needs Ray Data: pip install 'crossgap-qdrant[ray]' (ray[data])") from None
     return ray
@@ -120,11 +126,14 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
     Returns:
         The report (written counts as the driver saw them; a batch retried after a crash counts again).
     """
+    from tqdm.auto import tqdm
+
     ray = _require_ray()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
-    if not ray.is_initialized():
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
         if address is None:  # a local cluster: its workers import this very package (a checkout, not installed)
             package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
@@ -143,36 +152,39 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
     # Ray Data restarts the pool's actors and retries their tasks without limit by default
     options = {"compute": ray.data.ActorPoolStrategy(size=workers), "num_cpus": 0 if gpus else 1, "num_gpus": gpus}
     report = BackfillReport(partition="slice" if worker.slices else "id-hash")
-    from tqdm.auto import tqdm
-
-    total = missing_count(collection, names, modality)
-    with tqdm(total=total, desc=f"backfill {modality}s on Ray ({workers} worker{'s' * (workers > 1)})", unit="pt",
-              disable=not progress, dynamic_ncols=True) as bar:
-        if server is not None:
-            parts = workers * PARTS_PER_WORKER
-            ds = ray.data.from_items([{"part": p, "total": parts} for p in range(parts)], override_num_blocks=parts)
-            out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared, "server": server},
-                                 batch_size=1, **options)
-            with deferred_index(getattr(collection, "companion", collection), names.inverted(modality)):
-                for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-                    written = int(batch["written"].sum())
-                    report.written += written
-                    bar.update(written)
-                    if on_written is not None:
-                        on_written(written)
-        else:
-            rows = [{"id": str(pid), "vector": row.numpy()}
-                    for ids, feats in worker.pending(0, 1, report) for pid, row in zip(ids, feats)]
-            if rows:
-                ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
-                out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared}, batch_size=batch_size,
-                                     **options)
-                for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-                    ids = [_point_id(i) for i in batch["id"].tolist()]
-                    worker.write(ids, torch.from_numpy(np.array(batch["vector"], dtype=np.float32)))
-                    report.written += len(ids)
-                    bar.update(len(ids))
-                    if on_written is not None:
-                        on_written(len(ids))
+    desc = f"backfill {modality}s on Ray ({workers} worker{'s' * (workers > 1)})"
+    try:
+        total = missing_count(collection, names, modality)
+        with tqdm(total=total, desc=desc, unit="pt", disable=not progress, dynamic_ncols=True) as bar:
+            if server is not None:
+                parts = workers * PARTS_PER_WORKER
+                ds = ray.data.from_items([{"part": p, "total": parts} for p in range(parts)],
+                                         override_num_blocks=parts)
+                out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared, "server": server},
+                                     batch_size=1, **options)
+                with deferred_index(getattr(collection, "companion", collection), names.inverted(modality)):
+                    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+                        written = int(batch["written"].sum())
+                        report.written += written
+                        bar.update(written)
+                        if on_written is not None:
+                            on_written(written)
+            else:
+                rows = [{"id": str(pid), "vector": row.numpy()}
+                        for ids, feats in worker.pending(0, 1, report) for pid, row in zip(ids, feats)]
+                if rows:
+                    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+                    out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared}, batch_size=batch_size,
+                                         **options)
+                    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+                        ids = [_point_id(i) for i in batch["id"].tolist()]
+                        worker.write(ids, torch.from_numpy(np.array(batch["vector"], dtype=np.float32)))
+                        report.written += len(ids)
+                        bar.update(len(ids))
+                        if on_written is not None:
+                            on_written(len(ids))
+    finally:
+        if owns_ray:  # the cluster (or connection) this call started ends with it
+            ray.shutdown()
     report.seconds = time.perf_counter() - started
     return report

@@ -17,11 +17,12 @@ interface, so the store and its search planner see one collection:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from qdrant_client import models
 
-from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
+from crossgap_qdrant.store.collection import Collection, CollectionSchema
 from crossgap_qdrant.store.ids import normalize_point_id
 
 COMPANION_SUFFIX = "__crossgap"
@@ -259,9 +260,9 @@ class CompanionCollection(Collection):
         """(the part of ``flt`` that ``side`` evaluates, the companion conditions left (must, must_not))."""
         if flt is None:
             return None, [], []
-        if flt.should or flt.min_should:
-            if any(self._classify(c) not in ("both", side) for c in _as_list(flt.should)):
-                raise ValueError("an adopted collection with a companion takes 'should' conditions on one side only")
+        if (flt.should or flt.min_should) and any(self._classify(c) not in ("both", side)
+                                                  for c in _as_list(flt.should)):
+            raise ValueError("an adopted collection with a companion takes 'should' conditions on one side only")
         kept: dict[str, list] = {"must": [], "must_not": []}
         other: dict[str, list] = {"must": [], "must_not": []}
         for clause in ("must", "must_not"):

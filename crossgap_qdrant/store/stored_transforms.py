@@ -19,7 +19,8 @@ recorded in the metadata like one computed at ingestion, and searchable as a mod
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
