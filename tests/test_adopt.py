@@ -139,9 +139,10 @@ def test_unchecked_without_paths(tmp_path, demo, capsys):
     assert "adopted: vector 'clip' (images), model not checked" in out
 
 
-def test_parts_are_disjoint_and_cover(tmp_path, demo):
+@pytest.mark.parametrize("engine,vector", [("edge", ""), ("local", "clip")])
+def test_parts_are_disjoint_and_cover(tmp_path, demo, engine, vector):
     """Slices (and the id-hash split) give every lacking point to exactly one part."""
-    foreign = make_foreign(tmp_path, demo, "edge", "", "uuid", n=12)
+    foreign = make_foreign(tmp_path, demo, engine, vector, "uuid", n=12)
     with adopt(foreign, demo) as store:
         for slices in (True, False):
             worker = BackfillWorker(store.collection, store.encoder, store.names, batch_size=5, slices=slices)
