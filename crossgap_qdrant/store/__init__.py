@@ -9,6 +9,10 @@ Modules, one concern each:
     ingest          identify, plan, encode, invert, write
     search          query planning (modes, cross-modal search, point-id queries)
     store           CrossModalStore, the facade
+    adopt           adopting a collection another tool built (the record, the re-encoding check)
+    companion       a single-unnamed-vector collection and its companion, seen as one collection
+    backfill        one worker's resumable part of a backfill (backfill_ray: many, on Ray Data)
+    stored_transforms  IsoCLIP and PCA vectors computed from stored native vectors
 """
 
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
