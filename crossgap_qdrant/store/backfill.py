@@ -43,12 +43,15 @@ class BackfillReport:
         failed: (point id, reason) for stored native vectors that are not finite non-zero rows (skipped).
         seconds: wall time.
         partition: "slice" (Qdrant's slice condition) or "id-hash" (computed from the ids here).
+        seconds_start_up: on Ray, seconds until the first actor had loaded the model (the cluster's start
+            included); 0 in-process.
     """
 
     written: int = 0
     failed: list[tuple[Any, str]] = field(default_factory=list)
     seconds: float = 0.0
     partition: str = "slice"
+    seconds_start_up: float = 0.0
 
     def add(self, other: BackfillReport) -> None:
         self.written += other.written

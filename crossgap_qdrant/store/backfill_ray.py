@@ -80,6 +80,7 @@ class _Inverter:
         self.encoder = Encoder(clip, setup["dim"], setup["oti"], setup["ovi"], {})
         self.names, self.modality, self.batch_size = setup["names"], setup["modality"], setup["batch_size"]
         self.worker = None
+        self.ready_at = time.time()  # wall clock: the driver compares it with its own start
         if server is not None:
             from crossgap_qdrant.store.adopt import adoption_layout
             from crossgap_qdrant.store.engines import open_collection
@@ -95,12 +96,12 @@ class _Inverter:
             for part in batch["part"].tolist():
                 for ids, feats in self.worker.pending(int(part), int(batch["total"][0])):
                     self.worker.write(ids, self.worker.invert(ids, feats))
-                    yield {"written": np.array([len(ids)])}
+                    yield {"written": np.array([len(ids)]), "ready_at": np.array([self.ready_at])}
             return
         ids = [_point_id(i) for i in batch["id"].tolist()]
         feats = torch.from_numpy(np.array(batch["vector"], dtype=np.float32))
         out = self.encoder.invert(self.modality, feats, [str(p) for p in ids])
-        yield {"id": batch["id"], "vector": out.numpy()}
+        yield {"id": batch["id"], "vector": out.numpy(), "ready_at": np.full(len(ids), self.ready_at)}
 
 
 def _point_id(text: str) -> Any:
@@ -131,7 +132,7 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
     ray = _require_ray()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     owns_ray = not ray.is_initialized()
     if owns_ray:
         if address is None:  # a local cluster: its workers import this very package (a checkout, not installed)
@@ -153,6 +154,7 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
     options = {"compute": ray.data.ActorPoolStrategy(size=workers), "num_cpus": 0 if gpus else 1, "num_gpus": gpus}
     report = BackfillReport(partition="slice" if worker.slices else "id-hash")
     desc = f"backfill {modality}s on Ray ({workers} worker{'s' * (workers > 1)})"
+    ready: list[float] = []  # when the actors that sent each batch had loaded the model
     try:
         total = missing_count(collection, names, modality)
         with tqdm(total=total, desc=desc, unit="pt", disable=not progress, dynamic_ncols=True) as bar:
@@ -164,6 +166,7 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                                      batch_size=1, **options)
                 with deferred_index(getattr(collection, "companion", collection), names.inverted(modality)):
                     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+                        ready.append(float(batch["ready_at"].min()))
                         written = int(batch["written"].sum())
                         report.written += written
                         bar.update(written)
@@ -177,6 +180,7 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                     out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared}, batch_size=batch_size,
                                          **options)
                     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+                        ready.append(float(batch["ready_at"].min()))
                         ids = [_point_id(i) for i in batch["id"].tolist()]
                         worker.write(ids, torch.from_numpy(np.array(batch["vector"], dtype=np.float32)))
                         report.written += len(ids)
@@ -187,4 +191,6 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
         if owns_ray:  # the cluster (or connection) this call started ends with it
             ray.shutdown()
     report.seconds = time.perf_counter() - started
+    if ready:
+        report.seconds_start_up = max(0.0, min(ready) - started_wall)
     return report
