@@ -128,7 +128,8 @@ def main() -> None:
     runs = [run("in-process", 1, args, clip), run("ray", 1, args, clip), run("ray", 2, args, clip)]
     here, one, two = (r["points_per_s_after_start_up"] for r in runs)
     flops = cpu_matmul_flops()
-    gpu_rate = one * GPU_FP32_FLOPS / flops
+    per_worker = min(here, one)  # the slower of one worker in-process and on Ray: the cost table stays honest
+    gpu_rate = per_worker * GPU_FP32_FLOPS / flops
     print(json.dumps({
         "benchmark": "backfill", "model": clip.display_name, "steps": args.steps, "batch": args.batch,
         "points": args.points, "threads_per_worker": 1, "machine": platform.processor() or platform.machine(),
@@ -141,11 +142,11 @@ def main() -> None:
                          "end_to_end_ray_1_over_in_process": round(runs[1]["points_per_s_end_to_end"]
                                                                    / runs[0]["points_per_s_end_to_end"], 3)},
         "targets": {"ray_1_at_least_0.9x_in_process": one >= 0.9 * here, "ray_2_at_least_1.6x_ray_1": two >= 1.6 * one},
-        "per_worker_points_per_s": one,
+        "per_worker_points_per_s": per_worker,
         "per_gpu_points_per_s": {"value": round(gpu_rate, 1), "label": "estimated",
                                  "basis": f"measured CPU rate x {GPU_FP32_FLOPS:.0e} FLOP/s assumed on a GPU / "
                                           f"{flops:.2e} FLOP/s measured on this CPU thread"},
-        "cost": cost_table(one, gpu_rate, args.cluster_workers),
+        "cost": cost_table(per_worker, gpu_rate, args.cluster_workers),
     }, indent=2))
 
 
