@@ -26,7 +26,14 @@ import tempfile
 import time
 
 import numpy as np
+import qdrant_edge as qe
 import torch
+
+from crossgap_qdrant.inversion import OTIConfig
+from crossgap_qdrant.models import load_model
+from crossgap_qdrant.store import CrossModalStore
+from crossgap_qdrant.store.backfill import BackfillWorker, missing_count
+from crossgap_qdrant.store.backfill_ray import backfill_on_ray
 
 GPU_FP32_FLOPS = 30e12
 """Assumed sustained float32 FLOP/s of one datacentre GPU on these small matrix products (about 45% of an H100's
@@ -35,8 +42,6 @@ GPU_FP32_FLOPS = 30e12
 
 def make_collection(folder: str, n: int, dim: int, seed: int) -> None:
     """An Edge collection "photos" with a single unnamed vector, written by plain qdrant-edge-py code."""
-    import qdrant_edge as qe
-
     rng = np.random.default_rng(seed)
     rows = rng.standard_normal((n, dim)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
@@ -61,10 +66,6 @@ def cpu_matmul_flops() -> float:
 
 
 def run(kind: str, workers: int, args, clip) -> dict:
-    from crossgap_qdrant.inversion import OTIConfig
-    from crossgap_qdrant.store import CrossModalStore
-    from crossgap_qdrant.store.backfill import BackfillWorker, missing_count
-
     folder = tempfile.mkdtemp(prefix="bench_backfill_")
     try:
         make_collection(folder, args.points, clip.embed_dim, args.seed)
@@ -80,9 +81,7 @@ def run(kind: str, workers: int, args, clip) -> dict:
                 BackfillWorker(store.collection, store.encoder, store.names, batch_size=args.batch).run(
                     progress=written)
             else:
-                import ray
-
-                from crossgap_qdrant.store.backfill_ray import backfill_on_ray
+                import ray  # noqa: PLC0415 - optional dependency (the `ray` extra)
 
                 try:
                     report = backfill_on_ray(store.collection, store.encoder, store.names, workers=workers,
@@ -122,7 +121,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from crossgap_qdrant.models import load_model
 
     clip = load_model(args.model, device="cpu")
     runs = [run("in-process", 1, args, clip), run("ray", 1, args, clip), run("ray", 2, args, clip)]

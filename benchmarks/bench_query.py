@@ -28,33 +28,26 @@ import argparse
 import json
 import platform
 import random
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from timing import median_ms, timed
 
-from crossgap_qdrant import load_model
-from crossgap_qdrant.inversion import OTIConfig, oti_invert, reference_step
+from crossgap_qdrant import load_model, ops
+from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
+from crossgap_qdrant.inversion import OTIConfig, WarmStart, fit_warm_start, oti_invert, reference_step
+from crossgap_qdrant.inversion.reference import encode_text_with_pseudo_tokens, template_token_ids
+from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
+from crossgap_qdrant.inversion.text_suffix_step import SuffixStep
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
-from crossgap_qdrant.towers import text_tower
-from crossgap_qdrant.warm_start import WarmStart, fit_warm_start
+from crossgap_qdrant.models import text_tower
+from crossgap_qdrant.store import CrossModalStore
 
 KS = (0, 5, 10, 20)
-
-
-def _median_ms(fn, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def _cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -78,8 +71,6 @@ def _ci(ap: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
 
 
 def quality(args) -> dict:
-    from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
-
     clip = load_model("crossgap-demo", device="cpu")
     rows = load_or_build_manifest(None)
     held = demo_subset(rows, per_category=args.per_category, seed=0)
@@ -91,9 +82,7 @@ def quality(args) -> dict:
         held_feats = clip.encode_images(flatten_to_folder(held, Path(tmp) / "held", size=side))
         train_feats = clip.encode_images(flatten_to_folder(train_rows, Path(tmp) / "train", size=side))
     labels = [r["category"] for r in held]
-    start = time.perf_counter()
-    warm, fit = fit_warm_start(clip, train_feats, "oti")
-    fit_s = time.perf_counter() - start
+    (warm, fit), fit_s = timed(fit_warm_start, clip, train_feats, "oti")
     exact = oti_invert(clip, held_feats, OTIConfig(), progress=False).features
     reseeded = oti_invert(clip, held_feats, OTIConfig(seed=1), progress=False).features
     base_q, base_g = _map(exact, held_feats, labels), _map(held_feats, exact, labels)
@@ -114,11 +103,6 @@ def quality(args) -> dict:
 
 
 def step_costs(clip) -> dict:
-    from crossgap_qdrant import ops
-    from crossgap_qdrant.oti_step import SuffixStep
-    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
-    from crossgap_qdrant.towers import encode_text_with_pseudo_tokens, template_token_ids
-
     model, tokenizer = clip.model, clip.tokenizer
     encoder = CachedTemplateTextEncoder(model, tokenizer, "a photo of {}", 1, torch.float32)
     handwritten = SuffixStep(encoder)
@@ -129,7 +113,7 @@ def step_costs(clip) -> dict:
     weights += [blk.attn.in_proj_weight for blk in model.transformer.resblocks]
     rows = [(torch.randn(2, w.shape[1]), torch.randn(2, w.shape[0])) for w in weights]
     out = {"weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 1e6, 1),
-           "weight_stream_ms": round(_median_ms(lambda: [(w @ x.T, g @ w) for (x, g), w in zip(rows, weights)], 10), 1)}
+           "weight_stream_ms": round(median_ms(lambda: [(w @ x.T, g @ w) for (x, g), w in zip(rows, weights)], 10), 1)}
     for b in (1, 8):
         target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
         tokens = torch.randn(b, 1, text_tower(model).width) * 0.02
@@ -141,10 +125,10 @@ def step_costs(clip) -> dict:
 
         param = torch.nn.Parameter(tokens.clone())
         opt = torch.optim.AdamW([param], lr=2e-2)
-        published = _median_ms(lambda: reference_step(
+        published = median_ms(lambda: reference_step(
             lambda t: encode_text_with_pseudo_tokens(model, ids, positions, t), param, opt, target), 5, 1)
-        ours_auto = _median_ms(autograd_step, 20)
-        ours_hand = _median_ms(lambda: handwritten(tokens, target, 1.0), 20)
+        ours_auto = median_ms(autograd_step, 20)
+        ours_hand = median_ms(lambda: handwritten(tokens, target, 1.0), 20)
         out[f"batch_{b}"] = {"published_ms": round(published, 1), "autograd_ms": round(ours_auto, 1),
                              "handwritten_ms": round(ours_hand, 1),
                              "speedup_vs_published": round(published / min(ours_auto, ours_hand), 1)}
@@ -152,10 +136,6 @@ def step_costs(clip) -> dict:
 
 
 def cost(args, chosen: dict) -> dict:
-    from PIL import Image
-
-    from crossgap_qdrant.store import CrossModalStore
-
     torch.manual_seed(0)
     clip = load_model("ViT-B-32", device="cpu", allow_random=True)
     k, lr = chosen["steps"], chosen["lr"]
@@ -173,14 +153,14 @@ def cost(args, chosen: dict) -> dict:
                                 progress=False)
             latency = {}
             for mode in ("native", "gallery_inverted"):
-                latency[mode] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10), 10)
+                latency[mode] = median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10), 10)
             exact_cfg, warm_cfg = store.encoder.oti_config, OTIConfig(steps=k, lr=lr, warm_start=warm)
             plans = [("query_inverted", "exact_150", exact_cfg, 3), ("query_inverted", f"warm_{k}", warm_cfg, 5),
                      ("query_inverted", "warm_0", OTIConfig(steps=0, warm_start=warm), 10),
                      ("fused", f"warm_{k}", warm_cfg, 5)]
             for mode, label, config, repeat in plans:
                 store.encoder.oti_config = config
-                latency[f"{mode}_{label}"] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10),
+                latency[f"{mode}_{label}"] = median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10),
                                                         repeat, 1)
             store.encoder.oti_config = exact_cfg
         finally:
@@ -188,12 +168,8 @@ def cost(args, chosen: dict) -> dict:
     out["query_latency_ms"] = {name: round(ms, 1) for name, ms in latency.items()}
 
     feats = F.normalize(torch.randn(args.backfill, clip.embed_dim), dim=-1)
-    start = time.perf_counter()
-    oti_invert(clip, feats, OTIConfig(), progress=False)
-    exact_s = time.perf_counter() - start
-    start = time.perf_counter()
-    oti_invert(clip, feats, OTIConfig(steps=k, lr=lr, warm_start=warm), progress=False)
-    warm_s = time.perf_counter() - start
+    _, exact_s = timed(oti_invert, clip, feats, OTIConfig(), progress=False)
+    _, warm_s = timed(oti_invert, clip, feats, OTIConfig(steps=k, lr=lr, warm_start=warm), progress=False)
     out["backfill_images_per_s"] = {"exact_150": round(args.backfill / exact_s, 2),
                                     f"warm_{k}": round(args.backfill / warm_s, 2),
                                     "speedup": round(exact_s / warm_s, 1), "batch": min(64, args.backfill)}

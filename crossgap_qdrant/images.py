@@ -14,7 +14,10 @@ import warnings
 from pathlib import Path
 from typing import IO, Union
 
+import torch
 from PIL import Image, ImageOps
+
+from crossgap_qdrant.errors import CrossgapError
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ WHITE = (255, 255, 255)
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
 
 
-class ImageError(ValueError):
+class ImageError(CrossgapError, ValueError):
     """An image could not be read: missing, unreadable, corrupt, or too large (the message names it)."""
 
 
@@ -100,8 +103,6 @@ def load_pixels(preprocess, sources, *, background: int | tuple[int, int, int] =
     Raises:
         ImageError: an image that cannot be read (the message names it).
     """
-    import torch
-
     return torch.stack([src if isinstance(src, torch.Tensor) else preprocess(load_image(src, background=background))
                         for src in sources])
 
@@ -175,5 +176,5 @@ def _label(source: ImageSource, name: str | None) -> str:
 def _background(background: int | tuple[int, int, int]) -> tuple[int, int, int]:
     values = (background,) * 3 if isinstance(background, int) else tuple(background)
     if len(values) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in values):
-        raise ValueError(f"background must be an RGB triple (or one grey level) of ints in 0..255, got {background!r}")
+        raise ImageError(f"background must be an RGB triple (or one grey level) of ints in 0..255, got {background!r}")
     return values

@@ -3,17 +3,28 @@
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
+from qdrant_client import models
 
 from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, main
+from crossgap_qdrant.errors import MissingDependencyError
+from crossgap_qdrant.images import load_pixels
 from crossgap_qdrant.inversion import OTIConfig
+from crossgap_qdrant.models import load_model
+from crossgap_qdrant.rivals import IsoCLIPProjector, ModalityGapShift, fit_pca_projector
 from crossgap_qdrant.store import CrossModalStore, SchemaMismatchError
 from crossgap_qdrant.store.adopt import MIN_COSINE, NOT_CHECKED
 from crossgap_qdrant.store.backfill import BackfillWorker, backfill, missing_count
+from crossgap_qdrant.store.backfill_ray import backfill_on_ray
+from crossgap_qdrant.store.client_engine import ClientCollection
 from crossgap_qdrant.store.companion import CompanionCollection, companion_name
-from tests.adopt_support import NAME, STEPS, make_foreign, snapshot
+from crossgap_qdrant.store.errors import NotFromStoredVectorsError
+from crossgap_qdrant.store.schema import VectorNames
+from crossgap_qdrant.store.stored_transforms import add_stored_transform
+from tests.support.adopt import NAME, STEPS, make_foreign, snapshot
 
 LAYOUTS = [("local", "", "int"), ("local", "clip", "uuid"), ("edge", "", "uuid"), ("edge", "clip", "int")]
 MODES = ("native", "gallery_inverted", "query_inverted", "fused")
@@ -21,8 +32,6 @@ MODES = ("native", "gallery_inverted", "query_inverted", "fused")
 
 @pytest.fixture(scope="module")
 def demo():
-    from crossgap_qdrant.models import load_model
-
     return load_model("crossgap-demo", device="cpu")
 
 
@@ -65,7 +74,6 @@ def test_adopt_backfill_search_leaves_user_points_alone(tmp_path, demo, engine, 
             assert all(h.payload["label"].startswith("class") for h in hits)
         assert len(store.search_images(text="a photo of a cat", limit=2)) == 2
         # a payload filter on a companion-held vector's search
-        from qdrant_client import models
 
         flt = models.Filter(must=[models.FieldCondition(key="label", match=models.MatchValue(value="class1"))])
         hits = store.search_images(image=pid, mode="gallery_inverted", limit=8, query_filter=flt)
@@ -80,8 +88,6 @@ def test_adopt_backfill_search_leaves_user_points_alone(tmp_path, demo, engine, 
 
 def test_no_upsert_into_user_points(tmp_path, demo, monkeypatch):
     """Adoption and backfill write nothing but new vectors (update_vectors) and the record."""
-    from crossgap_qdrant.store.client_engine import ClientCollection
-
     foreign = make_foreign(tmp_path, demo, "local", "clip", "int", n=5)
     calls = []
     monkeypatch.setattr(ClientCollection, "upsert", lambda self, points: calls.append(self.name))
@@ -205,13 +211,6 @@ def test_cli_adopt_errors(tmp_path, demo, capsys):
 def test_transforms_and_hubness_from_stored_vectors(tmp_path, demo, engine, vector):
     """IsoCLIP and PCA from stored vectors equal the same maps computed from the images; hubness statistics
     fitted on the stored vectors; all searchable, and rebuilt from the record when reopened."""
-    from crossgap_qdrant.images import load_pixels
-    from crossgap_qdrant.rivals import IsoCLIPProjector, fit_pca_projector
-    from crossgap_qdrant.store.stored_transforms import (
-        NotFromStoredVectorsError,
-        add_stored_transform,
-    )
-
     foreign = make_foreign(tmp_path, demo, engine, vector, "int", n=8)
     before = snapshot(foreign)
     iso = IsoCLIPProjector.from_model(demo.model, 10, 5).vector("image")
@@ -237,7 +236,6 @@ def test_transforms_and_hubness_from_stored_vectors(tmp_path, demo, engine, vect
         for mode in ("image_isoclip", "image_pca"):
             hits = store.search_images(image=foreign.ids[1], mode=mode, limit=3)
             assert len(hits) == 3 and all("label" in h.payload for h in hits), mode
-        from crossgap_qdrant.rivals import ModalityGapShift
 
         shift = ModalityGapShift(torch.zeros(128), torch.ones(128) / 128 ** 0.5)
         with pytest.raises(NotFromStoredVectorsError, match="not linear in the normalised vector"):
@@ -279,3 +277,11 @@ def test_cli_evaluate_label_field(tmp_path, demo, capsys):
     assert result["num_gallery"] == 6 and {r["method"] for r in result["results"]} >= {"native", "gallery_inverted"}
     code, _, err = cli(capsys, "evaluate", "--label-field", "nothing", *loc, "--model", "crossgap-demo", "--quiet")
     assert code == EXIT_ERROR and "0 point(s) with a 'nothing' payload field" in err
+
+
+def test_ray_backfill_without_ray_names_the_extra(monkeypatch):
+    """Without Ray installed, the Ray backfill says which extra brings it (a package error, one CLI line)."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'crossgap-qdrant\[ray\]'"):
+        backfill_on_ray(None, None, VectorNames(), workers=1)

@@ -11,11 +11,15 @@ import time
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient, models
 
+from crossgap_qdrant.cli import main
 from crossgap_qdrant.inversion import OTIConfig
+from crossgap_qdrant.models import load_model
 from crossgap_qdrant.store import CrossModalStore
 from crossgap_qdrant.store.backfill import backfill, missing_count
-from tests.adopt_support import NAME, STEPS, make_foreign, snapshot
+from crossgap_qdrant.store.backfill_ray import backfill_on_ray
+from tests.support.adopt import NAME, STEPS, demo_features, make_foreign, snapshot, write_images
 
 ray = pytest.importorskip("ray")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,8 +27,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def demo():
-    from crossgap_qdrant.models import load_model
-
     return load_model("crossgap-demo", device="cpu")
 
 
@@ -41,8 +43,6 @@ def inverted(store, ids):
 
 @pytest.mark.ray
 def test_ray_backfill_matches_in_process(tmp_path, demo):
-    from crossgap_qdrant.store.backfill_ray import backfill_on_ray
-
     on_ray = make_foreign(tmp_path / "ray", demo, "edge", "", "int", n=6)
     here = make_foreign(tmp_path / "here", demo, "edge", "", "int", n=6)
     before = snapshot(on_ray)
@@ -179,11 +179,6 @@ def _end_session(proc) -> None:
 @pytest.mark.parametrize("vector", ["", "clip"])
 def test_ray_workers_write_to_a_server(tmp_path, demo, vector, capsys):
     """Against a server the actors read and write their parts themselves (CROSSGAP_QDRANT_URL names it)."""
-    from qdrant_client import QdrantClient, models
-
-    from crossgap_qdrant.cli import main
-    from tests.adopt_support import demo_features, write_images
-
     url = os.environ.get("CROSSGAP_QDRANT_URL")
     if not url:
         pytest.skip("set CROSSGAP_QDRANT_URL to a Qdrant server")

@@ -8,22 +8,11 @@ import sys
 import pytest
 from PIL import Image
 
-from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, format_table, main
-from tests.conftest import TINY_CLIP
-from tests.test_evaluate import make_image_folder
-
-MODEL = ["--model", "test-tiny-clip", "--pretrained", "none", "--steps", "2", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("cli") / "imgs", per_class=2)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from crossgap_qdrant import _ext
+from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, commands, format_table, main
+from crossgap_qdrant.store import CollectionNotFoundError
+from tests.support.cli import MODEL, run
+from tests.support.tiny_models import TINY_CLIP
 
 
 def test_ingest_info_search(capsys, tmp_path, images):
@@ -51,8 +40,9 @@ def test_ingest_info_search(capsys, tmp_path, images):
         hits = json.loads(out)["hits"]
         assert len(hits) == 3 and all(h["payload"]["source"] != str(query) for h in hits)  # query excluded
     code, out, err = run(capsys, "search", query, *MODEL, *loc, "--mode", "native", "--limit", "2")
-    assert code == EXIT_OK and out.splitlines()[0].split() == ["rank", "score", "id", "item", "label"]
-    assert len(out.splitlines()) == 4
+    assert code == EXIT_OK and out.splitlines()[0].startswith("query: ")  # the header line, then the table
+    assert out.splitlines()[1].split() == ["rank", "score", "id", "item", "label"]
+    assert len(out.splitlines()) == 5
 
     # a second ingestion of the same folder adds nothing
     code, out, _ = run(capsys, "ingest", images, *MODEL, *loc, "--isoclip", "1,2", "--json")
@@ -249,9 +239,51 @@ def test_fit_warm_start_then_search_with_it(capsys, tmp_path, images):
 
 
 def test_a_missing_build_is_one_line_naming_the_rebuild(capsys, tmp_path, images, monkeypatch):
-    from crossgap_qdrant import _ext
-
     monkeypatch.setattr(_ext, "_loaded", False)
     monkeypatch.setattr(_ext, "library_path", lambda: None)
     code, _, err = run(capsys, "ingest", images / "dog", *MODEL, "--location", tmp_path / "q")
     assert code == EXIT_ERROR and "pip install --no-build-isolation -e ." in err and "Traceback" not in err
+
+
+def test_help_and_usage_errors_import_neither_torch_nor_open_clip_nor_qdrant():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "crossgap_qdrant.cli", "--help"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0 and "usage: crossgap-qdrant" in done.stdout, done.stderr
+    probe = ("import sys\n"
+             "from crossgap_qdrant.cli import main\n"
+             "codes = [main(['--help']), main(['search', '--help']), main(['search'])]\n"
+             "heavy = [m for m in ('torch', 'open_clip', 'qdrant_client', 'qdrant_edge') if m in sys.modules]\n"
+             "print(codes, heavy)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[0, 0, 2] []"
+
+
+def test_a_bug_keeps_its_traceback_and_a_known_error_is_one_line(capsys, monkeypatch, tmp_path):
+    def bug(args):
+        raise TypeError("unsupported operand")
+
+    def known(args):
+        raise CollectionNotFoundError("no collection 'photos' here; check --collection")
+
+    monkeypatch.setattr(commands, "cmd_info", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):  # not turned into an "expected" one-liner
+        main(["info", "--location", str(tmp_path / "q")])
+    monkeypatch.setattr(commands, "cmd_info", known)
+    code, _, err = run(capsys, "info", "--location", tmp_path / "q")
+    assert code == EXIT_ERROR
+    assert err.strip() == "crossgap-qdrant: error: no collection 'photos' here; check --collection"
+    # as a program: a bug exits 1 with the traceback on stderr
+    probe = ("import sys\n"
+             "from crossgap_qdrant.cli import commands, run\n"
+             "def bug(args):\n"
+             "    raise RuntimeError('an internal invariant broke')\n"
+             "commands.cmd_info = bug\n"
+             f"sys.argv = ['crossgap-qdrant', 'info', '--location', {str(tmp_path / 'q')!r}]\n"
+             "run()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "RuntimeError: an internal invariant broke" in done.stderr

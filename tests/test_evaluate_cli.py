@@ -2,15 +2,19 @@
 later searches use it, and ``search --hubness``."""
 
 import json
+import socket
+import time
 
 import pytest
+import torch
 
+from crossgap_qdrant import images as images_module
 from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from crossgap_qdrant.evaluate import METHODS
-from tests.test_cli import MODEL, images, run  # noqa: F401  (the images fixture)
+from tests.support.cli import MODEL, run
 
 
-def test_evaluate_json_lists_every_method_with_cis_and_a_recommendation(capsys, tmp_path, images):  # noqa: F811
+def test_evaluate_json_lists_every_method_with_cis_and_a_recommendation(capsys, tmp_path, images):
     vocabulary = tmp_path / "vocab.txt"
     vocabulary.write_text("\n".join(f"a photo of thing {i}" for i in range(40)) + "\n")
     code, out, err = run(capsys, "evaluate", images, *MODEL, "--json", "--bootstrap", "30", "--vocabulary",
@@ -32,7 +36,7 @@ def test_evaluate_json_lists_every_method_with_cis_and_a_recommendation(capsys, 
     assert "Recommended:" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_apply_makes_later_searches_use_the_choice(capsys, tmp_path, images):  # noqa: F811
+def test_apply_makes_later_searches_use_the_choice(capsys, tmp_path, images):
     loc = ["--location", tmp_path / "q", "--collection", "photos"]
     code, _, err = run(capsys, "ingest", images, *MODEL, *loc)
     assert code == EXIT_OK, err
@@ -68,12 +72,12 @@ def test_apply_makes_later_searches_use_the_choice(capsys, tmp_path, images):  #
     (["--methods", "native,fused_hub"], EXIT_USAGE, "unknown method"),
     (["--vocabulary", "/no/such/file.txt"], EXIT_ERROR, "no such file"),
 ])
-def test_evaluate_flag_errors(capsys, images, argv, code, message):  # noqa: F811
+def test_evaluate_flag_errors(capsys, images, argv, code, message):
     got, _, err = run(capsys, "evaluate", images, *MODEL, *argv)
     assert got == code and message in err
 
 
-def test_apply_to_a_missing_collection_is_a_clear_error(capsys, tmp_path, images):  # noqa: F811
+def test_apply_to_a_missing_collection_is_a_clear_error(capsys, tmp_path, images):
     code, _, err = run(capsys, "evaluate", images, *MODEL, "--location", tmp_path / "none", "--backend", "torch",
                        "--methods", "native", "--bootstrap", "10", "--apply")
     assert code == EXIT_ERROR and "no Qdrant folder" in err
@@ -83,7 +87,7 @@ def test_apply_to_a_missing_collection_is_a_clear_error(capsys, tmp_path, images
     assert code == EXIT_ERROR and "no collection 'x'" in err
 
 
-def test_evaluation_collection_is_removed_and_reads_create_nothing(capsys, tmp_path, images, monkeypatch):  # noqa: F811
+def test_evaluation_collection_is_removed_and_reads_create_nothing(capsys, tmp_path, images, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "eval_db"
     code, _, err = run(capsys, "evaluate", images, *MODEL, "--bootstrap", "10", "--methods", "native",
@@ -93,10 +97,7 @@ def test_evaluation_collection_is_removed_and_reads_create_nothing(capsys, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_db"]  # no ./qdrant_data or anything else
 
 
-def test_evaluation_server_follows_timeout_and_retries(capsys, images):  # noqa: F811
-    import socket
-    import time
-
+def test_evaluation_server_follows_timeout_and_retries(capsys, images):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)  # accepts connections (the kernel does), never answers
@@ -112,11 +113,7 @@ def test_evaluation_server_follows_timeout_and_retries(capsys, images):  # noqa:
     assert "2 s deadline" in err and "hunter2" not in err and "Traceback" not in err
 
 
-def test_evaluate_flattens_transparency_onto_the_background_given(capsys, tmp_path, images, monkeypatch):  # noqa: F811
-    import torch
-
-    from crossgap_qdrant import images as images_module
-
+def test_evaluate_flattens_transparency_onto_the_background_given(capsys, tmp_path, images, monkeypatch):
     code, _, err = run(capsys, "evaluate", images, *MODEL, "--background", "purple")
     assert code == EXIT_USAGE and "--background" in err
     seen = []

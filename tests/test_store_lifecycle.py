@@ -23,16 +23,14 @@ from crossgap_qdrant.store import (
     features_id,
     open_collection,
 )
-from tests.store_support import ENGINES, FAST, Stores, all_records, stored_vectors, unit
+from tests.support.store import FAST, all_records, stored_vectors, unit
+from tests.support.store_kill_worker import COLLECTION, synthetic_features
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(params=ENGINES)
-def stores(request, tiny_clip, tmp_path):
-    s = Stores(request.param, tmp_path, tiny_clip)
-    yield s
-    s.close()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The helper process runs as a module of the repository, whatever the working directory.
+WORKER = [sys.executable, "-m", "tests.support.store_kill_worker"]
+WORKER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+              "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -141,8 +139,6 @@ def _kill_during_second_batch(worker, env) -> None:
 
 
 def _stored(engine, folder):
-    from store_kill_worker import COLLECTION
-
     collection = open_collection(folder, COLLECTION, engine=engine)
     try:
         has = models.Filter(must=[models.HasVectorCondition(has_vector="image_oti")])
@@ -159,12 +155,9 @@ def _stored(engine, folder):
 
 @pytest.mark.parametrize("engine", ["edge", "local"])
 def test_sigkill_mid_ingestion_then_rerun_stores_every_item_once(tiny_clip, tmp_path, engine):
-    sys.path.insert(0, HERE)
-    from store_kill_worker import synthetic_features
-
     folder, n, batch = str(tmp_path / "qdrant"), 20, 4
-    worker = [sys.executable, os.path.join(HERE, "store_kill_worker.py"), engine, folder, str(n), str(batch)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    worker = [*WORKER, engine, folder, str(n), str(batch)]
+    env = WORKER_ENV
     _kill_during_second_batch(worker, env)
     points_before, inverted_before, _ = _stored(engine, folder)
     assert (points_before, inverted_before) == (batch, batch)
@@ -184,12 +177,9 @@ def test_sigkill_mid_ingestion_then_rerun_stores_every_item_once(tiny_clip, tmp_
 @pytest.mark.parametrize("engine", ["edge", "local"])
 def test_repeated_sigkills_at_random_moments_lose_and_duplicate_nothing(tmp_path, engine):
     """25 SIGKILLs at random moments of a 200-item ingest, then a rerun: every item stored once, inverted."""
-    sys.path.insert(0, HERE)
-    from store_kill_worker import synthetic_features
-
     folder, n = str(tmp_path / "qdrant"), 200
-    worker = [sys.executable, os.path.join(HERE, "store_kill_worker.py"), engine, folder, str(n), "8", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    worker = [*WORKER, engine, folder, str(n), "8", "0"]
+    env = WORKER_ENV
     rng = random.Random(0)
     for _ in range(25):
         proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)

@@ -1,14 +1,15 @@
 """Search on both engines: the modes, cross-modal search, point-id queries, filters, batches, errors."""
 
+import copy
 import uuid
 
 import pytest
 import torch
 from qdrant_client import models
 
-from crossgap_qdrant.models import encode_images, encode_texts
+from crossgap_qdrant.models import ClipModel, encode_images, encode_texts
 from crossgap_qdrant.store import PointNotFoundError, VectorsNotStoredError
-from tests.store_support import ENGINES, Stores, brute_force, images, stored_vectors
+from tests.support.store import ENGINES, Stores, brute_force, images, stored_vectors
 
 TEXTS = ["a cat", "a dog on grass", "a red car", "two cats", "a blue car", "a dog"]
 
@@ -183,10 +184,6 @@ def test_a_mode_without_its_vectors_names_the_fix(tiny_clip, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_store_on_cuda_equals_cpu(tiny_clip, tmp_path):
-    import copy
-
-    from crossgap_qdrant.models import ClipModel
-
     gpu = ClipModel(copy.deepcopy(tiny_clip.model).cuda(), tiny_clip.preprocess, tiny_clip.tokenizer, tiny_clip.name)
     pil = images(6, seed=9)
     results = {}

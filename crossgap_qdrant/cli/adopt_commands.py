@@ -3,71 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import time
 
-from crossgap_qdrant.cli.common import (
-    EXIT_OK,
-    UsageError,
+from tqdm.auto import tqdm
+
+from crossgap_qdrant.cli.common import EXIT_OK, UsageError, emit, format_table, parse_cuts
+from crossgap_qdrant.cli.resources import (
     background_colour,
-    emit,
-    format_table,
     inversion_configs,
     load_handle,
     open_collection_at,
     open_store,
     retry_policy,
 )
-
-
-def add_adopt_commands(sub, model_flags, warm_flags, location_flags, output_flags) -> None:
-    """Registers adopt, backfill and optimize on the parser's subcommands."""
-    p = sub.add_parser("adopt", help="adopt a collection another tool built (its CLIP vectors become native)",
-                       description="Records the model and the stored CLIP vector in the collection (or, for a "
-                                   "single unnamed vector, in a companion collection) and adds the vectors this "
-                                   "package fills; no point of the collection is rewritten. Then run backfill.")
-    p.add_argument("--vector", required=True, metavar="NAME",
-                   help="the stored CLIP vector's name ('' for a collection's single unnamed vector)")
-    p.add_argument("--modality", choices=("image", "text"), default="image",
-                   help="what the stored vectors embed (default: %(default)s)")
-    p.add_argument("--check", type=int, default=8, metavar="N",
-                   help="points with an image path or text in their payload encoded again and compared with the "
-                        "stored vectors (default: %(default)s; 0: take the vectors on trust)")
-    model_flags(p)
-    location_flags(p)
-    output_flags(p)
-
-    p = sub.add_parser("backfill", help="compute the inverted vectors a collection lacks, resumably, on one "
-                                        "process or a Ray cluster",
-                       description="Inverts the stored native vectors that lack their inverted vector and writes "
-                                   "the new vectors only (update_vectors). Run the same command again after any "
-                                   "crash: it resumes.")
-    p.add_argument("--modality", choices=("image", "text"), default="image")
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="run on Ray Data: a local cluster (no ADDRESS) or the cluster at ADDRESS ('auto', "
-                        "'ray://host:10001')")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="parallel workers (Ray actors, one model each; in-process: parts run in turn)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--transform", action="append", default=[], metavar="KIND",
-                   help="also add a rival vector computed from the stored vectors (no image read): "
-                        "isoclip:TOP,BOTTOM (<modality>_isoclip) or pca (<modality>_pca, the bundled vocabulary); "
-                        "repeatable; searchable as --mode <name>")
-    model_flags(p)
-    warm_flags(p)
-    location_flags(p)
-    output_flags(p)
-
-    p = sub.add_parser("optimize", help="build the search indexes of an embedded (Edge) collection after a large "
-                                        "ingest or backfill (searches are exact until then)")
-    location_flags(p)
-    output_flags(p)
+from crossgap_qdrant.evaluate.data import DataError, LabelledSet
+from crossgap_qdrant.rivals import IsoCLIPProjector, fit_pca_projector
+from crossgap_qdrant.store import CrossModalStore
+from crossgap_qdrant.store.adopt import IMAGE_FIELDS, TEXT_FIELDS, adopted_view, payload_item
+from crossgap_qdrant.store.backfill import backfill, missing_count
+from crossgap_qdrant.store.backfill_ray import ServerSpec, backfill_on_ray
+from crossgap_qdrant.store.connection import is_server_location
+from crossgap_qdrant.store.stored_transforms import add_stored_transform, stored_map
 
 
 def cmd_adopt(args) -> int:
-    from crossgap_qdrant.store import CrossModalStore
-
     if args.check < 0:
         raise UsageError(f"--check must be >= 0, got {args.check}")
     clip = load_handle(args)
@@ -93,10 +55,6 @@ def cmd_adopt(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from crossgap_qdrant.store.backfill import backfill, missing_count
-    from crossgap_qdrant.store.connection import is_server_location
-    from crossgap_qdrant.store.stored_transforms import add_stored_transform
-
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.batch_size < 1:
@@ -106,8 +64,6 @@ def cmd_backfill(args) -> int:
         transforms = stored_transforms(args.transform, args.modality, store.clip)
         start = time.perf_counter()
         if args.ray is not None:
-            from crossgap_qdrant.store.backfill_ray import ServerSpec, backfill_on_ray
-
             server = None
             if is_server_location(args.location):
                 server = ServerSpec(args.location, args.collection, api_key=args.api_key, timeout=args.timeout)
@@ -139,10 +95,6 @@ def cmd_backfill(args) -> int:
 
 def stored_transforms(specs: list[str], modality: str, clip) -> dict:
     """{name: derived vector} of --transform isoclip:TOP,BOTTOM / pca, checked before anything runs."""
-    from crossgap_qdrant.cli.common import parse_cuts
-    from crossgap_qdrant.rivals import IsoCLIPProjector, fit_pca_projector
-    from crossgap_qdrant.store.stored_transforms import stored_map
-
     out = {}
     for spec in specs:
         kind, _, cuts = spec.partition(":")
@@ -159,10 +111,6 @@ def stored_transforms(specs: list[str], modality: str, clip) -> dict:
 
 
 def cmd_optimize(args) -> int:
-    from tqdm.auto import tqdm
-
-    from crossgap_qdrant.store.adopt import adopted_view
-
     collection = adopted_view(open_collection_at(args, create=False))
     try:
         target = getattr(collection, "companion", collection)
@@ -201,23 +149,13 @@ def cmd_optimize(args) -> int:
 def labelled_set_from_collection(args, field: str, modality: str, limit: int = 100_000):
     """The labelled set of a collection's points: class ``payload[field]``, item the image path (or text) in
     the payload, as the adoption check reads them. Points lacking either are left out (logged)."""
-    import logging
-
-    from crossgap_qdrant.evaluate.data import DataError, LabelledSet
-    from crossgap_qdrant.store.adopt import (
-        IMAGE_FIELDS,
-        TEXT_FIELDS,
-        _usable,
-        adopted_view,
-    )
-
     collection = adopted_view(open_collection_at(args, create=False))
     items, labels, left_out = [], [], 0
     try:
         for page in collection.pages(page_size=512, limit=limit, with_payload=True):
             for r in page:
                 payload = r.payload or {}
-                _, item = _usable(payload, IMAGE_FIELDS if modality == "image" else TEXT_FIELDS, modality)
+                _, item = payload_item(payload, IMAGE_FIELDS if modality == "image" else TEXT_FIELDS, modality)
                 label = payload.get(field)
                 if item is None or label is None or isinstance(label, (dict, list)):
                     left_out += 1
@@ -242,4 +180,4 @@ def _indexed(collection) -> int | None:
     return indexed() if callable(indexed) else None
 
 
-__all__ = ["add_adopt_commands", "cmd_adopt", "cmd_backfill", "cmd_optimize"]
+__all__ = ["cmd_adopt", "cmd_backfill", "cmd_optimize", "labelled_set_from_collection"]

@@ -13,13 +13,13 @@ from crossgap_qdrant.cli.common import (
     PROG,
     UsageError,
     adopted_lines,
-    described_collection,
     emit,
     format_table,
-    load_handle,
-    open_store,
     report_rows,
 )
+from crossgap_qdrant.cli.resources import described_collection, load_handle, open_store
+from crossgap_qdrant.cli.search_output import check_html_target, compare_modes, emit_results, run_columns
+from crossgap_qdrant.store import MODES, is_point_id
 
 
 def cmd_ingest(args) -> int:
@@ -70,17 +70,15 @@ def cmd_invert(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from crossgap_qdrant.store import MODES
-
     if args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    compare_modes(args.compare)
+    check_html_target(args.html)
     query: Any = args.query
     gallery = args.gallery[:-1]  # "image" | "text"
     query_modality = "text" if args.text else "image"
     point_id = False
     if not args.text and not os.path.exists(query):
-        from crossgap_qdrant.store.ids import is_point_id
-
         if not query.isdigit() and not is_point_id(query):
             raise UsageError(f"{query!r} is neither an image file nor a point id; for a text query add --text")
         query = int(query) if query.isdigit() else uuid.UUID(query)  # ids as objects: never read as text
@@ -98,19 +96,8 @@ def cmd_search(args) -> int:
         mode = args.mode or (store.default_mode(gallery) if query_modality == gallery else "native")
         if args.hubness and query_modality != gallery:
             raise UsageError(f"--hubness applies to {gallery}->{gallery} search, not {query_modality}->{gallery}")
-        hubness = query_modality == gallery and store.hub_correction(gallery, mode, args.hubness) is not None
-        search = store.search_images if gallery == "image" else store.search_texts
-        points = search(**{query_modality: query}, mode=mode, limit=args.limit, hubness=args.hubness)
-    hits = [{"rank": i + 1, "id": str(p.id), "score": float(p.score), "payload": p.payload or {}}
-            for i, p in enumerate(points)]
-    rows = []
-    for h in hits:
-        payload = h["payload"]
-        what = payload.get("text") or payload.get("source") or ""
-        rows.append((h["rank"], f"{h['score']:.4f}", h["id"], what, payload.get("label", "")))
-    emit(args, {"query": args.query, "query_modality": query_modality, "gallery": gallery, "mode": mode,
-                 "hubness": hubness, "hits": hits},
-          format_table(rows, ["rank", "score", "id", "item", "label"]) if rows else "no results")
+        results = run_columns(store, args, query, query_modality, gallery, mode)
+    emit_results(args, results, args.collection)
     return EXIT_OK
 
 

@@ -4,26 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crossgap_qdrant.cli.common import (
-    EXIT_OK,
-    UsageError,
+from crossgap_qdrant.cli.adopt_commands import labelled_set_from_collection
+from crossgap_qdrant.cli.common import EXIT_OK, UsageError, emit, parse_cuts
+from crossgap_qdrant.cli.resources import (
     background_colour,
     described_collection,
-    emit,
     inversion_configs,
     load_handle,
-    parse_cuts,
     retry_policy,
 )
+from crossgap_qdrant.evaluate import (
+    KNOWN_METHODS,
+    METHODS,
+    EvaluationConfig,
+    apply_recommendation,
+    evaluate,
+    load_labelled_set,
+    markdown_table,
+    write_report,
+)
+from crossgap_qdrant.evaluate.data import read_images, read_lines
+from crossgap_qdrant.evaluate.report import applied_text, recommendation_text
 
 
 def cmd_evaluate(args) -> int:
-    from crossgap_qdrant import evaluate as harness
-    from crossgap_qdrant.evaluate import (KNOWN_METHODS, METHODS, EvaluationConfig, apply_recommendation,
-                                          load_labelled_set, markdown_table, write_report)
-    from crossgap_qdrant.evaluate.data import read_images, read_lines
-    from crossgap_qdrant.evaluate.report import applied_text, recommendation_text
-
     methods = METHODS
     if args.methods:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -42,8 +46,6 @@ def cmd_evaluate(args) -> int:
         raise UsageError("give the labelled data (a folder or file), or --label-field FIELD to evaluate on the "
                          "points of --collection (not both)")
     if args.label_field is not None:
-        from crossgap_qdrant.cli.adopt_commands import labelled_set_from_collection
-
         data = labelled_set_from_collection(args, args.label_field, args.label_modality)
     else:
         data = load_labelled_set(args.data, queries=args.queries)
@@ -62,7 +64,7 @@ def cmd_evaluate(args) -> int:
         qdrant_engine=args.engine, timeout=args.timeout, retry=retry_policy(args),
         image_background=background,
     )
-    result = harness.evaluate(clip, data, config, progress=args.progress)
+    result = evaluate(clip, data, config, progress=args.progress)
     out = result.to_dict()
     text = markdown_table(result)
     text = f"{text}\n\n{recommendation_text(result)}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from crossgap_qdrant.cli.adopt_commands import add_adopt_commands
 from crossgap_qdrant.cli.common import PROG
 
 
@@ -110,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-score by the hubness statistics fitted for the mode (evaluate --apply, or "
                         "CrossModalStore.fit_hubness); default: as recorded with the collection's mode")
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--compare", default=None, metavar="MODE[,MODE]",
+                   help="also search in these modes and show them side by side (table, JSON columns, --html)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write a contact sheet: one HTML file with the query, thumbnails, scores and modes")
     model_flags(p)
     warm_flags(p)
     location_flags(p)
@@ -172,10 +175,78 @@ def build_parser() -> argparse.ArgumentParser:
     location_flags(p)
     output_flags(p)
 
+    add_serve_parser(sub)
+
     p = sub.add_parser("info", help="collection, model, vector names and counts (no model needed)")
     location_flags(p)
     output_flags(p)
-    add_adopt_commands(sub, model_flags, warm_flags, location_flags, output_flags)
+    add_adopt_parsers(sub)
     return parser
 
 
+def add_serve_parser(sub) -> None:
+    """Adds the ``serve`` subcommand to the parser's subcommands."""
+    p = sub.add_parser("serve", help="a web page and JSON API for searching a collection (model kept loaded)",
+                       description="Serves a search page (text box, image upload, thumbnails, native and inter-modal "
+                                   "results side by side) and a JSON API (/api/search, /api/info, /thumb/ID) for "
+                                   "one collection. There is no authentication: it listens on 127.0.0.1 unless "
+                                   "--host says otherwise.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 exposes it to the "
+                        "network without authentication)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest uploaded query image, in MiB (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=25_000_000,
+                   help="most pixels of an uploaded query image; larger ones are refused before decoding "
+                        "(default: %(default)s)")
+    p.add_argument("--max-limit", type=int, default=100, help="most results one search may ask for "
+                                                             "(default: %(default)s)")
+    model_flags(p)
+    warm_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+
+def add_adopt_parsers(sub) -> None:
+    """Adds the ``adopt``, ``backfill`` and ``optimize`` subcommands to the parser's subcommands."""
+    p = sub.add_parser("adopt", help="adopt a collection another tool built (its CLIP vectors become native)",
+                       description="Records the model and the stored CLIP vector in the collection (or, for a "
+                                   "single unnamed vector, in a companion collection) and adds the vectors this "
+                                   "package fills; no point of the collection is rewritten. Then run backfill.")
+    p.add_argument("--vector", required=True, metavar="NAME",
+                   help="the stored CLIP vector's name ('' for a collection's single unnamed vector)")
+    p.add_argument("--modality", choices=("image", "text"), default="image",
+                   help="what the stored vectors embed (default: %(default)s)")
+    p.add_argument("--check", type=int, default=8, metavar="N",
+                   help="points with an image path or text in their payload encoded again and compared with the "
+                        "stored vectors (default: %(default)s; 0: take the vectors on trust)")
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("backfill", help="compute the inverted vectors a collection lacks, resumably, on one "
+                                        "process or a Ray cluster",
+                       description="Inverts the stored native vectors that lack their inverted vector and writes "
+                                   "the new vectors only (update_vectors). Run the same command again after any "
+                                   "crash: it resumes.")
+    p.add_argument("--modality", choices=("image", "text"), default="image")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a local cluster (no ADDRESS) or the cluster at ADDRESS ('auto', "
+                        "'ray://host:10001')")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="parallel workers (Ray actors, one model each; in-process: parts run in turn)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--transform", action="append", default=[], metavar="KIND",
+                   help="also add a rival vector computed from the stored vectors (no image read): "
+                        "isoclip:TOP,BOTTOM (<modality>_isoclip) or pca (<modality>_pca, the bundled vocabulary); "
+                        "repeatable; searchable as --mode <name>")
+    model_flags(p)
+    warm_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("optimize", help="build the search indexes of an embedded (Edge) collection after a large "
+                                        "ingest or backfill (searches are exact until then)")
+    location_flags(p)
+    output_flags(p)

@@ -9,12 +9,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossgap_qdrant.images import is_image_file, list_image_files
+from PIL import Image
+
+from crossgap_qdrant.errors import CrossgapError
+from crossgap_qdrant.images import ImageError, check_pixel_count, is_image_file, list_image_files
 
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(CrossgapError, ValueError):
     """The labelled data cannot be read or is unusable (the message names the file and the problem)."""
 
 
@@ -93,10 +96,6 @@ def drop_unreadable_images(data: LabelledSet) -> tuple[LabelledSet, dict[str, st
     Raises:
         DataError: too few items are left (see :class:`LabelledSet`).
     """
-    from PIL import Image
-
-    from crossgap_qdrant.images import ImageError, check_pixel_count
-
     if data.modality != "image":
         return data, {}
     dropped: dict[str, str] = {}
@@ -138,7 +137,8 @@ def _read_records(path: Path) -> list[tuple[str, str, int]]:
                     item = rec.get("text", rec.get("image"))
                     label = rec["label"]
                 except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'label' and 'text' or 'image' ({exc})")
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'label' and 'text' or 'image' "
+                                    f"({exc})")
             else:
                 if "\t" not in line:
                     raise DataError(f"{path}:{lineno}: expected 'label<TAB>item'")
@@ -210,8 +210,6 @@ def read_lines(path: str | os.PathLike | None, what: str) -> list[str] | None:
 
 def read_images(folder: str | os.PathLike | None, what: str) -> list[str] | None:
     """The image files under a folder (recursively), or None without a folder; ``what`` names it in errors."""
-    from crossgap_qdrant.images import list_image_files
-
     if folder is None:
         return None
     images = [str(p) for p in list_image_files(Path(folder))]

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossgap_qdrant.errors import CrossgapError
 from crossgap_qdrant.metrics import RetrievalMetrics
+from crossgap_qdrant.store import MODES
 
-STORE_MODES = ("native", "gallery_inverted", "query_inverted", "fused")
 RIVALS = ("isoclip", "pca", "gap_shift")
 HUB_SUFFIX = "_hub"
 #: The methods an evaluation runs by default.
-METHODS = STORE_MODES + RIVALS + ("native_hub", "gallery_inverted_hub", "query_inverted_hub")
+METHODS = MODES + RIVALS + ("native_hub", "gallery_inverted_hub", "query_inverted_hub")
 #: Every method name the harness knows (the default ones and hubness correction of the rivals).
 KNOWN_METHODS = METHODS + tuple(r + HUB_SUFFIX for r in RIVALS)
 
@@ -42,10 +43,14 @@ _BASE_DESCRIPTIONS = {
 }
 
 
+class EvaluationError(CrossgapError, ValueError):
+    """An evaluation's settings, methods or recommendation cannot be used (the message names the fix)."""
+
+
 def split_method(method: str) -> tuple[str, bool]:
     """(base method, hubness correction) of a method name; ValueError for an unknown name."""
     if method not in KNOWN_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(KNOWN_METHODS)}")
+        raise EvaluationError(f"unknown method {method!r}; choose from {', '.join(KNOWN_METHODS)}")
     if method.endswith(HUB_SUFFIX):
         return method[: -len(HUB_SUFFIX)], True
     return method, False

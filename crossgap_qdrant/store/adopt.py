@@ -21,9 +21,13 @@ from typing import Any
 
 import torch
 
+from crossgap_qdrant.models import as_clip_model
+from crossgap_qdrant.models.towers import embed_dim
 from crossgap_qdrant.store.collection import Collection, CollectionSchema
 from crossgap_qdrant.store.companion import CompanionCollection, companion_name, sibling
-from crossgap_qdrant.store.errors import CollectionNotFoundError, SchemaMismatchError
+from crossgap_qdrant.store.encoder import Encoder
+from crossgap_qdrant.store.engines import open_collection
+from crossgap_qdrant.store.errors import CollectionNotFoundError, InvalidRequestError, SchemaMismatchError
 from crossgap_qdrant.store.schema import (
     METADATA_KEY,
     VectorNames,
@@ -49,8 +53,8 @@ def adopted_names(native_vector: str, modality: str) -> VectorNames:
         return names
     taken = {n for n in names.all() if n != names.native(modality)}
     if native_vector in taken:
-        raise ValueError(f"the vector name {native_vector!r} is one the store uses for another vector; adopt a "
-                         "collection whose CLIP vector has another name")
+        raise InvalidRequestError(f"the vector name {native_vector!r} is one the store uses for another vector; "
+                                  "adopt a collection whose CLIP vector has another name")
     return VectorNames(**{**names.__dict__, modality: native_vector})
 
 
@@ -104,10 +108,6 @@ def adopt(store_class: Any, location_or_client: Any, collection_name: str, clip:
         SchemaMismatchError: the vector is missing, has another width or distance, the collection records
             another model, or the stored vectors are not this model's (re-encoded cosine below 0.99).
     """
-    from crossgap_qdrant.store.encoder import Encoder
-    from crossgap_qdrant.store.engines import open_collection
-    from crossgap_qdrant.towers import embed_dim
-
     check_modality(modality)
     if isinstance(location_or_client, Collection):
         collection = location_or_client
@@ -129,7 +129,7 @@ def adopt(store_class: Any, location_or_client: Any, collection_name: str, clip:
         model_id = store_kwargs.get("model_id") or clip_handle.model_id
         encoder = Encoder(clip_handle, dim, None, None, {})
         checked = sample_check(collection, encoder, native_vector, modality, check, where)
-        from crossgap_qdrant.store.store import _display_name
+        from crossgap_qdrant.store.store import _display_name  # noqa: PLC0415 - store.py imports this module
 
         record = metadata(model_id, _display_name(clip_handle), dim, names, {})[METADATA_KEY]
         record[ADOPTED_KEY] = {"vector": native_vector, "modality": modality, "check": checked,
@@ -148,8 +148,6 @@ def _retry(store_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _handle(clip: Any):
-    from crossgap_qdrant.models import as_clip_model
-
     return as_clip_model(clip)
 
 
@@ -214,7 +212,7 @@ def sample_check(collection: Collection, encoder: Any, native_vector: str, modal
     found: list[tuple[Any, str, str, list[float]]] = []
     for page in collection.pages(page_size=64, limit=256, with_payload=True, with_vectors=True):
         for r in page:
-            field, value = _usable(r.payload or {}, fields, modality)
+            field, value = payload_item(r.payload or {}, fields, modality)
             vector = r.vector.get(native_vector) if isinstance(r.vector, dict) else r.vector
             if field is not None and vector is not None:
                 found.append((r.id, field, value, vector))
@@ -241,7 +239,9 @@ def sample_check(collection: Collection, encoder: Any, native_vector: str, modal
     return {"points": len(found), "field": found[0][1], "min_cosine": round(float(cosines.min()), 6)}
 
 
-def _usable(payload: dict, fields: tuple[str, ...], modality: str) -> tuple[str | None, str | None]:
+def payload_item(payload: dict, fields: tuple[str, ...], modality: str) -> tuple[str | None, str | None]:
+    """(field, value) of the first of ``fields`` in ``payload`` holding a text (text) or an existing file path
+    (image); (None, None) when none does."""
     for field in fields:
         value = payload.get(field)
         if not isinstance(value, str) or not value.strip():

@@ -25,9 +25,11 @@ from typing import Any
 
 import torch
 from qdrant_client import models
+from tqdm.auto import tqdm
 
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.encoder import Encoder, unit_vectors
+from crossgap_qdrant.store.errors import InvalidRequestError
 from crossgap_qdrant.store.ids import normalize_point_id
 from crossgap_qdrant.store.schema import VectorNames, check_modality
 
@@ -105,7 +107,7 @@ class BackfillWorker:
     def __init__(self, collection: Collection, encoder: Encoder, names: VectorNames, modality: str = "image", *,
                  batch_size: int = 64, slices: bool | None = None):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidRequestError(f"batch_size must be >= 1, got {batch_size}")
         self.collection, self.encoder, self.names = collection, encoder, names
         self.modality = check_modality(modality)
         self.batch_size = batch_size
@@ -118,7 +120,7 @@ class BackfillWorker:
         Offset pagination in id order: points written behind the offset leave the filter without shifting it.
         """
         if not 0 <= part < total:
-            raise ValueError(f"part must be in [0, {total}), got {part}")
+            raise InvalidRequestError(f"part must be in [0, {total}), got {part}")
         native = self.names.native(self.modality)
         flt = lacking_filter(self.names, self.modality)
         if total > 1 and self.slices:
@@ -195,8 +197,6 @@ def backfill(collection: Collection, encoder: Encoder, names: VectorNames, modal
     Returns:
         The report over every part.
     """
-    from tqdm.auto import tqdm
-
     worker = BackfillWorker(collection, encoder, names, modality, batch_size=batch_size)
     report = BackfillReport(partition="slice" if worker.slices or workers == 1 else "id-hash")
     target = getattr(collection, "companion", collection)  # the index to defer is where the vector is written

@@ -29,13 +29,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from crossgap_qdrant.errors import MissingDependencyError
+from crossgap_qdrant.store.adopt import adoption_layout
 from crossgap_qdrant.store.backfill import (
     BackfillReport,
     BackfillWorker,
     deferred_index,
     missing_count,
 )
+from crossgap_qdrant.store.encoder import Encoder
+from crossgap_qdrant.store.engines import open_collection
+from crossgap_qdrant.store.errors import InvalidRequestError
 from crossgap_qdrant.store.schema import VectorNames
 
 logger = logging.getLogger(__name__)
@@ -56,10 +62,11 @@ class ServerSpec:
 
 def _require_ray():
     try:
-        import ray
-        import ray.data
+        import ray  # noqa: PLC0415 - optional dependency (the `ray` extra)
+        import ray.data  # noqa: PLC0415 - optional dependency (the `ray` extra)
     except ImportError:
-        raise ImportError("--ray needs Ray Data: pip install 'crossgap-qdrant[ray]' (ray[data])") from None
+        raise MissingDependencyError("the backfill on Ray needs Ray Data, which is not installed: "
+                                     "pip install 'crossgap-qdrant[ray]'") from None
     return ray
 
 
@@ -68,23 +75,17 @@ class _Inverter:
     server, whole parts read, inverted and written here."""
 
     def __init__(self, shared: Any, server: ServerSpec | None = None):
-        import ray
-
+        ray = _require_ray()
         setup = ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared
         torch.set_num_threads(setup["threads"])
         clip = setup["clip"]
         if ray.get_gpu_ids() and torch.cuda.is_available():
             clip.model.to("cuda")
-        from crossgap_qdrant.store.encoder import Encoder
-
         self.encoder = Encoder(clip, setup["dim"], setup["oti"], setup["ovi"], {})
         self.names, self.modality, self.batch_size = setup["names"], setup["modality"], setup["batch_size"]
         self.worker = None
         self.ready_at = time.time()  # wall clock: the driver compares it with its own start
         if server is not None:
-            from crossgap_qdrant.store.adopt import adoption_layout
-            from crossgap_qdrant.store.engines import open_collection
-
             collection = open_collection(server.location, server.collection, api_key=server.api_key,
                                          timeout=server.timeout)
             collection = adoption_layout(collection, collection.schema(), self.names)[0]
@@ -127,11 +128,9 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
     Returns:
         The report (written counts as the driver saw them; a batch retried after a crash counts again).
     """
-    from tqdm.auto import tqdm
-
     ray = _require_ray()
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise InvalidRequestError(f"workers must be >= 1, got {workers}")
     started, started_wall = time.perf_counter(), time.time()
     owns_ray = not ray.is_initialized()
     if owns_ray:

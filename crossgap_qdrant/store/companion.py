@@ -21,8 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qdrant_client import models
+from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 
+from crossgap_qdrant.store.client_engine import ClientCollection
 from crossgap_qdrant.store.collection import Collection, CollectionSchema
+from crossgap_qdrant.store.edge import EdgeCollection
+from crossgap_qdrant.store.errors import AdoptedCollectionError, NoCompanionError
 from crossgap_qdrant.store.ids import normalize_point_id
 
 COMPANION_SUFFIX = "__crossgap"
@@ -35,15 +39,12 @@ def companion_name(name: str) -> str:
 
 def sibling(collection: Collection, name: str) -> Collection:
     """Collection ``name`` on the same engine, location and connection as ``collection`` (not created here)."""
-    from crossgap_qdrant.store.client_engine import ClientCollection
-    from crossgap_qdrant.store.edge import EdgeCollection
-
     if isinstance(collection, EdgeCollection):
         return EdgeCollection(collection.folder, name, exact_search_below=collection.exact_search_below)
     if isinstance(collection, ClientCollection):
         return ClientCollection(collection.client, name, location=collection.location, retry=collection.retry,
                                 server=collection.server, owns_client=False, folder=collection.folder)
-    raise TypeError(f"no companion collection for a {type(collection).__name__}")
+    raise NoCompanionError(f"no companion collection for a {type(collection).__name__}")
 
 
 class CompanionCollection(Collection):
@@ -73,8 +74,8 @@ class CompanionCollection(Collection):
         return self.user.exists() and self.companion.exists()
 
     def create(self, vectors, metadata, **options) -> None:
-        raise ValueError(f"collection {self.name!r} belongs to its user: it is adopted, never created "
-                         "(crossgap-qdrant adopt)")
+        raise AdoptedCollectionError(f"collection {self.name!r} belongs to its user: it is adopted, never "
+                                     "created (crossgap-qdrant adopt)")
 
     def schema(self) -> CollectionSchema:
         user, own = self.user.schema(), self.companion.schema()
@@ -83,7 +84,8 @@ class CompanionCollection(Collection):
 
     def add_vectors(self, vectors: Mapping[str, int]) -> None:
         if self.native in vectors:
-            raise ValueError(f"vector {self.native!r} is the user's own vector of collection {self.name!r}")
+            raise AdoptedCollectionError(f"vector {self.native!r} is the user's own vector of collection "
+                                         f"{self.name!r}")
         self.companion.add_vectors(vectors)
 
     def set_metadata(self, metadata: Mapping[str, Any]) -> None:
@@ -91,13 +93,15 @@ class CompanionCollection(Collection):
 
     # --------------------------------------------------------------------------------------------- writes
     def upsert(self, points: Sequence[models.PointStruct]) -> None:
-        raise ValueError(f"collection {self.name!r} is adopted: its points are written by its own pipeline. Add "
-                         "points there, then run crossgap-qdrant backfill to give them their inverted vectors")
+        raise AdoptedCollectionError(f"collection {self.name!r} is adopted: its points are written by its own "
+                                     "pipeline. Add points there, then run crossgap-qdrant backfill to give them "
+                                     "their inverted vectors")
 
     def update_vectors(self, points: Sequence[models.PointVectors]) -> None:
         for p in points:
             if self.native in p.vector:
-                raise ValueError(f"vector {self.native!r} of point {p.id} is the user's own: it is never written")
+                raise AdoptedCollectionError(f"vector {self.native!r} of point {p.id} is the user's own: it is "
+                                             "never written")
         ids = [p.id for p in points]
         present = {normalize_point_id(r.id) for r in self.companion.retrieve(ids)}
         self.companion.update_vectors([p for p in points if normalize_point_id(p.id) in present])
@@ -150,13 +154,11 @@ class CompanionCollection(Collection):
         return sum(len(page) for page in self.pages(count_filter, page_size=1024))
 
     def query(self, requests: Sequence[models.QueryRequest]) -> list[list[models.ScoredPoint]]:
-        from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
-
         results = []
         for request in requests:
             if request.prefetch:
                 if not isinstance(request.query, models.FusionQuery) or request.query.fusion != models.Fusion.RRF:
-                    raise ValueError("an adopted collection with a companion fuses routes by RRF only")
+                    raise AdoptedCollectionError("an adopted collection with a companion fuses routes by RRF only")
                 routes = [self._nearest(models.QueryRequest(query=p.query, using=p.using, filter=p.filter,
                                                             params=p.params, limit=p.limit), request.filter)
                           for p in request.prefetch]
@@ -262,17 +264,20 @@ class CompanionCollection(Collection):
             return None, [], []
         if (flt.should or flt.min_should) and any(self._classify(c) not in ("both", side)
                                                   for c in _as_list(flt.should)):
-            raise ValueError("an adopted collection with a companion takes 'should' conditions on one side only")
+            raise AdoptedCollectionError("an adopted collection with a companion takes 'should' conditions on one "
+                                         "side only")
         kept: dict[str, list] = {"must": [], "must_not": []}
         other: dict[str, list] = {"must": [], "must_not": []}
         for clause in ("must", "must_not"):
             for c in _as_list(getattr(flt, clause)):
                 kind = self._classify(c)
                 if kind == "mixed":
-                    raise ValueError("a nested filter mixes the user's payload and the companion's vectors")
+                    raise AdoptedCollectionError("a nested filter mixes the user's payload and the companion's "
+                                                 "vectors")
                 if kind == "native":
                     if clause == "must_not":
-                        raise ValueError(f"every point of collection {self.name!r} has vector {self.native!r}")
+                        raise AdoptedCollectionError(f"every point of collection {self.name!r} has vector "
+                                                     f"{self.native!r}")
                     continue
                 (kept if kind in ("both", side) else other)[clause].append(c)
         if not kept["must"] and not kept["must_not"] and not flt.should:
@@ -295,8 +300,8 @@ class CompanionCollection(Collection):
         """The ids among ``ids`` that meet the companion's vector conditions (absent points hold none)."""
         names = sorted({c.has_vector for c in must + must_not if isinstance(c, models.HasVectorCondition)})
         if len(names) != len(must) + len(must_not):
-            raise ValueError("on an adopted collection with a companion, conditions on the companion are "
-                             "has_vector conditions only")
+            raise AdoptedCollectionError("on an adopted collection with a companion, conditions on the companion "
+                                         "are has_vector conditions only")
         held = {normalize_point_id(r.id): set((r.vector or {}).keys())
                 for r in self.companion.retrieve(ids, with_vectors=names)} if ids else {}
         keep = set()

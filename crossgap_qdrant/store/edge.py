@@ -33,10 +33,23 @@ import qdrant_edge as qe
 from qdrant_client import models
 
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
-from crossgap_qdrant.store.edge_filters import (client_point_id, edge_filter, edge_point_id, edge_query,
-                                                edge_with_payload, edge_with_vector)
-from crossgap_qdrant.store.errors import (CollectionNotFoundError, SchemaMismatchError, StorageFullError,
-                                          StoreLockedError)
+from crossgap_qdrant.store.edge_filters import (
+    client_point_id,
+    edge_filter,
+    edge_query,
+    edge_with_payload,
+    edge_with_vector,
+)
+from crossgap_qdrant.store.errors import (
+    CollectionClosedError,
+    CollectionNotFoundError,
+    CorruptMetadataError,
+    InvalidRequestError,
+    SchemaMismatchError,
+    StorageFullError,
+    StoreLockedError,
+)
+from crossgap_qdrant.store.ids import normalize_point_id
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +73,6 @@ _DISTANCES = {"Cosine": qe.Distance.Cosine, "Euclid": qe.Distance.Euclid, "Dot":
               "Manhattan": qe.Distance.Manhattan}
 _DISK_FULL_TEXT = ("no space left on device", "os error 28", "disk is full", "disk quota exceeded", "os error 122")
 _LOCKED_TEXT = ("wouldblock", "os error 11", "resource temporarily unavailable", "already locked")
-
-
-class CorruptMetadataError(ValueError):
-    """A collection's metadata sidecar cannot be read (the message names the file and the fix)."""
 
 
 def write_json_atomic(path: str, data: Any) -> None:
@@ -133,7 +142,8 @@ def _is_locked(exc: BaseException) -> bool:
 
 def _check_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise ValueError(f"collection name {name!r} is not a plain folder name; use letters, digits, '-' and '_'")
+        raise InvalidRequestError(f"collection name {name!r} is not a plain folder name; use letters, digits, '-' and "
+                                  "'_'")
 
 
 class EdgeCollection(Collection):
@@ -198,7 +208,7 @@ class EdgeCollection(Collection):
 
     def _shard(self) -> qe.EdgeShard:
         if self._closed:
-            raise RuntimeError(f"{self._where()} was closed; open it again")
+            raise CollectionClosedError(f"{self._where()} was closed; open it again")
         if self._shard_handle is None:
             if not self.exists():
                 raise CollectionNotFoundError(
@@ -275,12 +285,13 @@ class EdgeCollection(Collection):
                quantization_config: Any = None, shard_number: int | None = None,
                replication_factor: int | None = None) -> None:
         if self.exists():
-            raise ValueError(f"{self._where()} already exists")
+            raise InvalidRequestError(f"{self._where()} already exists")
         for what, value in (("shard_number", shard_number), ("replication_factor", replication_factor)):
             if value not in (None, 1):
-                raise ValueError(f"{what}={value} needs a Qdrant server: an Edge collection is one local shard")
+                raise InvalidRequestError(f"{what}={value} needs a Qdrant server: an Edge collection is one local "
+                                          "shard")
         if not vectors:
-            raise ValueError("a collection needs at least one named vector")
+            raise InvalidRequestError("a collection needs at least one named vector")
         memory = qe.Memory.Cold if on_disk else None
         config = qe.EdgeConfig(
             vectors={name: qe.EdgeVectorParams(size=int(size), distance=qe.Distance.Cosine, memory=memory)
@@ -327,7 +338,7 @@ class EdgeCollection(Collection):
         if not points:
             return
         named = [_named_vectors(p.vector, p.id) for p in points]
-        edge_points = [qe.Point(edge_point_id(p.id), v, p.payload or {}) for p, v in zip(points, named)]
+        edge_points = [qe.Point(normalize_point_id(p.id), v, p.payload or {}) for p, v in zip(points, named)]
         self._update(f"writing {len(edge_points)} point(s)", qe.UpdateOperation.upsert_points(edge_points),
                      _batch_bytes(named))
 
@@ -335,7 +346,7 @@ class EdgeCollection(Collection):
         if not points:
             return
         named = [_named_vectors(p.vector, p.id) for p in points]
-        edge_points = [qe.PointVectors(edge_point_id(p.id), v) for p, v in zip(points, named)]
+        edge_points = [qe.PointVectors(normalize_point_id(p.id), v) for p, v in zip(points, named)]
         self._update(f"writing vectors of {len(edge_points)} point(s)",
                      qe.UpdateOperation.update_vectors(edge_points), _batch_bytes(named))
 
@@ -343,20 +354,20 @@ class EdgeCollection(Collection):
         if not ids:
             return
         self._update(f"writing the payload of {len(ids)} point(s)",
-                     qe.UpdateOperation.set_payload([edge_point_id(i) for i in ids], dict(payload)))
+                     qe.UpdateOperation.set_payload([normalize_point_id(i) for i in ids], dict(payload)))
 
     def retrieve(self, ids: Sequence[Any], *, with_payload: bool | Sequence[str] = False,
                  with_vectors: bool | Sequence[str] = False) -> list[models.Record]:
         if not ids:
             return []
-        records = self._shard().retrieve([edge_point_id(i) for i in ids], edge_with_payload(with_payload),
+        records = self._shard().retrieve([normalize_point_id(i) for i in ids], edge_with_payload(with_payload),
                                          edge_with_vector(with_vectors))
         return [_record(r, with_payload, with_vectors) for r in records]
 
     def scroll(self, *, scroll_filter: models.Filter | None = None, limit: int = 256, offset: Any = None,
                with_payload: bool | Sequence[str] = True,
                with_vectors: bool | Sequence[str] = False) -> tuple[list[models.Record], Any]:
-        request = qe.ScrollRequest(offset=None if offset is None else edge_point_id(offset), limit=limit,
+        request = qe.ScrollRequest(offset=None if offset is None else normalize_point_id(offset), limit=limit,
                                    filter=edge_filter(scroll_filter), with_payload=edge_with_payload(with_payload),
                                    with_vector=edge_with_vector(with_vectors))
         records, next_offset = self._shard().scroll(request)
@@ -426,15 +437,16 @@ class EdgeCollection(Collection):
 
 def _named_vectors(vector: Any, point_id: Any) -> dict[str, list[float]]:
     if not isinstance(vector, Mapping):
-        raise ValueError(f"point {point_id!r}: the Edge engine stores named vectors only ({{name: [floats]}}), "
-                         f"got {type(vector).__name__}")
+        raise InvalidRequestError(f"point {point_id!r}: the Edge engine stores named vectors only "
+                                  f"({{name: [floats]}}), "
+                                  f"got {type(vector).__name__}")
     out = {}
     for name, values in vector.items():
         if hasattr(values, "tolist"):
             values = values.tolist()
         if not isinstance(values, list) or (values and not isinstance(values[0], (int, float))):
-            raise ValueError(f"point {point_id!r}: vector {name!r} is not a dense vector of floats "
-                             "(sparse and multi-vectors are not used by crossgap-qdrant)")
+            raise InvalidRequestError(f"point {point_id!r}: vector {name!r} is not a dense vector of floats "
+                                      "(sparse and multi-vectors are not used by crossgap-qdrant)")
         out[name] = values
     return out
 
@@ -478,5 +490,5 @@ def _edge_quantization(config: Any) -> Any:
                                            always_ram=scalar.always_ram)
     if isinstance(config, models.BinaryQuantization):
         return qe.BinaryQuantizationConfig(always_ram=config.binary.always_ram)
-    raise ValueError(f"the Edge engine takes scalar or binary quantization, not {type(config).__name__}; "
-                     "use a Qdrant server for product quantization")
+    raise InvalidRequestError(f"the Edge engine takes scalar or binary quantization, not {type(config).__name__}; "
+                              "use a Qdrant server for product quantization")

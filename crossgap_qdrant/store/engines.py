@@ -15,12 +15,18 @@ import os
 from typing import Any
 
 from qdrant_client import QdrantClient
+from qdrant_client.local.qdrant_local import QdrantLocal
 
 from crossgap_qdrant.store.client_engine import ClientCollection
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.connection import ENGINES, RetryPolicy, call_with_retries, is_server_location, redact
 from crossgap_qdrant.store.edge import EdgeCollection
-from crossgap_qdrant.store.errors import CollectionNotFoundError, StoreLockedError
+from crossgap_qdrant.store.errors import (
+    CollectionNotFoundError,
+    CorruptMetadataError,
+    InvalidRequestError,
+    StoreLockedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,26 +34,25 @@ logger = logging.getLogger(__name__)
 def engine_for(location: str, engine: str | None = None) -> str:
     """The engine ("edge", "local" or "client") that serves ``location``; raises ValueError on a mismatch."""
     if engine is not None and engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)} (or None: chosen by the location), "
-                         f"got {engine!r}")
+        raise InvalidRequestError(f"engine must be one of {', '.join(ENGINES)} (or None: chosen by the location), "
+                                  f"got {engine!r}")
     remote = location == ":memory:" or is_server_location(location)
     if "://" in location and not is_server_location(location):
-        raise ValueError(f"location {redact(location)!r}: only http:// and https:// URLs are Qdrant servers")
+        raise InvalidRequestError(f"location {redact(location)!r}: only http:// and https:// URLs are Qdrant servers")
     if engine is None:
         return "client" if remote else "edge"
     if remote and engine != "client":
-        raise ValueError(f"engine={engine!r} runs on a folder; {redact(location)!r} is served by qdrant-client "
-                         "(engine='client' or None)")
+        raise InvalidRequestError(f"engine={engine!r} runs on a folder; {redact(location)!r} is served by "
+                                  "qdrant-client "
+                                  "(engine='client' or None)")
     if not remote and engine == "client":
-        raise ValueError(f"{location!r} is a folder: use engine='edge' (the default) or engine='local' "
-                         "(qdrant-client local mode)")
+        raise InvalidRequestError(f"{location!r} is a folder: use engine='edge' (the default) or engine='local' "
+                                  "(qdrant-client local mode)")
     return engine
 
 
 def _client_location(client: QdrantClient) -> tuple[str, bool, str | None]:
     """(location for messages, is a server, local folder) of a caller's client."""
-    from qdrant_client.local.qdrant_local import QdrantLocal
-
     inner = getattr(client, "_client", None)
     if isinstance(inner, QdrantLocal):
         if inner.persistent:
@@ -86,7 +91,7 @@ def _check_local_meta(folder: str, create_folder: bool) -> None:
         logger.warning("removing the empty %s (an interrupted first write; the folder holds no data)", meta_path)
         os.unlink(meta_path)
         return
-    raise ValueError(
+    raise CorruptMetadataError(
         f"the local Qdrant folder's {meta_path} is damaged (not the JSON qdrant-client writes), so the folder "
         "cannot be opened. Restore it from a backup; the points themselves are in the storage.sqlite files under "
         f"{collections_dir}.")
@@ -135,7 +140,7 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
         return ClientCollection(client, name, location=where, retry=retry, server=server, owns_client=False,
                                 folder=folder)
     if location is None:
-        raise ValueError("give a location (a folder, ':memory:' or a server URL) or a QdrantClient")
+        raise InvalidRequestError("give a location (a folder, ':memory:' or a server URL) or a QdrantClient")
     location = os.fspath(location)
     chosen = engine_for(location, engine)
     if chosen == "client":
@@ -147,8 +152,8 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
         try:
             built = QdrantClient(url=location, api_key=api_key, timeout=timeout, **client_kwargs)
         except Exception as exc:  # its message quotes the URL, credentials included
-            raise ValueError(f"cannot use the server URL {safe!r} ({type(exc).__name__}); expected "
-                             "http(s)://host:port with a numeric port") from None
+            raise InvalidRequestError(f"cannot use the server URL {safe!r} ({type(exc).__name__}); expected "
+                                      "http(s)://host:port with a numeric port") from None
         try:
             call_with_retries(f"connect to the Qdrant server at {safe}", built.get_collections, retry)
         except BaseException:
@@ -156,7 +161,7 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
             raise
         return ClientCollection(built, name, location=safe, retry=retry, server=True)
     if api_key is not None:
-        raise ValueError(f"api_key is for Qdrant servers; {location!r} is a local folder")
+        raise InvalidRequestError(f"api_key is for Qdrant servers; {location!r} is a local folder")
     folder = os.path.abspath(location)
     if not os.path.isdir(folder):
         if os.path.exists(folder):

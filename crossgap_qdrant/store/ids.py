@@ -16,6 +16,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from crossgap_qdrant.store.errors import InvalidPointIdError
+
 ID_NAMESPACE = uuid.UUID("5b0f6c1e-3c55-4a43-9a55-6f2c0d7e9b11")  # fixed forever: point ids derive from it
 CONTENT_KEY = "content_sha256"  # payload field: "<modality>:<sha256 hex>" of the item's content
 MAX_INT_ID = 2**64 - 1  # Qdrant's integer ids are unsigned 64-bit
@@ -71,10 +73,10 @@ def features_id(modality: str, features: torch.Tensor) -> str:
 def normalize_point_id(pid: Any) -> PointId:
     """Checks a point id: an int in [0, 2**64) or a UUID (returned as its canonical string)."""
     if isinstance(pid, bool):
-        raise ValueError(f"invalid point id {pid!r}: use a non-negative int or a UUID")
+        raise InvalidPointIdError(f"invalid point id {pid!r}: use a non-negative int or a UUID")
     if isinstance(pid, (int, np.integer)):
         if not 0 <= int(pid) <= MAX_INT_ID:
-            raise ValueError(f"invalid point id {pid!r}: integer ids must be in [0, 2**64)")
+            raise InvalidPointIdError(f"invalid point id {pid!r}: integer ids must be in [0, 2**64)")
         return int(pid)
     if isinstance(pid, uuid.UUID):
         return str(pid)
@@ -83,7 +85,7 @@ def normalize_point_id(pid: Any) -> PointId:
             return str(uuid.UUID(pid))
         except ValueError:
             pass
-    raise ValueError(f"invalid point id {pid!r}: Qdrant accepts ints in [0, 2**64) and UUIDs")
+    raise InvalidPointIdError(f"invalid point id {pid!r}: Qdrant accepts ints in [0, 2**64) and UUIDs")
 
 
 def is_point_id(value: Any) -> bool:

@@ -13,15 +13,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from qdrant_client import models
+from qdrant_client import QdrantClient, models
 
+from crossgap_qdrant.images import WHITE
+from crossgap_qdrant.inversion import OTIConfig, OVIConfig
+from crossgap_qdrant.models import ClipModel, as_clip_model
+from crossgap_qdrant.models.towers import embed_dim
+from crossgap_qdrant.rivals import vector_from_record
 from crossgap_qdrant.store import ingest as ingest_lib
+from crossgap_qdrant.store.adopt import adopt as adopt_collection
 from crossgap_qdrant.store.adopt import adoption_layout
 from crossgap_qdrant.store.collection import Collection, CollectionSchema
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
-from crossgap_qdrant.store.errors import CollectionNotFoundError, PointNotFoundError
-from crossgap_qdrant.store.ingest import IngestReport, Ingestion
+from crossgap_qdrant.store.engines import open_collection
+from crossgap_qdrant.store.errors import CollectionNotFoundError, InvalidRequestError, PointNotFoundError
+from crossgap_qdrant.store.ids import normalize_point_id
+from crossgap_qdrant.store.ingest import Ingestion, IngestReport
+from crossgap_qdrant.store.request import SearchRequest
 from crossgap_qdrant.store.schema import (
     METADATA_KEY,
     DerivedVector,
@@ -65,8 +74,9 @@ class CrossModalStore(RecordedSettings):
         client: a QdrantClient (server, ":memory:", local folder) or a Collection from
             :func:`crossgap_qdrant.store.open_collection`; :meth:`open` builds one from a location.
         collection_name: created when missing (unless ``create=False``), validated otherwise.
-        model: the model handle from :func:`crossgap_qdrant.models.load_model`, or a bare open_clip model
-            with ``tokenizer`` and ``preprocess`` given by keyword.
+        clip: the model handle from :func:`crossgap_qdrant.models.load_model` (or ``ClipModel.from_parts``);
+            a bare open_clip model with ``tokenizer=`` and ``preprocess=`` still works in this release and warns
+            once.
         model_id: overrides the handle's content fingerprint recorded in the collection (a collection is
             never mixed across models).
         vector_names: names of the four named vectors.
@@ -90,7 +100,7 @@ class CrossModalStore(RecordedSettings):
         self,
         client: Any,
         collection_name: str,
-        model: Any,
+        clip: ClipModel,
         *,
         tokenizer: Callable | None = None,
         preprocess: Callable | None = None,
@@ -108,17 +118,14 @@ class CrossModalStore(RecordedSettings):
         retry: RetryPolicy | None = RetryPolicy(),
         upsert_batch_size: int = 256,
         create: bool = True,
-        image_background: int | tuple[int, int, int] = (255, 255, 255),
+        image_background: int | tuple[int, int, int] = WHITE,
         warm_start: bool = False,
     ):
-        from crossgap_qdrant.inversion import OTIConfig, OVIConfig
-        from crossgap_qdrant.models import as_clip_model
-        from crossgap_qdrant.towers import embed_dim
 
-        self.clip = _handle(model, tokenizer, preprocess, as_clip_model)
+        self.clip = _handle(clip, tokenizer, preprocess, as_clip_model)
         self.model_id = model_id if model_id is not None else self.clip.model_id
         if not self.model_id or not isinstance(self.model_id, str):
-            raise ValueError("model_id must be a non-empty string naming the model's weights")
+            raise InvalidRequestError("model_id must be a non-empty string naming the model's weights")
         self.collection = _collection(client, collection_name, retry)
         self.collection_name = self.collection.name
         schema = self.collection.schema() if self.collection.exists() else None  # None: not created yet
@@ -153,7 +160,7 @@ class CrossModalStore(RecordedSettings):
         cls,
         location: str = "./qdrant_data",
         collection_name: str = "crossgap",
-        model: Any = None,
+        clip: ClipModel | None = None,
         *,
         engine: str | None = None,
         create: bool = True,
@@ -172,14 +179,12 @@ class CrossModalStore(RecordedSettings):
             timeout: seconds per server request.
             kwargs: the store's keyword arguments (tokenizer, preprocess, model_id, ...).
         """
-        from crossgap_qdrant.store.engines import open_collection
-
-        if model is None:
-            raise TypeError("open() needs a model (see crossgap_qdrant.models.load_model)")
+        if clip is None:
+            raise TypeError("open() needs a model handle (see crossgap_qdrant.models.load_model)")
         collection = open_collection(location, collection_name, engine=engine, api_key=api_key, timeout=timeout,
                                      retry=retry, client_kwargs=client_kwargs, create_folder=create)
         try:
-            store = cls(collection, collection_name, model, retry=retry, create=create, **kwargs)
+            store = cls(collection, collection_name, clip, retry=retry, create=create, **kwargs)
         except BaseException:
             collection.close()
             raise
@@ -192,9 +197,7 @@ class CrossModalStore(RecordedSettings):
         """Adopts a collection another tool built (crossgap_qdrant.store.adopt): ``native_vector`` ("" for a
         single unnamed vector) holds ``modality`` embeddings of ``model``; nothing of the user's points is
         rewritten. Returns the store over it; fill its inverted vectors with crossgap_qdrant.store.backfill."""
-        from crossgap_qdrant.store.adopt import adopt
-
-        return adopt(cls, location_or_client, collection_name, model, native_vector=native_vector,
+        return adopt_collection(cls, location_or_client, collection_name, model, native_vector=native_vector,
                      modality=modality, **kwargs)
 
     def close(self) -> None:
@@ -368,12 +371,14 @@ class CrossModalStore(RecordedSettings):
         if query_modality == gallery:
             hub = self.hub_correction(gallery, mode, hubness)
         elif hubness:
-            raise ValueError(f"hubness correction applies to {gallery}->{gallery} searches, not {query_modality}->"
-                             f"{gallery}")
-        return self.searcher.search(query_modality, gallery, value, mode=mode, limit=limit, query_filter=query_filter,
-                                    exclude_query=exclude_query, with_payload=with_payload, with_vectors=with_vectors,
-                                    prefetch_limit=prefetch_limit, search_params=search_params,
-                                    literal_text=name == "text", hubness=hub)
+            raise InvalidRequestError(f"hubness correction applies to {gallery}->{gallery} searches, not "
+                                      f"{query_modality}->{gallery}")
+        request = SearchRequest.build(query_modality, gallery, value, mode=mode, limit=limit,
+                                      derived=self.encoder.derived_for(gallery), prefetch_limit=prefetch_limit,
+                                      hubness=hub, query_filter=query_filter, exclude_query=exclude_query,
+                                      with_payload=with_payload, with_vectors=with_vectors,
+                                      search_params=search_params, literal_text=name == "text")
+        return self.searcher.search(request)
 
     # ---------------------------------------------------------------------------------------- inspection
     def modality_of(self, point_id: Any) -> str:
@@ -382,8 +387,6 @@ class CrossModalStore(RecordedSettings):
         Raises:
             PointNotFoundError: no such point, or it holds neither native vector.
         """
-        from crossgap_qdrant.store.ids import normalize_point_id
-
         pid = normalize_point_id(point_id)
         names = [self.names.native("image"), self.names.native("text")]
         records = self.collection.retrieve([pid], with_vectors=names)
@@ -400,7 +403,8 @@ class CrossModalStore(RecordedSettings):
         """Number of points (all, or those holding the native vector of ``modality``)."""
         flt = None
         if modality is not None:
-            flt = models.Filter(must=[models.HasVectorCondition(has_vector=self.names.native(check_modality(modality)))])
+            native = self.names.native(check_modality(modality))
+            flt = models.Filter(must=[models.HasVectorCondition(has_vector=native)])
         return self.collection.count(flt)
 
     def info(self) -> dict[str, Any]:
@@ -413,7 +417,6 @@ def recorded_derived(collection_name: str, schema: CollectionSchema | None, mode
     applied by ``evaluate --apply``), rebuilt for ``model``; {} for a collection not created yet (None)."""
     if schema is None:
         return {}
-    from crossgap_qdrant.rivals import vector_from_record
 
     out = {}
     for name, entry in ((schema.metadata.get(METADATA_KEY) or {}).get("derived") or {}).items():
@@ -421,8 +424,9 @@ def recorded_derived(collection_name: str, schema: CollectionSchema | None, mode
             try:
                 out[name] = vector_from_record(model, entry["transform"])
             except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"collection {collection_name!r} records derived vector {name!r}, which cannot be "
-                                 f"rebuilt for this model: {exc}") from None
+                raise InvalidRequestError(f"collection {collection_name!r} records derived vector {name!r}, which "
+                                          "cannot be "
+                                          f"rebuilt for this model: {exc}") from None
     return out
 
 
@@ -460,12 +464,8 @@ def _check_tokenizer(clip) -> None:
 def _collection(client: Any, name: str, retry: RetryPolicy | None) -> Collection:
     if isinstance(client, Collection):
         if name and name != client.name:
-            raise ValueError(f"collection_name {name!r} differs from the collection given ({client.name!r})")
+            raise InvalidRequestError(f"collection_name {name!r} differs from the collection given ({client.name!r})")
         return client
-    from qdrant_client import QdrantClient
-
     if isinstance(client, QdrantClient) or hasattr(client, "query_batch_points"):
-        from crossgap_qdrant.store.engines import open_collection
-
         return open_collection(None, name, client=client, retry=retry)
     raise TypeError(f"client must be a QdrantClient or a Collection, got {type(client).__name__}")

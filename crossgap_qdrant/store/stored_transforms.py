@@ -25,16 +25,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from qdrant_client import models
+from tqdm.auto import tqdm
 
+from crossgap_qdrant.rivals import IsoCLIPProjector, ModalityGapShift, PCAProjector
+from crossgap_qdrant.rivals.isoclip import _text_projection, _vision_projection
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.encoder import unit_vectors
+from crossgap_qdrant.store.errors import NotFromStoredVectorsError
 from crossgap_qdrant.store.ids import normalize_point_id
+from crossgap_qdrant.store.schema import _derived_entry, check_layout
 
 COLUMN_SPACE_TOLERANCE = 1e-4
-
-
-class NotFromStoredVectorsError(ValueError):
-    """A transform that cannot be computed from stored unit vectors alone (the message says why)."""
 
 
 def isoclip_stored_matrix(projector: Any, model: torch.nn.Module, modality: str) -> torch.Tensor:
@@ -43,8 +44,6 @@ def isoclip_stored_matrix(projector: Any, model: torch.nn.Module, modality: str)
     Raises:
         NotFromStoredVectorsError: a text projector with a bias, or kept directions outside W's column space.
     """
-    from crossgap_qdrant.rivals.isoclip import _text_projection, _vision_projection
-
     if modality == "image":
         w, basis = _vision_projection(model).detach().double().cpu(), projector.image_basis.double()
     else:
@@ -69,8 +68,6 @@ def stored_map(vector: Any, model: torch.nn.Module) -> Callable[[torch.Tensor], 
     Raises:
         NotFromStoredVectorsError: the gap shift, or another transform that needs raw inputs.
     """
-    from crossgap_qdrant.rivals import IsoCLIPProjector, ModalityGapShift, PCAProjector
-
     transform = getattr(vector, "transform", None)
     if isinstance(transform, PCAProjector):
         return transform.project
@@ -89,8 +86,6 @@ def fill_from_stored(collection: Collection, native: str, name: str, fn: Callabl
                      dim: int, *, batch_size: int = 256, progress: bool = False) -> int:
     """Writes vector ``name`` = fn(native) for every point holding ``native`` but not ``name`` (update_vectors
     only; resumable like the backfill). Returns how many were written."""
-    from tqdm.auto import tqdm
-
     flt = models.Filter(must=[models.HasVectorCondition(has_vector=native)],
                         must_not=[models.HasVectorCondition(has_vector=name)])
     written = 0
@@ -119,8 +114,6 @@ def add_stored_transform(store: Any, name: str, vector: Any, *, batch_size: int 
     fn = stored_map(vector, store.clip.model)  # refuses before anything is written
     store.derived[name] = vector
     store.encoder.derived[name] = vector
-    from crossgap_qdrant.store.schema import _derived_entry, check_layout
-
     check_layout(store.names, store.derived)
     store.collection.add_vectors({name: vector.dim})
     store._record(lambda record: {"derived": {**(record.get("derived") or {}), name: _derived_entry(vector)}})
