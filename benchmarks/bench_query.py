@@ -19,11 +19,13 @@ cost       OpenCLIP ViT-B-32 with random weights (the cost of pretrained weights
            Qdrant (qdrant-edge) collection of --gallery points) at batch 1; backfill throughput (images/s) of
            exact OTI against the warm start at the chosen budget. The warm start used for cost has the fitted
            network's size with untrained weights: its cost does not depend on its weights.
+ovi        OVI (text -> image space) quality against steps and the text warm start's cost: benchmarks/bench_ovi.py.
 machine    CPU, threads, torch version.
 
     python benchmarks/bench_query.py                 # about 15 minutes on one core
     python benchmarks/bench_query.py --quick         # smaller sets, a few minutes
     python benchmarks/bench_query.py --step-only     # the OTI step costs alone, under a minute
+    python benchmarks/bench_query.py --ovi-only      # the ovi section alone (benchmarks/bench_ovi.py)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import bench_ovi
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -216,9 +219,11 @@ def main() -> None:
     parser.add_argument("--warm-steps", type=int, default=10)
     parser.add_argument("--warm-lr", type=float, default=5e-3)
     parser.add_argument("--step-only", action="store_true", help="only the OTI step costs on ViT-B-32")
+    bench_ovi.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.fit_samples, args.per_category, args.backfill = 500, 10, 16
+        bench_ovi.apply_quick(args)
     torch.set_num_threads(args.threads)
     report = {"benchmark": "query", "machine": {"cpu": platform.processor() or platform.machine(),
                                                 "threads": torch.get_num_threads(), "torch": torch.__version__}}
@@ -228,12 +233,17 @@ def main() -> None:
         report["cost"] = {"model": "ViT-B-32 (random weights)", "step": step_costs(clip)}
         print(json.dumps(report, indent=2))
         return
+    if args.ovi_only:
+        report["ovi"] = bench_ovi.ovi_section(args)
+        print(json.dumps(report, indent=2))
+        return
     if args.cost_only:
         chosen = {"steps": args.warm_steps, "lr": args.warm_lr}
     else:
         report["quality"] = quality(args)
         chosen = report["quality"]["chosen"]
     report["cost"] = cost(args, chosen)
+    report["ovi"] = bench_ovi.ovi_section(args)
     print(json.dumps(report, indent=2))
 
 

@@ -54,3 +54,24 @@ def interleaved_ms(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int =
         for name, fn in fns.items():
             rounds[name].append(timed(fn)[1] * 1e3)
     return {name: statistics.median(t) for name, t in rounds.items()}, rounds
+
+
+def timed_wall_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Calls ``fn()`` once; returns (wall seconds, CPU seconds of this process).
+
+    On a shared machine the CPU time is what the call would take on one free core; the wall time is what it took.
+    """
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def median_wall_cpu_ms(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> dict[str, float]:
+    """{"wall", "cpu"}: median milliseconds of ``repeat`` calls of ``fn()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    runs = [timed_wall_cpu(fn) for _ in range(repeat)]
+    return {"wall": round(statistics.median(r[0] for r in runs) * 1e3, 1),
+            "cpu": round(statistics.median(r[1] for r in runs) * 1e3, 1)}

@@ -1,4 +1,5 @@
-"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info, serve.
+"""The ``crossgap-qdrant`` command line: ingest, search, invert, evaluate, fit-warm-start, info, serve,
+adopt, backfill, optimize.
 
 Examples::
 
@@ -11,9 +12,11 @@ Examples::
         --mode query_inverted --warm-start                                       # interactive query inversion
     crossgap-qdrant info --json
     crossgap-qdrant serve --model crossgap-demo                                  # http://127.0.0.1:8000/
+    crossgap-qdrant adopt --collection theirs --vector clip --model ViT-B-32 --pretrained openai
+    crossgap-qdrant backfill --collection theirs --model ViT-B-32 --pretrained openai --ray --workers 2
 
 Modules: parser (flags), common (output helpers), resources (model and store), commands, evaluate_command,
-serve_command, search_output.
+serve_command, search_output, adopt_commands.
 
 Exit codes: 0 success; 1 runtime or data error (missing files, unreadable data, a collection built with
 another model, a locked folder, an unreachable server, ...) or a bug; 2 usage error (bad flags or arguments).
@@ -51,6 +54,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit-warm-start": ("crossgap_qdrant.cli.commands", "cmd_fit_warm_start"),
     "info": ("crossgap_qdrant.cli.commands", "cmd_info"),
     "serve": ("crossgap_qdrant.cli.serve_command", "cmd_serve"),
+    "adopt": ("crossgap_qdrant.cli.adopt_commands", "cmd_adopt"),
+    "backfill": ("crossgap_qdrant.cli.adopt_commands", "cmd_backfill"),
+    "optimize": ("crossgap_qdrant.cli.adopt_commands", "cmd_optimize"),
 }
 
 

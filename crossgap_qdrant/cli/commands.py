@@ -7,7 +7,16 @@ import sys
 import uuid
 from typing import Any
 
-from crossgap_qdrant.cli.common import EXIT_ERROR, EXIT_OK, PROG, UsageError, emit, format_table, report_rows
+from crossgap_qdrant.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    PROG,
+    UsageError,
+    adopted_lines,
+    emit,
+    format_table,
+    report_rows,
+)
 from crossgap_qdrant.cli.resources import described_collection, load_handle, open_store
 from crossgap_qdrant.cli.search_output import check_html_target, compare_modes, emit_results, run_columns
 from crossgap_qdrant.store import MODES, is_point_id
@@ -101,6 +110,7 @@ def cmd_info(args) -> int:
         f"model: {info['model'] or 'unknown (not recorded)'}, id {info['model_id']} "
         f"(embedding width {info['embed_dim']})",
         f"points: {info['points']}",
+        *adopted_lines(info.get("adopted")),
         "",
         format_table(rows, ["vector", "size", "distance", "points"]),
     ])

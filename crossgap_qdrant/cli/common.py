@@ -96,3 +96,15 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors printed as one line (exit 1): the package's own (data, model, storage, server, a missing build)
     and ``OSError`` (a path the user named is missing or unreadable, a full disk). Anything else is a bug."""
     return (CrossgapError, OSError)
+
+
+def adopted_lines(adopted: dict | None) -> list[str]:
+    """What ``info`` says of an adopted collection: its source vector and whether the model was checked."""
+    if not adopted:
+        return []
+    check = adopted.get("check")
+    checked = check if isinstance(check, str) else (f"checked on {check['points']} point(s), cosine >= "
+                                                     f"{check['min_cosine']:.4f}")
+    vector = "the unnamed vector" if adopted.get("vector") == "" else f"vector {adopted.get('vector')!r}"
+    where = f", added vectors in {adopted['companion']}" if adopted.get("companion") else ""
+    return [f"adopted: {vector} ({adopted.get('modality')}s), model {checked}{where}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crossgap_qdrant.cli.adopt_commands import labelled_set_from_collection
 from crossgap_qdrant.cli.common import EXIT_OK, UsageError, emit, parse_cuts
 from crossgap_qdrant.cli.resources import (
     background_colour,
@@ -41,7 +42,13 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     cuts = parse_cuts(args.isoclip)
     background = background_colour(args.background)
-    data = load_labelled_set(args.data, queries=args.queries)
+    if (args.data is None) == (args.label_field is None):
+        raise UsageError("give the labelled data (a folder or file), or --label-field FIELD to evaluate on the "
+                         "points of --collection (not both)")
+    if args.label_field is not None:
+        data = labelled_set_from_collection(args, args.label_field, args.label_modality)
+    else:
+        data = load_labelled_set(args.data, queries=args.queries)
     vocabulary = read_lines(args.vocabulary, "--vocabulary")
     if args.apply or args.apply_method:
         described_collection(args)  # the collection to apply to exists: fail before the evaluation runs

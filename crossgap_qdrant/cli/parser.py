@@ -128,8 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="measure every representation on a labelled set, recommend one (and "
                                         "with --apply make a collection's searches use it)")
-    p.add_argument("data", help="a folder of class subfolders of images, a labelled text file "
-                                "('label<TAB>text' lines or JSON lines), or with --queries the gallery file")
+    p.add_argument("data", nargs="?", default=None,
+                   help="a folder of class subfolders of images, a labelled text file ('label<TAB>text' lines or JSON "
+                        "lines), or with --queries the gallery file; left out with --label-field")
+    p.add_argument("--label-field", default=None, metavar="FIELD",
+                   help="evaluate on the points of --collection at --location instead: the class of each point is "
+                        "this payload field, its item the image path or text in its payload (an adopted collection)")
+    p.add_argument("--label-modality", choices=("image", "text"), default="image",
+                   help="with --label-field: the points' modality (default: %(default)s)")
     p.add_argument("--queries", default=None, help="query file of a query/gallery split ('label<TAB>item' lines)")
     p.add_argument("--out", default=None, help="folder for report.md, map.png and results.json")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all; also "
@@ -174,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="collection, model, vector names and counts (no model needed)")
     location_flags(p)
     output_flags(p)
+    add_adopt_parsers(sub)
     return parser
 
 
@@ -197,5 +204,49 @@ def add_serve_parser(sub) -> None:
                                                              "(default: %(default)s)")
     model_flags(p)
     warm_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+
+def add_adopt_parsers(sub) -> None:
+    """Adds the ``adopt``, ``backfill`` and ``optimize`` subcommands to the parser's subcommands."""
+    p = sub.add_parser("adopt", help="adopt a collection another tool built (its CLIP vectors become native)",
+                       description="Records the model and the stored CLIP vector in the collection (or, for a "
+                                   "single unnamed vector, in a companion collection) and adds the vectors this "
+                                   "package fills; no point of the collection is rewritten. Then run backfill.")
+    p.add_argument("--vector", required=True, metavar="NAME",
+                   help="the stored CLIP vector's name ('' for a collection's single unnamed vector)")
+    p.add_argument("--modality", choices=("image", "text"), default="image",
+                   help="what the stored vectors embed (default: %(default)s)")
+    p.add_argument("--check", type=int, default=8, metavar="N",
+                   help="points with an image path or text in their payload encoded again and compared with the "
+                        "stored vectors (default: %(default)s; 0: take the vectors on trust)")
+    model_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("backfill", help="compute the inverted vectors a collection lacks, resumably, on one "
+                                        "process or a Ray cluster",
+                       description="Inverts the stored native vectors that lack their inverted vector and writes "
+                                   "the new vectors only (update_vectors). Run the same command again after any "
+                                   "crash: it resumes.")
+    p.add_argument("--modality", choices=("image", "text"), default="image")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a local cluster (no ADDRESS) or the cluster at ADDRESS ('auto', "
+                        "'ray://host:10001')")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="parallel workers (Ray actors, one model each; in-process: parts run in turn)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--transform", action="append", default=[], metavar="KIND",
+                   help="also add a rival vector computed from the stored vectors (no image read): "
+                        "isoclip:TOP,BOTTOM (<modality>_isoclip) or pca (<modality>_pca, the bundled vocabulary); "
+                        "repeatable; searchable as --mode <name>")
+    model_flags(p)
+    warm_flags(p)
+    location_flags(p)
+    output_flags(p)
+
+    p = sub.add_parser("optimize", help="build the search indexes of an embedded (Edge) collection after a large "
+                                        "ingest or backfill (searches are exact until then)")
     location_flags(p)
     output_flags(p)

@@ -18,6 +18,7 @@ from crossgap_qdrant.store import (
     describe_collection,
     open_collection,
 )
+from crossgap_qdrant.store.adopt import adopted_view
 
 
 def load_handle(args):
@@ -96,6 +97,7 @@ def described_collection(args) -> dict:
         if not collection.exists():
             raise CollectionNotFoundError(f"no collection {args.collection!r} at {collection.location}; check "
                                           "--collection and --location")
+        collection = adopted_view(collection)
         return describe_collection(collection)
     finally:
         collection.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,19 +17,51 @@ class SlowPrecisionWarning(UserWarning):
     """A reduced precision was asked for on hardware that runs it slower than float32."""
 
 
+# /proc/cpuinfo flags of bf16 matrix hardware (AVX512-BF16 dot products, AMX tiles)
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of the first CPU in ``path`` (empty where the file is absent: not Linux)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX): torch's CPU capability
+    check, else the /proc/cpuinfo flags."""
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if any(fn is not None and fn() for fn in check):
+        return True
+    return bool(cpu_flags() & BF16_CPU_FLAGS)
+
+
+def fast_precision(device: torch.device | str) -> str:
+    """The precision "auto" stands for on ``device``: "bf16" on a CUDA device with bf16 and on a CPU with bf16
+    hardware, else "fp32" (emulated bf16 is many times slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
     """The dtype of a precision name; fp16 is refused on CPU (bf16 is the CPU's reduced precision).
 
-    bf16 on a CPU without bf16 hardware warns (SlowPrecisionWarning): PyTorch emulates it there, measured at
-    0.3 GFLOP/s against 60 GFLOP/s in float32 on an AVX2 CPU (benchmarks/bench_inversion.py).
+    "auto" is bf16 where the hardware has it, else fp32 (:func:`fast_precision`). bf16 asked for on a CPU
+    without bf16 hardware warns (SlowPrecisionWarning): PyTorch emulates it there, measured at 0.3 GFLOP/s
+    against 60 GFLOP/s in float32 on an AVX2 CPU (benchmarks/bench_inversion.py).
     """
+    if precision == "auto":
+        precision = fast_precision(device)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS) + ['auto']}, got {precision!r}")
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is for CUDA; use precision='bf16' on CPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
@@ -81,7 +113,8 @@ class InversionConfig:
         lr, weight_decay, betas, eps: AdamW's settings.
         init_std: initial pseudo tokens are normal(0, init_std).
         batch_size: samples optimised together (each has its own tokens and optimiser state).
-        precision: "fp32" (exact), "bf16" (CPU and CUDA) or "fp16" (CUDA); final features are always float32.
+        precision: "fp32" (exact), "bf16" (CPU and CUDA), "fp16" (CUDA) or "auto" (bf16 where the hardware has
+            it, else fp32); final features are always float32.
         seed: seed of the initial tokens.
         stopping: per-sample early stopping; None runs the full budget.
         warm_start: a :class:`~crossgap_qdrant.inversion.WarmStart` whose prediction replaces the published
@@ -168,6 +201,8 @@ class InversionResult:
         loss: [N] float32, 1 - cos(features, target).
         steps: [N] int64 optimisation steps taken per sample.
         seconds: wall time of the whole inversion.
+        snapshots: step count K -> [N, E] float32 unit features of the tokens after K steps, for the counts
+            asked for (``snapshots=`` of the inversion); empty otherwise.
     """
 
     features: torch.Tensor
@@ -175,6 +210,7 @@ class InversionResult:
     loss: torch.Tensor
     steps: torch.Tensor
     seconds: float = 0.0
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 __all__ = [
@@ -186,5 +222,7 @@ __all__ = [
     "SlowPrecisionWarning",
     "StoppingRule",
     "check_precision",
+    "cpu_flags",
     "cpu_has_bf16",
+    "fast_precision",
 ]

@@ -35,15 +35,20 @@ def run_engine(
     progress: bool,
     desc: str,
     loss_and_grad: Callable | None = None,
+    snapshots: tuple[int, ...] = (),
 ) -> InversionResult:
     """Optimises one pseudo-token set per target; see OTIConfig/OVIConfig for the settings.
 
     ``loss_and_grad(tokens, targets, grad_scale) -> (loss [B], grad [B, R, W])``, when given, replaces the
-    autograd step through ``encode`` (see :mod:`crossgap_qdrant.inversion.text_suffix_step`).
+    autograd step through ``encode`` (see :mod:`crossgap_qdrant.inversion.text_suffix_step`). ``snapshots``:
+    step counts (at most ``config.steps``, fixed budgets only) after which the tokens are kept; their features
+    go to ``InversionResult.snapshots``, so one run gives the whole quality-against-steps curve.
     """
     start_time = time.perf_counter()
     device = targets.device
     n = targets.shape[0]
+    snapshots = check_snapshots(snapshots, config)
+    kept = {k: init.clone() if k == 0 else torch.empty_like(init) for k in snapshots}
     tokens_out = torch.empty_like(init)
     steps_out = torch.zeros(n, dtype=torch.int64)
     bar = None
@@ -80,11 +85,13 @@ def run_engine(
                 step_all(p, m, v, step, active, target, grad_scale)
 
             graph = capture_step(one_step, (p, m, v, step)) if use_graph and config.steps else None
-            for _ in range(config.steps):
+            for done in range(1, config.steps + 1):
                 if graph is not None:
                     graph.replay()
                 else:
                     one_step()
+                if done in kept:
+                    kept[done][lo:hi] = p.cpu()
                 if bar is not None:
                     bar.update(hi - lo)
             tokens_out[lo:hi] = p.cpu()
@@ -102,7 +109,22 @@ def run_engine(
     if n:
         logger.debug("%s: %d samples, %.0f steps each on average, mean loss %.4f, %.2f s", desc, n,
                      steps_out.float().mean().item(), loss.mean().item(), seconds)
-    return InversionResult(features=features, tokens=tokens_out, loss=loss, steps=steps_out, seconds=seconds)
+    snapshot_features = {k: final_features(final_encode, t, targets, config.batch_size)[0] for k, t in kept.items()}
+    return InversionResult(features=features, tokens=tokens_out, loss=loss, steps=steps_out, seconds=seconds,
+                           snapshots=snapshot_features)
+
+
+def check_snapshots(snapshots, config: InversionConfig) -> tuple[int, ...]:
+    """The snapshot step counts, sorted and unique; each an int in [0, config.steps], with a fixed budget."""
+    out = tuple(sorted(set(snapshots or ())))
+    if not out:
+        return out
+    if any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= config.steps for k in out):
+        raise ValueError(f"snapshots must be step counts in [0, steps={config.steps}], got {list(snapshots)}")
+    if config.stopping is not None:
+        raise ValueError("snapshots need a fixed budget: use stopping=None (samples that stop early have no "
+                         "tokens at later steps)")
+    return out
 
 
 def capture_step(one_step: Callable[[], None], state: tuple[torch.Tensor, ...]) -> "torch.cuda.CUDAGraph":

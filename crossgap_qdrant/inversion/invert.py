@@ -25,7 +25,6 @@ different initial tokens differ far more (mean cosine 0.990 on the main job's im
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
@@ -43,6 +42,7 @@ from crossgap_qdrant.inversion.reference import (
 )
 from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
 from crossgap_qdrant.inversion.text_suffix_step import try_suffix_step
+from crossgap_qdrant.models.cast_copy import cast_copy
 from crossgap_qdrant.models.loading import ClipModel, takes_clip_model
 from crossgap_qdrant.models.towers import UnsupportedModelError, text_tower
 
@@ -69,6 +69,7 @@ def oti_invert(
     config: OTIConfig = OTIConfig(),
     init_tokens: torch.Tensor | None = None,
     progress: bool = True,
+    snapshots: tuple[int, ...] = (),
 ) -> InversionResult:
     """Inverts image features into the text space (OTI).
 
@@ -82,6 +83,7 @@ def oti_invert(
         config: settings; the defaults are the published ones.
         init_tokens: [N, R, W] initial pseudo tokens (W: text width); default normal(0, init_std) from seed.
         progress: show a progress bar.
+        snapshots: step counts whose features are kept too (``InversionResult.snapshots``; fixed budgets).
 
     Returns:
         InversionResult whose features are text-space unit vectors [N, E].
@@ -107,7 +109,7 @@ def oti_invert(
                 "step='handwritten' needs the prefix cache (a causal text tower, prefix_cache=True) and blocks "
                 "with LayerNorm, GELU/QuickGELU and no layer scale; use step='autograd'"
             )
-    return run_engine(encode, final, targets, init, config, progress, "OTI", loss_and_grad)
+    return run_engine(encode, final, targets, init, config, progress, "OTI", loss_and_grad, snapshots)
 
 
 def oti_encoder(model: nn.Module, tokenizer: Callable, template: str, num_tokens: int, dtype: torch.dtype,
@@ -140,8 +142,9 @@ def ovi_encoder(model: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor]
 
 
 def _reduced_precision(model: nn.Module, dtype: torch.dtype, fn):
-    """fn evaluated on a frozen copy of the model cast to dtype (no per-step weight casts)."""
-    low = copy.deepcopy(model).to(dtype).requires_grad_(False)
+    """fn evaluated on a frozen copy of the model cast to dtype (made once per model and dtype, see
+    crossgap_qdrant.models.cast_copy; no per-step weight casts)."""
+    low = cast_copy(model, dtype)
     return lambda tokens: fn(tokens.to(dtype), m=low)
 
 
@@ -152,6 +155,7 @@ def ovi_invert(
     config: OVIConfig = OVIConfig(),
     init_tokens: torch.Tensor | None = None,
     progress: bool = True,
+    snapshots: tuple[int, ...] = (),
 ) -> InversionResult:
     """Inverts text features into the image space (OVI).
 
@@ -165,6 +169,7 @@ def ovi_invert(
         config: settings; the defaults are the published ones.
         init_tokens: [N, R, W] initial pseudo patch tokens (W: vision width).
         progress: show a progress bar.
+        snapshots: step counts whose features are kept too (``InversionResult.snapshots``; fixed budgets).
 
     Returns:
         InversionResult whose features are image-space unit vectors [N, E].
@@ -175,7 +180,7 @@ def ovi_invert(
     dtype = check_precision(config.precision, device)
     encode = ovi_encoder(model, dtype)
     final = encode if dtype == torch.float32 else ovi_encoder(model, torch.float32)
-    return run_engine(encode, final, targets, init, config, progress, "OVI")
+    return run_engine(encode, final, targets, init, config, progress, "OVI", snapshots=snapshots)
 
 
 __all__ = [

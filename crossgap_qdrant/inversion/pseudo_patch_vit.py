@@ -3,18 +3,17 @@
 Vision towers attend in both directions, so nothing can be skipped: every position runs every step. This
 module runs the same computation as the tower's own forward (see reference.encode_image_with_pseudo_tokens,
 the published one) on contiguous activations, optionally on a copy of the tower cast once to a reduced
-precision; tests compare the two.
+precision (made once per tower and dtype); tests compare the two.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn as nn
 
 from crossgap_qdrant.inversion.blocks import block_forward, check_block
 from crossgap_qdrant.inversion.reference import patch_token_index
+from crossgap_qdrant.models.cast_copy import cast_copy
 from crossgap_qdrant.models.towers import UnsupportedModelError, vision_tower
 
 
@@ -24,7 +23,7 @@ class PseudoPatchImageEncoder(nn.Module):
     Args:
         model: an open_clip model whose ``visual`` is a VisionTransformer of ResidualAttentionBlocks
             (no attentional pooler).
-        dtype: compute dtype; other than the tower's, a frozen copy of the tower is cast once.
+        dtype: compute dtype; other than the tower's, a frozen copy of the tower cast once (and cached).
 
     Call with pseudo tokens [B, R, W] (W: vision width, any float dtype, differentiable) to get unnormalised
     features [B, E] in ``dtype``.
@@ -41,7 +40,7 @@ class PseudoPatchImageEncoder(nn.Module):
         for block in visual.transformer.resblocks:
             check_block(block)
         if any(p.dtype != dtype for p in visual.parameters()):  # mixed-precision loading casts only some
-            visual = copy.deepcopy(visual).to(dtype)
+            visual = cast_copy(visual, dtype)
         self.visual = visual.requires_grad_(False)
         self.num_patches = tower.num_patches
         self.dtype = dtype

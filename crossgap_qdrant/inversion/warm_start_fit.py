@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from crossgap_qdrant.inversion.config import InversionConfig, OTIConfig, OVIConfig
+from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, OTIConfig, OVIConfig
 from crossgap_qdrant.inversion.invert import oti_encoder, oti_invert, ovi_encoder, ovi_invert
 from crossgap_qdrant.inversion.warm_start import KINDS, WarmStart
 from crossgap_qdrant.models.loading import ClipModel, as_clip_model
@@ -65,7 +65,8 @@ class WarmStartFit:
         return dataclasses.asdict(self)
 
 
-CURVE_STEPS = (0, 3, 5, 10, 20)
+# Exact step counts the fit measures after the prediction, per kind (OVI's exact budget is 1000, not 150).
+CURVE_STEPS = {"oti": (0, 3, 5, 10, 20), "ovi": (0, 5, 10, 25, 50)}
 FLOOR_MARGIN = 0.002
 
 
@@ -104,6 +105,7 @@ def fit_warm_start(
     validation: float = 0.1,
     seed: int = 0,
     progress: bool = False,
+    exact: InversionResult | None = None,
 ) -> tuple[WarmStart, WarmStartFit]:
     """Fits a warm start by distillation from exact inversions of ``features``.
 
@@ -122,6 +124,8 @@ def fit_warm_start(
             judged by); 0 skips it.
         validation: fraction of the samples held out to measure the fit (at least one sample when N >= 2).
         seed: seeds the split, the network's initialisation and the batches.
+        exact: the exact inversion of ``features`` with ``config`` when already computed (an InversionResult,
+            e.g. kept from an earlier fit); default computed here.
 
     Returns:
         The warm start (eval mode, frozen) and the fit's report.
@@ -138,7 +142,10 @@ def fit_warm_start(
     if n < 2:
         raise ValueError(f"a warm start needs at least 2 features to fit, got {n}")
     start = time.perf_counter()
-    exact = invert_exact(clip, features, kind, config, progress)
+    if exact is None:
+        exact = invert_exact(clip, features, kind, config, progress)
+    elif tuple(exact.features.shape) != tuple(features.shape):
+        raise ValueError(f"exact holds {tuple(exact.features.shape)} features for {tuple(features.shape)} inputs")
     seconds_exact = time.perf_counter() - start
     num_tokens, width = exact.tokens.shape[1:]
     template = config.template if kind == "oti" else None
@@ -172,13 +179,14 @@ def fit_warm_start(
     reseeded = invert_exact(clip, features[val], kind, dataclasses.replace(config, seed=config.seed + 1))
     floor = float((reseeded.features * reference).sum(-1).mean())
     curve = {}
+    ks = CURVE_STEPS[kind]
     for lr_k in (config.lr, config.lr / 4):
-        for k in CURVE_STEPS:
+        run = dataclasses.replace(config, steps=max(ks), lr=lr_k, warm_start=warm, stopping=None)
+        snapshots = _inversion(kind)(clip, features[val], run, progress=False, snapshots=ks).snapshots
+        for k in ks:
             if k == 0 and (0, config.lr) in curve:
                 continue
-            run = dataclasses.replace(config, steps=k, lr=lr_k, warm_start=warm, stopping=None)
-            curve[(k, lr_k)] = float((_inversion(kind)(clip, features[val], run, progress=False).features
-                                      * reference).sum(-1).mean())
+            curve[(k, lr_k)] = float((snapshots[k] * reference).sum(-1).mean())
     steps, best_lr = _recommend(curve, floor)
     report = WarmStartFit(samples=n, validation=n_val, epochs=epochs, feature_epochs=feature_epochs,
                           token_r2=float(1 - residual / spread) if n_val > 1 else math.nan,

@@ -6,6 +6,7 @@ tower views and the plain image and text encoders.
     checkpoints  weights-only checkpoint reading and the weights' fingerprint
     towers       views of the text and image towers
     encoders     encode_images, encode_texts (and their pixel and token-id forms)
+    cast_copy    frozen copies of a tower cast to another dtype, made once per (module, dtype) and reused
 """
 
 from crossgap_qdrant.models.checkpoints import CheckpointError, weights_digest

@@ -10,6 +10,10 @@ Modules, one concern each:
     request         the modes, hubness correction and the validated SearchRequest
     search          query planning (cross-modal search, point-id queries, Qdrant requests)
     store           CrossModalStore, the facade
+    adopt           adopting a collection another tool built (the record, the re-encoding check)
+    companion       a single-unnamed-vector collection and its companion, seen as one collection
+    backfill        one worker's resumable part of a backfill (backfill_ray: many, on Ray Data)
+    stored_transforms  IsoCLIP and PCA vectors computed from stored native vectors
 """
 
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec

@@ -459,6 +459,8 @@ def _batch_bytes(vectors: Sequence[Mapping[str, list]]) -> int:
 def _vectors_out(vector: Any, with_vectors: Any) -> Any:
     if not with_vectors:
         return None
+    if isinstance(vector, list):  # a collection's single unnamed vector (adopted collections)
+        return {"": vector}
     return dict(vector) if vector else {}
 
 

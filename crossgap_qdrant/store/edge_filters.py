@@ -123,6 +123,8 @@ def _condition(cond: Any) -> Any:
         return qe.HasIdCondition({normalize_point_id(i) for i in cond.has_id})
     if isinstance(cond, models.HasVectorCondition):
         return qe.HasVectorCondition(cond.has_vector)
+    if isinstance(cond, models.SliceCondition):
+        return qe.SliceCondition(cond.slice.total, cond.slice.index)
     if isinstance(cond, models.IsEmptyCondition):
         return qe.IsEmptyCondition(cond.is_empty.key)
     if isinstance(cond, models.IsNullCondition):

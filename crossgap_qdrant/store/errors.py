@@ -86,3 +86,16 @@ class ServerUnreachableError(CrossgapError, ConnectionError):
 
 class ServerAuthError(CrossgapError, PermissionError):
     """A Qdrant server refused the credentials (401/403): check the api key."""
+
+
+class AdoptedCollectionError(CrossgapError, ValueError):
+    """A write or query an adopted collection cannot take: the user's points and source vector are never
+    written, and a collection with a companion plans fusion and filters per side (the message says how)."""
+
+
+class NoCompanionError(CrossgapError, TypeError):
+    """A companion collection was asked of an engine that has none (only Edge and qdrant-client collections)."""
+
+
+class NotFromStoredVectorsError(CrossgapError, ValueError):
+    """A transform that cannot be computed exactly from stored (normalised) vectors: it needs the raw inputs."""

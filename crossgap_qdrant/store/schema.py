@@ -152,7 +152,8 @@ def check_schema(schema: CollectionSchema, sizes: Mapping[str, int], model_id: s
     if schema.unnamed:
         raise SchemaMismatchError(
             f"{where} has a single unnamed vector; CrossModalStore needs named vectors "
-            f"({', '.join(sizes)}). Copy the points into a collection with named vectors."
+            f"({', '.join(sizes)}). Adopt it first: crossgap-qdrant adopt --collection NAME --vector '' --model M "
+            "(its added vectors then live in a companion collection)"
         )
     missing = {}
     for name, size in sizes.items():

@@ -124,7 +124,9 @@ class RecordedSettings:
     def use_warm_start(self, modality: str | None = None, steps: int | None = None) -> None:
         """Inverts with the collection's recorded warm start from now on: query-side inversion (query_inverted,
         fused), ingestion and backfills take ``steps`` exact steps (default: the recorded budget, at the
-        recorded learning rate) after its prediction, instead of the published 150 (OTI) or 1000 (OVI).
+        recorded learning rate) after its prediction, instead of the published 150 (OTI) or 1000 (OVI). Text
+        (OVI) steps run in bf16 on CUDA and on CPUs with bf16 hardware (precision "auto"), else in float32,
+        unless ``ovi_config`` asked for another reduced precision.
 
         Args:
             modality: "image", "text", or None for every modality that has one.
@@ -150,6 +152,9 @@ class RecordedSettings:
 
     def _attach_warm_start(self, modality: str, warm, steps: int, lr: float) -> None:
         config = dataclasses.replace(self._exact_config(modality), warm_start=warm, steps=steps, lr=lr)
+        if modality == "text" and config.precision == "fp32":
+            # A text inversion's steps are full vision-tower passes: bf16 where the hardware has it
+            config = dataclasses.replace(config, precision="auto")
         if modality == "image":
             self.encoder.oti_config = config
         else:

@@ -21,6 +21,8 @@ from crossgap_qdrant.models import ClipModel, as_clip_model
 from crossgap_qdrant.models.towers import embed_dim
 from crossgap_qdrant.rivals import vector_from_record
 from crossgap_qdrant.store import ingest as ingest_lib
+from crossgap_qdrant.store.adopt import adopt as adopt_collection
+from crossgap_qdrant.store.adopt import adoption_layout
 from crossgap_qdrant.store.collection import Collection, CollectionSchema
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
@@ -60,6 +62,7 @@ def describe_collection(collection: Collection) -> dict[str, Any]:
         "default_modes": recorded.get("default_modes", {}),
         "hubness": recorded.get("hubness", {}),
         "warm_start": recorded.get("warm_start", {}),
+        "adopted": recorded.get("adopted"),
         **{k: info[k] for k in ("points", "vectors", "quantization")},
     }
 
@@ -125,8 +128,8 @@ class CrossModalStore(RecordedSettings):
             raise InvalidRequestError("model_id must be a non-empty string naming the model's weights")
         self.collection = _collection(client, collection_name, retry)
         self.collection_name = self.collection.name
-        self.names = vector_names
         schema = self.collection.schema() if self.collection.exists() else None  # None: not created yet
+        self.collection, schema, self.names = adoption_layout(self.collection, schema, vector_names)
         self.derived = {**recorded_derived(self.collection.name, schema, self.clip.model),
                         **dict(derived_vectors or {})}
         self.oti_config = oti_config if oti_config is not None else OTIConfig()
@@ -187,6 +190,15 @@ class CrossModalStore(RecordedSettings):
             raise
         store._owns_collection = True
         return store
+
+    @classmethod
+    def adopt(cls, location_or_client: Any, collection_name: str, model: Any, *, native_vector: str,
+              modality: str = "image", **kwargs: Any) -> "CrossModalStore":
+        """Adopts a collection another tool built (crossgap_qdrant.store.adopt): ``native_vector`` ("" for a
+        single unnamed vector) holds ``modality`` embeddings of ``model``; nothing of the user's points is
+        rewritten. Returns the store over it; fill its inverted vectors with crossgap_qdrant.store.backfill."""
+        return adopt_collection(cls, location_or_client, collection_name, model, native_vector=native_vector,
+                     modality=modality, **kwargs)
 
     def close(self) -> None:
         """Closes the collection when this store opened it (:meth:`open`); releases a folder's lock."""
