@@ -11,13 +11,15 @@ from crossgap_qdrant.cli.common import PROG
 def output_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    g.add_argument("--progress", action="store_true", default=None,
-                   help="show progress bars on stderr (default: when stderr is a terminal)")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings and errors only")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr: a bar on a terminal, else a line every 10 s (default: on, off with "
+                        "--quiet)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress, warnings and errors only")
     g.add_argument("--verbose", "-v", action="store_true", help="log what happens (debug level)")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for PyTorch (default: PyTorch's choice; 1 is best on a busy machine)")
+                   help="CPU threads for PyTorch (default: $OMP_NUM_THREADS when set, else 1: more threads spin "
+                        "and slow down on a shared or small CPU)")
 
 
 def location_flags(parser: argparse.ArgumentParser, location_default: str = "./qdrant_data") -> None:
