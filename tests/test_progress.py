@@ -5,7 +5,9 @@ import io
 import logging
 
 import pytest
+import torch
 
+from crossgap_qdrant.cli import main
 from crossgap_qdrant.inversion import OTIConfig, oti_invert
 from crossgap_qdrant.inversion import engine as engine_module
 from crossgap_qdrant.progress import LINE_INTERVAL_S, LineProgress, SilentProgress, format_seconds, progress_bar
@@ -81,10 +83,6 @@ def test_a_long_inversion_is_announced_with_an_estimate(tiny_clip, monkeypatch, 
 
 @pytest.mark.parametrize("env, flag, expected", [(None, [], 1), ("3", [], None), (None, ["--threads", "2"], 2)])
 def test_the_cli_runs_on_one_thread_unless_told_otherwise(monkeypatch, tmp_path, capsys, env, flag, expected):
-    import torch
-
-    from crossgap_qdrant.cli import main
-
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -92,6 +90,6 @@ def test_the_cli_runs_on_one_thread_unless_told_otherwise(monkeypatch, tmp_path,
         monkeypatch.delenv("OMP_NUM_THREADS")
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", env)
-    main(["info", "--location", str(tmp_path / "none"), *flag])
+    main(["search", "a cat", "--text", "--model", "crossgap-demo", "--location", str(tmp_path / "none"), *flag])
     capsys.readouterr()
     assert calls == ([] if expected is None else [expected])

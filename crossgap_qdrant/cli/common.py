@@ -105,6 +105,13 @@ def set_threads(threads: int | None) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+def check_location(args) -> None:
+    """Refuses ``--location :memory:``: a collection in memory ends with the command that made it."""
+    if getattr(args, "location", None) == ":memory:":
+        raise UsageError("--location :memory: keeps nothing once the command ends; give a folder (default "
+                         "./qdrant_data) or a server URL")
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors printed as one line (exit 1): the package's own (data, model, storage, server, a missing build)
     and ``OSError`` (a path the user named is missing or unreadable, a full disk). Anything else is a bug."""

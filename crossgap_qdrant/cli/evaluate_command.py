@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from crossgap_qdrant.cli.common import EXIT_OK, UsageError, emit, parse_cuts
@@ -43,6 +44,8 @@ def cmd_evaluate(args) -> int:
     background = background_colour(args.background)
     data = load_labelled_set(args.data, queries=args.queries)
     vocabulary = read_lines(args.vocabulary, "--vocabulary")
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file; give a folder for report.md, map.png and results.json")
     if args.apply or args.apply_method:
         described_collection(args)  # the collection to apply to exists: fail before the evaluation runs
     clip = load_handle(args)

@@ -20,8 +20,8 @@ from crossgap_qdrant.store import (
 )
 
 
-def load_handle(args):
-    """The model handle named by --model/--pretrained (never random weights unless --pretrained none)."""
+def check_model_flags(args) -> None:
+    """Usage errors of --model/--pretrained, found without loading anything."""
     if args.model is None:
         raise UsageError("--model is required, e.g. --model crossgap-demo (the bundled demo model) or "
                          "--model ViT-B-32 --pretrained openai")
@@ -30,6 +30,11 @@ def load_handle(args):
     if args.pretrained is not None and carries_weights(args.model):
         raise UsageError(f"--model {args.model} carries its own weights: leave out --pretrained "
                          f"(got {args.pretrained!r})")
+
+
+def load_handle(args):
+    """The model handle named by --model/--pretrained (never random weights unless --pretrained none)."""
+    check_model_flags(args)
     random_weights = args.pretrained is not None and args.pretrained.lower() == "none"
     if random_weights:
         torch.manual_seed(args.seed)  # random weights must be the same in every run against one collection
@@ -87,6 +92,19 @@ def open_store(args, clip, create: bool = True, use_warm_start: bool = True):
         store.close()
         raise
     return store
+
+
+def require_collection(args) -> None:
+    """Raises CollectionNotFoundError unless --collection exists at --location (checked before a model loads,
+    after the model flags)."""
+    check_model_flags(args)
+    collection = open_collection_at(args, create=False)
+    try:
+        if not collection.exists():
+            raise CollectionNotFoundError(f"no collection {args.collection!r} at {collection.location}; check "
+                                          "--collection and --location (nothing is created by a read)")
+    finally:
+        collection.close()
 
 
 def described_collection(args) -> dict:
