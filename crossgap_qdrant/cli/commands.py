@@ -8,7 +8,13 @@ import uuid
 from typing import Any
 
 from crossgap_qdrant.cli.common import EXIT_ERROR, EXIT_OK, PROG, UsageError, emit, format_table, report_rows
-from crossgap_qdrant.cli.resources import described_collection, load_handle, open_store, require_collection
+from crossgap_qdrant.cli.resources import (
+    apply_image_limit,
+    described_collection,
+    load_handle,
+    open_store,
+    require_collection,
+)
 from crossgap_qdrant.cli.search_table import SCORE_KINDS, hits_text, score_kind
 from crossgap_qdrant.store import MODES, is_point_id
 from crossgap_qdrant.store.request import DEFAULT_MODE
@@ -20,6 +26,7 @@ def cmd_ingest(args) -> int:
     for path in args.inputs:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file or folder: {path}")
+    apply_image_limit(args)
     clip = load_handle(args)
     totals: dict[str, Any] = {"inserted": 0, "skipped_existing": 0, "inverted": 0, "duplicates": 0, "failed": [],
                               "seconds_encoding": 0.0, "seconds_inversion": 0.0, "seconds_database": 0.0}
@@ -75,6 +82,7 @@ def cmd_search(args) -> int:
         query = int(query) if query.isdigit() else uuid.UUID(query)  # ids as objects: never read as text
         point_id = True
     require_collection(args)
+    apply_image_limit(args)
     clip = load_handle(args)
     with open_store(args, clip, create=False) as store:
         if point_id:  # a stored point is an image or a text: the collection says which

@@ -67,6 +67,9 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--isoclip", default=None, metavar="TOP,BOTTOM",
                    help="add the IsoCLIP vector (<modality>_isoclip) with these singular-direction cuts")
+    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images of more pixels as possible decompression bombs; raise it for trusted "
+                        "large images (default: PIL's limit, 89478485)")
 
 
 

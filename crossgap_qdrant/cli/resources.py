@@ -4,6 +4,7 @@ open_clip and Qdrant)."""
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from crossgap_qdrant.cli.common import UsageError, parse_cuts
 from crossgap_qdrant.images import WHITE
@@ -117,6 +118,15 @@ def described_collection(args) -> dict:
         return describe_collection(collection)
     finally:
         collection.close()
+
+
+def apply_image_limit(args) -> None:
+    """--max-pixels: the pixel count above which images are refused as possible decompression bombs."""
+    if args.max_pixels is None:
+        return
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    Image.MAX_IMAGE_PIXELS = args.max_pixels  # read at each call by the image loader; PIL stops at twice it
 
 
 def background_colour(spec: str) -> tuple[int, int, int]:
