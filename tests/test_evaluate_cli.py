@@ -33,6 +33,10 @@ def test_evaluate_json_lists_every_method_with_cis_and_a_recommendation(capsys, 
             assert low <= entry["diff_vs_native"] <= high
     rec = result["recommended"]
     assert rec["method"] in METHODS and result["methods"][rec["method"]]["recommended"]
+    for entry in [rec, *result["results"], *result["methods"].values()]:  # one schema: scalar + [low, high]
+        diff, ci = entry["diff_vs_native"], entry["diff_ci95"]
+        assert (diff is None and ci is None) or (isinstance(diff, float) and len(ci) == 2 and ci[0] <= diff <= ci[1])
+        assert 0 <= entry.get("mAP", entry.get("metrics", {}).get("mAP")) <= 1  # fractions, not percentages
     assert result["representations"]["pca"]["vocabulary"] == "--vocabulary vocab.txt"
     assert result["representations"]["isoclip"]["cuts_source"] == "tuned"
     assert "applied" not in result
