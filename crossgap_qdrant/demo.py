@@ -248,26 +248,36 @@ def run_demo(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's flags."""
     ap = argparse.ArgumentParser(
         prog="python -m crossgap_qdrant.demo",
         description="Ingest held-out openclipart images into embedded Qdrant and compare native vs inter-modal "
-        "image->image search (mAP with bootstrap 95%% CI).",
+        "image->image search (mAP with bootstrap 95% CI).",
     )
     ap.add_argument("--model", default=None, help="open_clip architecture (default: the committed demo model)")
     ap.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path for --model")
-    ap.add_argument("--per-category", type=int, default=30, help="held-out images per category (default 30)")
+    ap.add_argument("--per-category", type=int, default=30, help="held-out images per category (default: %(default)s)")
     ap.add_argument("--location", default=None, help="Qdrant location (default: a temporary local folder)")
-    ap.add_argument("--data-dir", default="demo_data", help="where flattened images are cached")
+    ap.add_argument("--data-dir", default="demo_data",
+                    help="where the images, flattened onto white, are cached (default: %(default)s)")
     ap.add_argument("--manifest", default=None, help="manifest.json from scripts/prepare_openclipart.py")
-    ap.add_argument("--oti-steps", type=int, default=150)
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--oti-steps", type=int, default=150,
+                    help="OTI optimisation steps per image (default: %(default)s, the published budget)")
+    ap.add_argument("--device", default=None,
+                    help="where the model runs: cpu, cuda, ... (default: cuda when available, else cpu)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: the demo model's ops are tiny, and several threads on a "
                     "busy CPU stall in OpenMP waits, measured 60x slower on a loaded 2-core machine; 0 keeps "
                     "torch's default)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress on stderr (default: a bar on a terminal, else a line every 10 s)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.pretrained and not args.model:
         ap.error("--pretrained needs --model")

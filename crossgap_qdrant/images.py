@@ -134,7 +134,8 @@ def check_pixel_count(image: Image.Image, label: str, max_pixels: int | None = N
     if limit is not None and width * height > limit:
         raise ImageError(
             f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels; refused "
-            "as a possible decompression bomb (raise max_pixels if the image is trusted)"
+            "as a possible decompression bomb (raise max_pixels, --max-pixels on the command line, if the image is "
+            "trusted)"
         )
 
 

@@ -351,7 +351,9 @@ def test_evaluation_runs_every_representation_and_recommends(tiny_clip, image_fo
     assert qdrant_iso.summary["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
     # JSON: per method mAP, CI, difference vs native with CI, query cost, recommended
     out = result.to_dict()
-    assert out["recommended"] == result.recommendation and out["recommended"]["rule"]
+    rec, diff = out["recommended"], result.recommendation["diff_vs_native"]
+    assert rec["method"] == result.recommendation["method"] and rec["rule"]
+    assert (rec["diff_vs_native"], rec["diff_ci95"]) == ((None, None) if diff is None else (diff[0], list(diff[1:])))
     assert set(out["methods"]) == set(METHODS)
     flags = [m for m, v in out["methods"].items() if v["recommended"]]
     assert flags == [out["recommended"]["method"]]

@@ -121,6 +121,40 @@ def test_reads_never_create_folders_or_collections(tiny_clip, tmp_path):
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "q").rglob("*")) == before
 
 
+@pytest.mark.parametrize("engine", ["edge", "local"])
+def test_open_creates_the_collection_on_its_first_write_and_a_failed_ingest_leaves_none(tiny_clip, tmp_path,
+                                                                                         engine):
+    folder, bad = str(tmp_path / "q"), tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+
+    def exists(name):
+        collection = open_collection(folder, name, engine=engine)
+        try:
+            return collection.exists()
+        finally:
+            collection.close()
+
+    with CrossModalStore.open(folder, "photoz", tiny_clip, engine=engine, **FAST) as store:  # a mistyped name
+        with pytest.raises(CollectionNotFoundError, match="'photoz'.*nothing is created by a read"):
+            store.search_images(text="a cat")
+        with pytest.raises(CollectionNotFoundError):
+            store.info()
+        assert store.count() == 0 and not store.created
+    assert not exists("photoz")
+    with CrossModalStore.open(folder, "photos", tiny_clip, engine=engine, **FAST) as store:
+        report = store.ingest_images([str(bad)], invert=False, progress=False)  # every item fails
+        assert report.failed and not store.created
+        with pytest.raises(ValueError):
+            store.ingest_images(unit(2, tiny_clip.embed_dim) * float("nan"), progress=False)  # refused
+        assert not store.created
+    assert not exists("photos")
+    with CrossModalStore.open(folder, "photos", tiny_clip, engine=engine, **FAST) as store:
+        store.ingest_texts(["a cat"], invert=False, progress=False)
+        assert store.created and store.count() == 1
+    with CrossModalStore.open(folder, "photos", tiny_clip, engine=engine, create=False) as store:
+        assert store.count() == 1 and not store.created
+
+
 # ------------------------------------------------------------------------------------------------ crashes
 def _kill_during_second_batch(worker, env) -> None:
     proc = subprocess.Popen(worker + ["30"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

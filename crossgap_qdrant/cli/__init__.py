@@ -19,7 +19,8 @@ Modules: parser (flags), common (output helpers), resources (model and store), c
 serve_command, search_output, adopt_commands.
 
 Exit codes: 0 success; 1 runtime or data error (missing files, unreadable data, a collection built with
-another model, a locked folder, an unreachable server, ...) or a bug; 2 usage error (bad flags or arguments).
+another model, a locked folder, an unreachable server, ...) or a bug; 2 usage error (bad flags or arguments);
+130 interrupted (Ctrl-C: the message says what was kept); 141 stdout closed early (``| head``), silently.
 Known errors (:class:`~crossgap_qdrant.errors.CrossgapError`, ``OSError``) are one line on stderr, prefixed
 "crossgap-qdrant: error:" (``--debug`` shows the traceback instead); anything else is a bug and keeps its
 traceback.
@@ -29,6 +30,7 @@ traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -38,11 +40,23 @@ from crossgap_qdrant.cli.common import (
     EXIT_USAGE,
     PROG,
     UsageError,
+    check_location,
     expected_errors,
     format_table,
     setup_output,
 )
 from crossgap_qdrant.cli.parser import build_parser
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away, as for a program the signal ended
+
+#: What Ctrl-C leaves behind, by command.
+INTERRUPTED = {
+    "ingest": "what was written before is kept; run the same command again to resume (stored items are skipped)",
+    "invert": "the vectors written before are kept; run the same command again to compute the rest",
+    "evaluate": "no report was written; what --apply wrote before is kept and a rerun completes it",
+    "fit-warm-start": "no warm start was recorded; the collection is as it was",
+}
 
 #: Command name -> (module, function); a command's module (and the torch, open_clip and Qdrant imports it
 #: brings) is imported only when that command runs, so ``--help`` and usage errors stay fast.
@@ -80,13 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         setup_output(args)
+        check_location(args)
         return command(args.command)(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+        print(f"{PROG}: interrupted; {INTERRUPTED.get(args.command, 'nothing was changed')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to say
+        return quiet_broken_pipe()
     except expected_errors() as exc:
         if args.debug:
             raise
@@ -95,9 +112,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def quiet_broken_pipe() -> int:
+    """Points stdout at /dev/null, so that the interpreter's last flush into the closed pipe stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured): nothing will be flushed into a pipe
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def run() -> None:  # pragma: no cover - the console script and `python -m crossgap_qdrant.cli`
-    sys.exit(main())
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = quiet_broken_pipe()
+    sys.exit(code)
 
 
-__all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "command", "format_table",
-           "main"]
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "UsageError",
+           "build_parser", "command", "format_table", "main"]

@@ -4,6 +4,7 @@ open_clip and Qdrant)."""
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from crossgap_qdrant.cli.common import UsageError, parse_cuts
 from crossgap_qdrant.images import WHITE
@@ -21,8 +22,8 @@ from crossgap_qdrant.store import (
 from crossgap_qdrant.store.adopt import adopted_view
 
 
-def load_handle(args):
-    """The model handle named by --model/--pretrained (never random weights unless --pretrained none)."""
+def check_model_flags(args) -> None:
+    """Usage errors of --model/--pretrained, found without loading anything."""
     if args.model is None:
         raise UsageError("--model is required, e.g. --model crossgap-demo (the bundled demo model) or "
                          "--model ViT-B-32 --pretrained openai")
@@ -31,6 +32,11 @@ def load_handle(args):
     if args.pretrained is not None and carries_weights(args.model):
         raise UsageError(f"--model {args.model} carries its own weights: leave out --pretrained "
                          f"(got {args.pretrained!r})")
+
+
+def load_handle(args):
+    """The model handle named by --model/--pretrained (never random weights unless --pretrained none)."""
+    check_model_flags(args)
     random_weights = args.pretrained is not None and args.pretrained.lower() == "none"
     if random_weights:
         torch.manual_seed(args.seed)  # random weights must be the same in every run against one collection
@@ -90,6 +96,19 @@ def open_store(args, clip, create: bool = True, use_warm_start: bool = True):
     return store
 
 
+def require_collection(args) -> None:
+    """Raises CollectionNotFoundError unless --collection exists at --location (checked before a model loads,
+    after the model flags)."""
+    check_model_flags(args)
+    collection = open_collection_at(args, create=False)
+    try:
+        if not collection.exists():
+            raise CollectionNotFoundError(f"no collection {args.collection!r} at {collection.location}; check "
+                                          "--collection and --location (nothing is created by a read)")
+    finally:
+        collection.close()
+
+
 def described_collection(args) -> dict:
     """describe_collection of --collection at --location; CollectionNotFoundError when it does not exist."""
     collection = open_collection_at(args, create=False)
@@ -101,6 +120,15 @@ def described_collection(args) -> dict:
         return describe_collection(collection)
     finally:
         collection.close()
+
+
+def apply_image_limit(args) -> None:
+    """--max-pixels: the pixel count above which images are refused as possible decompression bombs."""
+    if args.max_pixels is None:
+        return
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    Image.MAX_IMAGE_PIXELS = args.max_pixels  # read at each call by the image loader; PIL stops at twice it
 
 
 def background_colour(spec: str) -> tuple[int, int, int]:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from crossgap_qdrant.cli.common import PROG, UsageError, emit, format_table
+from crossgap_qdrant.cli.search_table import SCORE_KINDS, hits_text
 
 #: Longest item name in the side-by-side table, so that two or three columns fit a terminal.
 ITEM_WIDTH = 28
@@ -62,7 +63,8 @@ def emit_results(args, results: list, collection: str) -> None:
     first = results[0]
     data = {"query": args.query, "query_modality": first.query_modality, "gallery": first.gallery[:-1],
             "mode": first.mode, "score_kind": first.score_kind, "hubness": first.hubness,
-            "query_excluded": first.query_excluded, "hits": _hits(first)}
+            "score_description": SCORE_KINDS[first.score_kind], "query_excluded": first.query_excluded,
+            "hits": _hits(first)}
     if len(results) > 1:
         data["columns"] = [{"mode": r.mode, "score_kind": r.score_kind, "hubness": r.hubness, "hits": _hits(r)}
                            for r in results]
@@ -77,10 +79,7 @@ def _hits(result) -> list[dict]:
 
 
 def _table(result) -> str:
-    if not result.hits:
-        return "no results"
-    rows = [(h.rank, f"{h.score:.4f}", h.id, h.item, h.payload.get("label", "")) for h in result.hits]
-    return format_table(rows, ["rank", "score", "id", "item", "label"])
+    return hits_text(_hits(result), result.query_modality, result.gallery[:-1], result.mode, result.hubness)
 
 
 def _side_by_side(results: list) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,10 @@ class LabelledSet:
             raise DataError(f"the gallery needs at least 2 items, got {len(self.gallery)}")
         if self.queries is not None and not self.queries:
             raise DataError("the query file lists no item")
+        classes = sorted(set(self.gallery_labels))
+        if len(classes) < 2:  # every item would be relevant to every query: 100 mAP for any method
+            raise DataError(f"the gallery has one class ({classes[0]!r}); ranking by class needs at least two: add "
+                            "class subfolders (or labels) of other kinds")
 
     @property
     def split(self) -> bool:
@@ -101,8 +106,10 @@ def drop_unreadable_images(data: LabelledSet) -> tuple[LabelledSet, dict[str, st
     dropped: dict[str, str] = {}
     for path in data.all_items:
         try:
-            with Image.open(path) as image:
-                check_pixel_count(image, path)
+            with warnings.catch_warnings():  # PIL's own bomb warning would report the image a second time
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    check_pixel_count(image, path)
         except ImageError as exc:
             dropped[path] = str(exc).removeprefix(f"{path}: ")
         except Exception as exc:  # PIL raises several types on files it cannot identify

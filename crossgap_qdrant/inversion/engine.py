@@ -16,14 +16,18 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from crossgap_qdrant import ops
 from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, StoppingRule
+from crossgap_qdrant.progress import format_seconds, progress_bar
 
 logger = logging.getLogger(__name__)
 
 CUDA_GRAPH_MIN_STEPS = 20  # budgets from which a batch's step is captured once and replayed (CUDA)
+#: An inversion estimated (from its first steps) to take longer than this many seconds is announced with a
+#: warning that gives the estimate.
+LONG_INVERSION_S = 60.0
+ESTIMATE_STEPS = 3  # steps of the first batch timed for the estimate
 
 
 def run_engine(
@@ -53,7 +57,7 @@ def run_engine(
     steps_out = torch.zeros(n, dtype=torch.int64)
     bar = None
     if progress and n:
-        bar = tqdm(total=n * config.steps, desc=f"{desc} ({n} samples x {config.steps} steps)", unit="step")
+        bar = progress_bar(n * config.steps, f"{desc} ({n} samples x {config.steps} steps)", "step")
     hyper = dict(lr=config.lr, beta1=config.betas[0], beta2=config.betas[1], eps=config.eps,
                  weight_decay=config.weight_decay)
 
@@ -85,6 +89,7 @@ def run_engine(
                 step_all(p, m, v, step, active, target, grad_scale)
 
             graph = capture_step(one_step, (p, m, v, step)) if use_graph and config.steps else None
+            batch_start = time.perf_counter()
             for done in range(1, config.steps + 1):
                 if graph is not None:
                     graph.replay()
@@ -92,6 +97,9 @@ def run_engine(
                     one_step()
                 if done in kept:
                     kept[done][lo:hi] = p.cpu()
+                if lo == 0 and done == min(ESTIMATE_STEPS, config.steps) < config.steps:
+                    per_step = (time.perf_counter() - batch_start) / done
+                    warn_if_long(desc, n, config, per_step * config.steps * math.ceil(n / config.batch_size))
                 if bar is not None:
                     bar.update(hi - lo)
             tokens_out[lo:hi] = p.cpu()
@@ -125,6 +133,13 @@ def check_snapshots(snapshots, config: InversionConfig) -> tuple[int, ...]:
         raise ValueError("snapshots need a fixed budget: use stopping=None (samples that stop early have no "
                          "tokens at later steps)")
     return out
+
+
+def warn_if_long(desc: str, n: int, config: InversionConfig, seconds: float) -> None:
+    """Warns, with the estimate, when an inversion is expected to take longer than LONG_INVERSION_S."""
+    if seconds > LONG_INVERSION_S:
+        logger.warning("%s of %d sample(s) will take about %s (%d steps each, about %s a sample on this "
+                       "machine)", desc, n, format_seconds(seconds), config.steps, format_seconds(seconds / n))
 
 
 def capture_step(one_step: Callable[[], None], state: tuple[torch.Tensor, ...]) -> "torch.cuda.CUDAGraph":

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, OTIConfig, OVIConfig
 from crossgap_qdrant.inversion.invert import oti_encoder, oti_invert, ovi_encoder, ovi_invert
 from crossgap_qdrant.inversion.warm_start import KINDS, WarmStart
 from crossgap_qdrant.models.loading import ClipModel, as_clip_model
+from crossgap_qdrant.progress import progress_bar
 
 
 @dataclass
@@ -216,7 +216,7 @@ def _optimise(warm: WarmStart, n: int, batch_loss, epochs: int, lr: float, weigh
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)) if cosine_decay else 1.0)
     bar = None
     if progress:
-        bar = tqdm(total=epochs, desc=desc, unit="epoch")
+        bar = progress_bar(epochs, desc, "epoch")
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for lo in range(0, n, batch_size):

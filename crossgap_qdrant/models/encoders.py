@@ -7,10 +7,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from crossgap_qdrant.images import load_pixels
 from crossgap_qdrant.models.loading import ClipModel, model_device, takes_clip_model
+from crossgap_qdrant.progress import progress_bar
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def _encode_in_batches(items: Sequence, batch_size: int, progress: bool, desc: s
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     bar = None
     if progress and items:
-        bar = tqdm(total=len(items), desc=desc, unit="item")
+        bar = progress_bar(len(items), desc, "item")
     out = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]

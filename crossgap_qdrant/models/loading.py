@@ -21,7 +21,9 @@ import torch.nn as nn
 
 from crossgap_qdrant.models.checkpoints import load_checkpoint, weights_digest
 from crossgap_qdrant.models.specs import (
+    DEMO_MODEL_NAME,
     DEMO_SPEC,
+    DEMO_TAG,
     DIR_CHECKPOINTS,
     HF_HUB_PREFIX,
     LOCAL_DIR_PREFIX,
@@ -161,7 +163,10 @@ class ClipModel:
 
     @property
     def display_name(self) -> str:
-        """"name/pretrained" (e.g. "ViT-B-32/openai"), or the name alone: for titles and messages."""
+        """"name/pretrained" (e.g. "ViT-B-32/openai"), or the name alone, or "crossgap-demo" for the demo model
+        (the name that loads it): for titles and messages."""
+        if (self.name, self.pretrained) == (DEMO_MODEL_NAME, DEMO_TAG):
+            return DEMO_SPEC
         return f"{self.name}/{self.pretrained}" if self.pretrained else self.name
 
     @property

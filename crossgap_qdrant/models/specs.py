@@ -31,6 +31,7 @@ class WeightsUnavailableError(CrossgapError, RuntimeError):
 
 DEMO_SPEC = "crossgap-demo"  # the short name of the committed demo model
 DEMO_MODEL_NAME = "crossgap-demo-clip"  # its open_clip architecture name
+DEMO_TAG = "openclipart"  # the name its weights carry (what they were trained on)
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "demo_model"  # open_clip_config.json + weights
 LOCAL_DIR_PREFIX, HF_HUB_PREFIX = "local-dir:", "hf-hub:"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".npy")
@@ -136,7 +137,7 @@ def parse_model_spec(name: str, pretrained: str | os.PathLike | None = None) -> 
                 raise FileNotFoundError(f"the demo model's weights are missing from {DEMO_MODEL_DIR} "
                                         "(train them with scripts/train_demo_model.py)")
             _known_architectures()
-            return ModelSpec(DEMO_MODEL_NAME, LOCAL_DIR_PREFIX + str(DEMO_MODEL_DIR), "openclipart", weights)
+            return ModelSpec(DEMO_MODEL_NAME, LOCAL_DIR_PREFIX + str(DEMO_MODEL_DIR), DEMO_TAG, weights)
         if name.startswith(HF_HUB_PREFIX):
             return ModelSpec(name, name)
         return _local_dir_spec(Path(name[len(LOCAL_DIR_PREFIX):]))

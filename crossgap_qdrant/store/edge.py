@@ -45,6 +45,7 @@ from crossgap_qdrant.store.errors import (
     CollectionNotFoundError,
     CorruptMetadataError,
     InvalidRequestError,
+    ReadOnlyStoreError,
     SchemaMismatchError,
     StorageFullError,
     StoreLockedError,
@@ -73,6 +74,7 @@ _DISTANCES = {"Cosine": qe.Distance.Cosine, "Euclid": qe.Distance.Euclid, "Dot":
               "Manhattan": qe.Distance.Manhattan}
 _DISK_FULL_TEXT = ("no space left on device", "os error 28", "disk is full", "disk quota exceeded", "os error 122")
 _LOCKED_TEXT = ("wouldblock", "os error 11", "resource temporarily unavailable", "already locked")
+_READ_ONLY_TEXT = ("read-only file system", "os error 30", "permission denied", "os error 13")
 
 
 def write_json_atomic(path: str, data: Any) -> None:
@@ -198,6 +200,11 @@ class EdgeCollection(Collection):
                 "(CrossModalStore.close() / Collection.close()), or run a Qdrant server for concurrent access.")
         if is_disk_full(exc):
             return self._full_error("opening the collection")
+        if any(text in str(exc).lower() for text in _READ_ONLY_TEXT):
+            return ReadOnlyStoreError(
+                f"the Qdrant folder {self.folder} (collection {self.name!r}) cannot be written, and Qdrant's embedded "
+                "engine writes to a collection's files even to read it: copy the folder somewhere writable "
+                "(cp -r) and open the copy, or make it writable.")
         return exc
 
     def _full_error(self, what: str) -> StorageFullError:

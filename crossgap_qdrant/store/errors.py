@@ -27,6 +27,10 @@ class StoreLockedError(CrossgapError, RuntimeError):
     """An embedded Qdrant folder is already open in another client (this process or another)."""
 
 
+class ReadOnlyStoreError(CrossgapError, PermissionError):
+    """An embedded Qdrant folder cannot be written, and its engine writes to its files even to read them."""
+
+
 class PointNotFoundError(CrossgapError, KeyError):
     """A point-id query names a point that is absent or lacks the vector the query needs."""
 

@@ -10,11 +10,13 @@ unless the caller asks to overwrite.
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from typing import Any, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from crossgap_qdrant.store.errors import InvalidPointIdError
 
@@ -59,6 +61,22 @@ def image_bytes_id(data: bytes) -> str:
 def pil_image_id(image) -> str:
     """Point id of an in-memory PIL image."""
     return content_id("image", pil_digest(image))
+
+
+def file_image_id(path: str) -> str:
+    """Point id of an image file stored from its path (:func:`image_bytes_id` of its bytes)."""
+    with open(path, "rb") as f:
+        return image_bytes_id(f.read())
+
+
+def decoded_image_id(data: bytes) -> str | None:
+    """Point id of the image in ``data`` stored as the PIL image opened from it (:func:`pil_image_id`); None when
+    PIL cannot decode it. With :func:`image_bytes_id` it names an image's point whichever way it was stored."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return pil_image_id(image)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def text_id(text: str) -> str:

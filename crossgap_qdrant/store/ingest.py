@@ -23,10 +23,10 @@ from typing import Any, Mapping
 import torch
 from PIL import Image
 from qdrant_client import models
-from tqdm.auto import tqdm
 
 from crossgap_qdrant.features import normalize_features
 from crossgap_qdrant.images import IMAGE_EXTENSIONS, list_image_files
+from crossgap_qdrant.progress import progress_bar
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.encoder import Encoder, checked_rows, unit_vectors
@@ -243,7 +243,7 @@ class Ingestion:
         report = IngestReport(ids=[None] * n)
         seen: set = set()
 
-        with tqdm(total=n, desc=f"ingest {self.modality}s", disable=not progress, unit=self.modality) as bar:
+        with progress_bar(n, f"ingest {self.modality}s", self.modality, enabled=progress) as bar:
             for start in range(0, n, batch_size):
                 chunk = items[start : start + batch_size]
                 self._chunk(chunk, report, seen, bar, progress)
@@ -436,7 +436,7 @@ def invert_missing(collection: Collection, encoder: Encoder, names: VectorNames,
     offset = None
 
     # offset pagination in id order: points that get their inverted vector leave the filter behind the offset
-    with tqdm(total=total, desc=f"invert {modality}s", disable=not progress, unit=modality) as bar:
+    with progress_bar(total, f"invert {modality}s", modality, enabled=progress) as bar:
         while True:
             with _Timer(report, "seconds_database"):
                 records, offset = collection.scroll(scroll_filter=flt, limit=batch_size, offset=offset,

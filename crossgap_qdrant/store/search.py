@@ -56,6 +56,7 @@ class Query:
     features: torch.Tensor | None = None  # [E] unit native feature
     raw: torch.Tensor | None = None  # [3, H, W] pixels or [L] token ids, when the query came raw
     exclude: pid_lib.PointId | None = None  # the query's own point id (content hash or the given id)
+    exclude_also: tuple = ()  # the ids its content has in another form (an image's file bytes and pixels)
     stored: dict[str, torch.Tensor] | None = None  # vectors read from a stored point
     pid: pid_lib.PointId | None = None  # set for point-id queries until their vectors are read
 
@@ -111,13 +112,16 @@ class Searcher:
             return [q for one in query for q in self.resolve(modality, one, literal_text)[0]], True
         if modality == "image":
             if isinstance(query, Image.Image):
+                source = getattr(query, "filename", "")  # opened from a file: stored from that file, maybe
+                also = (pid_lib.file_image_id(source),) if source and os.path.isfile(source) else ()
                 return [Query(modality, raw=self.encoder.pixels(query, name="the query image"),
-                              exclude=pid_lib.pil_image_id(query))], False
+                              exclude=pid_lib.pil_image_id(query), exclude_also=also)], False
             if isinstance(query, (str, os.PathLike)) and os.path.isfile(query):
                 with open(query, "rb") as f:
                     data = f.read()
-                return [Query(modality, raw=self.encoder.pixels(data, name=str(query)),
-                              exclude=pid_lib.image_bytes_id(data))], False
+                raw = self.encoder.pixels(data, name=str(query))
+                return [Query(modality, raw=raw, exclude=pid_lib.image_bytes_id(data),
+                              exclude_also=(pid_lib.decoded_image_id(data),))], False
             if pid_lib.is_point_id(query):
                 return [Query(modality, pid=pid_lib.normalize_point_id(query))], False
             if isinstance(query, (str, os.PathLike)):
@@ -250,8 +254,9 @@ class Searcher:
         prefetch_limit = request.prefetch_limit
         flt = query_filter
         if request.exclude_query and q.exclude is not None:
+            own = [q.exclude, *(pid for pid in q.exclude_also if pid is not None and pid != q.exclude)]
             flt = models.Filter(must=[query_filter] if query_filter is not None else None,
-                                must_not=[models.HasIdCondition(has_id=[q.exclude])])
+                                must_not=[models.HasIdCondition(has_id=own)])
         native, inverted_name = self.names.native(modality), self.names.inverted(modality)
         common = {"filter": flt, "limit": request.limit, "with_payload": request.with_payload,
                   "with_vector": request.with_vectors}

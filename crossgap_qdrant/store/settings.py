@@ -163,7 +163,8 @@ class RecordedSettings:
     def _record(self, changes: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         """Merges ``changes(record)`` into the collection's metadata record, read as stored now (another store on
         the same collection may have changed it since this one opened; this store's copy where nothing is
-        stored yet), and updates this store's copy."""
+        stored yet), and updates this store's copy. A missing collection is created (a write)."""
+        self._create_pending()
         schema = self.collection.schema()
         current = schema.metadata.get(METADATA_KEY) or self._metadata[METADATA_KEY]
         record = {**current, **changes(current)}

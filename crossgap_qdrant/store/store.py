@@ -18,6 +18,7 @@ from qdrant_client import QdrantClient, models
 from crossgap_qdrant.images import WHITE
 from crossgap_qdrant.inversion import OTIConfig, OVIConfig
 from crossgap_qdrant.models import ClipModel, as_clip_model
+from crossgap_qdrant.models.specs import DEMO_SPEC
 from crossgap_qdrant.models.towers import embed_dim
 from crossgap_qdrant.rivals import vector_from_record
 from crossgap_qdrant.store import ingest as ingest_lib
@@ -73,7 +74,7 @@ class CrossModalStore(RecordedSettings):
     Args:
         client: a QdrantClient (server, ":memory:", local folder) or a Collection from
             :func:`crossgap_qdrant.store.open_collection`; :meth:`open` builds one from a location.
-        collection_name: created when missing (unless ``create=False``), validated otherwise.
+        collection_name: created when missing (see ``create``), validated otherwise.
         clip: the model handle from :func:`crossgap_qdrant.models.load_model` (or ``ClipModel.from_parts``);
             a bare open_clip model with ``tokenizer=`` and ``preprocess=`` still works in this release and warns
             once.
@@ -86,14 +87,16 @@ class CrossModalStore(RecordedSettings):
         rescore, oversampling: quantized search settings.
         retry: retries and total deadline of server calls; None disables retries.
         upsert_batch_size: points per write request.
-        create: create a missing collection; False raises CollectionNotFoundError (reading never writes).
+        create: what happens to a missing collection: True creates it now; "on_write" (what :meth:`open`
+            does) creates it on the first write (an ingest, a recorded setting), so reads never create it and
+            an ingest that writes nothing removes it again; False raises CollectionNotFoundError.
         image_background: RGB (or one grey level) that transparent image pixels are flattened onto, at
             ingestion and for image queries; white by default, as CLIP-style models saw line art.
         warm_start: invert with the collection's recorded warm starts (:meth:`fit_warm_start`,
             :meth:`use_warm_start`): a few exact steps from a learned prediction instead of the published budget.
 
     Attributes:
-        created: this store created its collection (it did not exist before).
+        created: this store created its collection (it did not exist before, and a write made it).
     """
 
     def __init__(
@@ -117,7 +120,7 @@ class CrossModalStore(RecordedSettings):
         oversampling: float | None = None,
         retry: RetryPolicy | None = RetryPolicy(),
         upsert_batch_size: int = 256,
-        create: bool = True,
+        create: bool | str = True,
         image_background: int | tuple[int, int, int] = WHITE,
         warm_start: bool = False,
     ):
@@ -141,7 +144,8 @@ class CrossModalStore(RecordedSettings):
         self.encoder = Encoder(self.clip, self.dim, self.oti_config, self.ovi_config, self.derived,
                                image_background)
         self._metadata = metadata(self.model_id, _display_name(self.clip), self.dim, self.names, self.derived)
-        self.created = schema is None
+        self.created = False
+        self._pending: dict[str, Any] | None = None  # how to create a missing collection on the first write
         quantized = self._ensure_collection(schema, create, shard_number, replication_factor, quantization_config,
                                             on_disk)
         params = None
@@ -175,7 +179,7 @@ class CrossModalStore(RecordedSettings):
         Args:
             location: a folder (Qdrant's engine embedded, qdrant-edge), ":memory:", or "http(s)://host:port".
             engine: None (by location), "edge", "local" (qdrant-client's local mode for a folder), "client".
-            create: create the folder and collection when missing; False: CollectionNotFoundError instead.
+            create: True: a missing collection is created on the first write; False: CollectionNotFoundError.
             timeout: seconds per server request.
             kwargs: the store's keyword arguments (tokenizer, preprocess, model_id, ...).
         """
@@ -184,7 +188,8 @@ class CrossModalStore(RecordedSettings):
         collection = open_collection(location, collection_name, engine=engine, api_key=api_key, timeout=timeout,
                                      retry=retry, client_kwargs=client_kwargs, create_folder=create)
         try:
-            store = cls(collection, collection_name, clip, retry=retry, create=create, **kwargs)
+            store = cls(collection, collection_name, clip, retry=retry, create="on_write" if create else False,
+                        **kwargs)
         except BaseException:
             collection.close()
             raise
@@ -226,12 +231,12 @@ class CrossModalStore(RecordedSettings):
         where = f"collection {self.collection.name!r} at {self.collection.location}"
         if schema is None:
             if not create:
-                raise CollectionNotFoundError(
-                    f"no {where}: ingest something first (crossgap-qdrant ingest ... --collection "
-                    f"{self.collection.name}), or check --collection and --location"
-                )
-            self.collection.create(sizes, self._metadata, on_disk=on_disk, quantization_config=quantization_config,
-                                   shard_number=shard_number, replication_factor=replication_factor)
+                raise CollectionNotFoundError(f"no {where}: ingest something first (crossgap-qdrant ingest ... "
+                                              f"--collection {self.collection.name}), or check the name and location")
+            self._pending = dict(vectors=sizes, on_disk=on_disk, quantization_config=quantization_config,
+                                 shard_number=shard_number, replication_factor=replication_factor)
+            if create != "on_write":
+                self._create_pending()
             return quantization_config is not None
         missing = check_schema(schema, sizes, self.model_id, where)
         recorded = schema.metadata.get(METADATA_KEY) or {}
@@ -247,6 +252,21 @@ class CrossModalStore(RecordedSettings):
         if missing or recorded != wanted:
             self.collection.set_metadata({**schema.metadata, **self._metadata})
         return schema.quantized
+
+    def _create_pending(self) -> bool:
+        """Creates the missing collection before a write; True when this call created it."""
+        if self._pending is None:
+            return False
+        self.collection.create(self._pending["vectors"], self._metadata,
+                               **{k: v for k, v in self._pending.items() if k != "vectors"})
+        self._pending, self.created = None, True
+        return True
+
+    def _require_collection(self) -> None:
+        if self._pending is not None:
+            raise CollectionNotFoundError(
+                f"no collection {self.collection.name!r} at {self.collection.location}: nothing is created by a "
+                "read. Ingest into it first, or check the collection name and location.")
 
     # ------------------------------------------------------------------------------------------ ingestion
     def ingest_images(self, images: Any, *, payloads: Sequence[Mapping[str, Any] | None] | None = None,
@@ -296,7 +316,19 @@ class CrossModalStore(RecordedSettings):
     def _ingest(self, modality, items, payloads, ids, invert, inverted_features, batch_size, progress, overwrite):
         run = Ingestion(self.collection, self.encoder, self.names, modality, invert=invert, overwrite=overwrite,
                         write_batch=self.upsert_batch_size)
-        return run.run(items, payloads, ids, inverted_features, batch_size, progress)
+        pending = self._pending
+        made = self._create_pending()
+        try:
+            return run.run(items, payloads, ids, inverted_features, batch_size, progress)
+        finally:
+            if made:
+                self._drop_if_empty(pending)
+
+    def _drop_if_empty(self, pending: dict[str, Any]) -> None:
+        """Removes the collection an ingest created when nothing went in (a failed or empty ingest)."""
+        if self.collection.count() == 0:
+            self.collection.drop()
+            self._pending, self.created = pending, False
 
     def invert_missing(self, modality: str = "image", *, batch_size: int = 64, progress: bool = True,
                        query_filter: models.Filter | None = None) -> IngestReport:
@@ -310,6 +342,7 @@ class CrossModalStore(RecordedSettings):
             modality: "image" (OTI) or "text" (OVI).
             query_filter: restricts the backfill to matching points.
         """
+        self._require_collection()
         return ingest_lib.invert_missing(self.collection, self.encoder, self.names, check_modality(modality),
                                          batch_size=batch_size, progress=progress, query_filter=query_filter)
 
@@ -378,6 +411,7 @@ class CrossModalStore(RecordedSettings):
                                       hubness=hub, query_filter=query_filter, exclude_query=exclude_query,
                                       with_payload=with_payload, with_vectors=with_vectors,
                                       search_params=search_params, literal_text=name == "text")
+        self._require_collection()
         return self.searcher.search(request)
 
     # ---------------------------------------------------------------------------------------- inspection
@@ -388,6 +422,7 @@ class CrossModalStore(RecordedSettings):
             PointNotFoundError: no such point, or it holds neither native vector.
         """
         pid = normalize_point_id(point_id)
+        self._require_collection()
         names = [self.names.native("image"), self.names.native("text")]
         records = self.collection.retrieve([pid], with_vectors=names)
         if not records:
@@ -405,10 +440,15 @@ class CrossModalStore(RecordedSettings):
         if modality is not None:
             native = self.names.native(check_modality(modality))
             flt = models.Filter(must=[models.HasVectorCondition(has_vector=native)])
-        return self.collection.count(flt)
+        return 0 if self._pending is not None else self.collection.count(flt)  # not created: nothing written
 
     def info(self) -> dict[str, Any]:
-        """Engine, collection, location, model, vector names and sizes, and point counts per vector."""
+        """Engine, collection, location, model, vector names and sizes, and point counts per vector.
+
+        Raises:
+            CollectionNotFoundError: the collection was not created yet (nothing was written).
+        """
+        self._require_collection()
         return describe_collection(self.collection)
 
 
@@ -444,7 +484,9 @@ def _handle(model, tokenizer, preprocess, as_clip_model):
 
 
 def _display_name(clip) -> str:
-    """"ViT-B-32 (openai)": the architecture and its tag or checkpoint file name, never a path."""
+    """"ViT-B-32 (openai)" (architecture, tag or checkpoint file name; never a path), or "crossgap-demo"."""
+    if clip.display_name == DEMO_SPEC:
+        return DEMO_SPEC
     tag = clip.pretrained
     return f"{clip.name} ({os.path.basename(str(tag))})" if tag else f"{clip.name} (random weights)"
 
