@@ -17,42 +17,24 @@ import json
 import os
 import platform
 import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 import torch.nn.functional as F
+from timing import timed, timings
 
 from crossgap_qdrant import OTIConfig, OVIConfig, StoppingRule, load_model, oti_invert, ovi_invert
 from crossgap_qdrant.inversion import initial_tokens, reference_step
-from crossgap_qdrant.towers import (
+from crossgap_qdrant.inversion.reference import (
     encode_image_with_pseudo_tokens,
     encode_text_with_pseudo_tokens,
     template_token_ids,
-    text_tower,
-    vision_tower,
 )
-
+from crossgap_qdrant.models import text_tower, vision_tower
 
 DEVICE = torch.device("cpu")
 PRECISIONS = ("fp32", "bf16")
-
-
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, repeat: int = 10) -> float:
@@ -60,7 +42,7 @@ def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, repeat: int = 10) ->
     a = torch.randn(m, k).to(DEVICE, dtype)
     b = torch.randn(k, n).to(DEVICE, dtype)
     torch.mm(a, b)
-    secs = min(_time(lambda: torch.mm(a, b), repeat))
+    secs = min(timings(lambda: torch.mm(a, b), repeat))
     return 2 * m * k * n / secs / 1e9
 
 
@@ -70,16 +52,11 @@ def reference_step_seconds(encode, targets, init, config, steps: int) -> float:
     opt = torch.optim.AdamW([tokens], lr=config.lr, betas=config.betas, eps=config.eps,
                             weight_decay=config.weight_decay)
     reference_step(encode, tokens, opt, targets)
-    return statistics.median(_time(lambda: reference_step(encode, tokens, opt, targets), steps))
+    return statistics.median(timings(lambda: reference_step(encode, tokens, opt, targets), steps))
 
 
-def engine_run(fn, config):
-    start = time.perf_counter()
-    result = fn(config)
-    return result, time.perf_counter() - start
-
-
-def bench_oti(model, tokenizer, args) -> dict:
+def bench_oti(clip, args) -> dict:
+    model, tokenizer = clip.model, clip.tokenizer
     tower = text_tower(model)
     b = args.batch
     gen = torch.Generator().manual_seed(0)
@@ -97,8 +74,8 @@ def bench_oti(model, tokenizer, args) -> dict:
     results = {}
     for precision in PRECISIONS:
         c = dataclasses.replace(cfg, precision=precision)
-        oti_invert(model, tokenizer, targets[:4], dataclasses.replace(c, steps=2, batch_size=4), progress=False)
-        res, secs = engine_run(lambda c: oti_invert(model, tokenizer, targets, c, progress=False), c)
+        oti_invert(clip, targets[:4], dataclasses.replace(c, steps=2, batch_size=4), progress=False)
+        res, secs = timed(lambda c: oti_invert(clip, targets, c, progress=False), c)
         results[precision] = res
         ms = secs / cfg.steps * 1e3
         out[precision] = {"ms_per_step": ms, "images_per_s": b / secs, "speedup_vs_reference": ref_step * 1e3 / ms,
@@ -112,7 +89,7 @@ def bench_oti(model, tokenizer, args) -> dict:
     for min_delta in args.stop_min_delta:
         stop = StoppingRule(min_delta=min_delta, patience=args.stop_patience, min_steps=20)
         c = dataclasses.replace(cfg, precision="bf16", stopping=stop)
-        res, secs = engine_run(lambda c: oti_invert(model, tokenizer, targets, c, progress=False), c)
+        res, secs = timed(lambda c: oti_invert(clip, targets, c, progress=False), c)
         change = (1 - res.loss) - (1 - results["bf16"].loss)
         out["early_stopping_bf16"].append({
             "rule": dataclasses.asdict(stop),
@@ -134,7 +111,8 @@ def bench_oti(model, tokenizer, args) -> dict:
     return out
 
 
-def bench_ovi(model, args) -> dict:
+def bench_ovi(clip, args) -> dict:
+    model = clip.model
     tower = vision_tower(model)
     b = args.batch
     gen = torch.Generator().manual_seed(1)
@@ -147,8 +125,8 @@ def bench_ovi(model, args) -> dict:
     results = {}
     for precision in PRECISIONS:
         c = dataclasses.replace(cfg, precision=precision)
-        ovi_invert(model, targets[:4], dataclasses.replace(c, steps=1, batch_size=4), progress=False)  # warm-up
-        res, secs = engine_run(lambda c: ovi_invert(model, targets, c, progress=False), c)
+        ovi_invert(clip, targets[:4], dataclasses.replace(c, steps=1, batch_size=4), progress=False)  # warm-up
+        res, secs = timed(lambda c: ovi_invert(clip, targets, c, progress=False), c)
         results[precision] = res
         ms = secs / cfg.steps * 1e3
         out[precision] = {"ms_per_step": ms, "speedup_vs_reference": ref_step * 1e3 / ms,
@@ -182,7 +160,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # cost only: random weights take the same time as pretrained ones
-    model, _, tokenizer = load_model(args.model, device=args.device, allow_random=True)
+    clip = load_model(args.model, device=args.device, allow_random=True)
     report = {
         "benchmark": "inversion",
         "model": args.model,
@@ -196,10 +174,10 @@ def main() -> None:
             "fp32_2048x2048x2048": matmul_rate(torch.float32, 2048, 2048, 2048, repeat=3),
             "bf16_2048x2048x2048": matmul_rate(torch.bfloat16, 2048, 2048, 2048, repeat=3),
         },
-        "oti": bench_oti(model, tokenizer, args),
+        "oti": bench_oti(clip, args),
     }
     if not args.skip_ovi:
-        report["ovi"] = bench_ovi(model, args)
+        report["ovi"] = bench_ovi(clip, args)
     print(json.dumps(report, indent=2))
 
 

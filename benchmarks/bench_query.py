@@ -11,15 +11,21 @@ quality    the committed demo model on the main job's held-out openclipart image
            apart two exact results are). ``chosen`` is the budget the fit recommends (measured on its own
            held-out training images), used for the cost part.
 cost       OpenCLIP ViT-B-32 with random weights (the cost of pretrained weights), one thread unless --threads:
-           the OTI step at batch 1 and 8 (the published step, our autograd step, our hand-written step);
+           the OTI step at batch 1 and 8 (the published step, our autograd step, our hand-written step as
+           ATen calls and with the fused suffix-block ops) and, at batch 1, each against the weight-streaming
+           floors (``*_vs_floor``: step time / weight_stream_ms; ``*_vs_two_pass_floor``: / the two-pass
+           weight stream, the order a step must read its weights in);
            per-query latency of each search mode end to end (encode the query image, invert, search an embedded
            Qdrant (qdrant-edge) collection of --gallery points) at batch 1; backfill throughput (images/s) of
            exact OTI against the warm start at the chosen budget. The warm start used for cost has the fitted
            network's size with untrained weights: its cost does not depend on its weights.
+ovi        OVI (text -> image space) quality against steps and the text warm start's cost: benchmarks/bench_ovi.py.
 machine    CPU, threads, torch version.
 
     python benchmarks/bench_query.py                 # about 15 minutes on one core
     python benchmarks/bench_query.py --quick         # smaller sets, a few minutes
+    python benchmarks/bench_query.py --step-only     # the OTI step costs alone, under a minute
+    python benchmarks/bench_query.py --ovi-only      # the ovi section alone (benchmarks/bench_ovi.py)
 """
 
 from __future__ import annotations
@@ -30,31 +36,26 @@ import platform
 import random
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
+import bench_ovi
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from timing import interleaved_ms, median_ms, timed
 
-from crossgap_qdrant import load_model
-from crossgap_qdrant.inversion import OTIConfig, oti_invert, reference_step
+from crossgap_qdrant import load_model, ops
+from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
+from crossgap_qdrant.inversion import OTIConfig, WarmStart, fit_warm_start, oti_invert, reference_step
+from crossgap_qdrant.inversion.reference import encode_text_with_pseudo_tokens, template_token_ids
+from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
+from crossgap_qdrant.inversion.text_suffix_step import SuffixStep
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
-from crossgap_qdrant.towers import text_tower
-from crossgap_qdrant.warm_start import WarmStart, fit_warm_start
+from crossgap_qdrant.models import text_tower
+from crossgap_qdrant.store import CrossModalStore
 
 KS = (0, 5, 10, 20)
-
-
-def _median_ms(fn, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def _cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -78,8 +79,6 @@ def _ci(ap: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
 
 
 def quality(args) -> dict:
-    from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
-
     clip = load_model("crossgap-demo", device="cpu")
     rows = load_or_build_manifest(None)
     held = demo_subset(rows, per_category=args.per_category, seed=0)
@@ -91,9 +90,7 @@ def quality(args) -> dict:
         held_feats = clip.encode_images(flatten_to_folder(held, Path(tmp) / "held", size=side))
         train_feats = clip.encode_images(flatten_to_folder(train_rows, Path(tmp) / "train", size=side))
     labels = [r["category"] for r in held]
-    start = time.perf_counter()
-    warm, fit = fit_warm_start(clip, train_feats, "oti")
-    fit_s = time.perf_counter() - start
+    (warm, fit), fit_s = timed(fit_warm_start, clip, train_feats, "oti")
     exact = oti_invert(clip, held_feats, OTIConfig(), progress=False).features
     reseeded = oti_invert(clip, held_feats, OTIConfig(seed=1), progress=False).features
     base_q, base_g = _map(exact, held_feats, labels), _map(held_feats, exact, labels)
@@ -114,22 +111,24 @@ def quality(args) -> dict:
 
 
 def step_costs(clip) -> dict:
-    from crossgap_qdrant import ops
-    from crossgap_qdrant.oti_step import SuffixStep
-    from crossgap_qdrant.text_cache import CachedTemplateTextEncoder
-    from crossgap_qdrant.towers import encode_text_with_pseudo_tokens, template_token_ids
-
     model, tokenizer = clip.model, clip.tokenizer
     encoder = CachedTemplateTextEncoder(model, tokenizer, "a photo of {}", 1, torch.float32)
-    handwritten = SuffixStep(encoder)
+    fused = SuffixStep(encoder)  # the fused suffix-block ops where the compiled library has them
+    handwritten = SuffixStep(encoder, fused=False)
     ids, positions = template_token_ids(tokenizer, "a photo of {}", 1)
     # The floor of a step at batch 1: reading every weight matrix of the text tower twice (forward W x^T,
     # backward g W, the forms the hand-written step uses), here as one 2-row product each, with nothing else.
     weights = [m.weight for m in model.transformer.modules() if isinstance(m, torch.nn.Linear)]
     weights += [blk.attn.in_proj_weight for blk in model.transformer.resblocks]
     rows = [(torch.randn(2, w.shape[1]), torch.randn(2, w.shape[0])) for w in weights]
-    out = {"weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 1e6, 1),
-           "weight_stream_ms": round(_median_ms(lambda: [(w @ x.T, g @ w) for (x, g), w in zip(rows, weights)], 10), 1)}
+    # weight_stream_ms reads each matrix twice in a row (the second read partly from cache); a step must
+    # finish the forward of every layer before its backward starts, so weight_stream_two_pass_ms (all forward
+    # products, then all backward products in reverse) is the floor a step can reach.
+    floors = {"weight_stream": lambda: [(w @ x.T, g @ w) for (x, g), w in zip(rows, weights)],
+              "weight_stream_two_pass": lambda: (
+                  [w @ x.T for (x, _), w in zip(rows, weights)],
+                  [g @ w for (_, g), w in zip(reversed(rows), reversed(weights))])}
+    out = {"weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 1e6, 1)}
     for b in (1, 8):
         target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
         tokens = torch.randn(b, 1, text_tower(model).width) * 0.02
@@ -141,21 +140,32 @@ def step_costs(clip) -> dict:
 
         param = torch.nn.Parameter(tokens.clone())
         opt = torch.optim.AdamW([param], lr=2e-2)
-        published = _median_ms(lambda: reference_step(
+        published = median_ms(lambda: reference_step(
             lambda t: encode_text_with_pseudo_tokens(model, ids, positions, t), param, opt, target), 5, 1)
-        ours_auto = _median_ms(autograd_step, 20)
-        ours_hand = _median_ms(lambda: handwritten(tokens, target, 1.0), 20)
+        ours_auto = median_ms(autograd_step, 20)
+        # The steps and the floors in alternation, so that load from other processes hits them alike; the
+        # ratios are medians of per-round ratios.
+        steps = {"handwritten": lambda: handwritten(tokens, target, 1.0), "fused": lambda: fused(tokens, target, 1.0)}
+        ms, rounds = interleaved_ms(steps | (floors if b == 1 else {}), 20)
         out[f"batch_{b}"] = {"published_ms": round(published, 1), "autograd_ms": round(ours_auto, 1),
-                             "handwritten_ms": round(ours_hand, 1),
-                             "speedup_vs_published": round(published / min(ours_auto, ours_hand), 1)}
+                             "handwritten_ms": round(ms["handwritten"], 1), "fused_ms": round(ms["fused"], 1),
+                             "fused_ops": fused.fused_blocks is not None,
+                             "speedup_vs_published": round(
+                                 published / min(ours_auto, ms["handwritten"], ms["fused"]), 1)}
+        if b == 1:
+            out = {**{f"{name}_ms": round(ms[name], 1) for name in floors}, **out}
+
+            def ratio(a, floor):
+                return round(statistics.median(x / y for x, y in zip(rounds[a], rounds[floor])), 2)
+
+            out["batch_1"] |= {"fused_vs_floor": ratio("fused", "weight_stream"),
+                               "handwritten_vs_floor": ratio("handwritten", "weight_stream"),
+                               "fused_vs_two_pass_floor": ratio("fused", "weight_stream_two_pass"),
+                               "handwritten_vs_two_pass_floor": ratio("handwritten", "weight_stream_two_pass")}
     return out
 
 
 def cost(args, chosen: dict) -> dict:
-    from PIL import Image
-
-    from crossgap_qdrant.store import CrossModalStore
-
     torch.manual_seed(0)
     clip = load_model("ViT-B-32", device="cpu", allow_random=True)
     k, lr = chosen["steps"], chosen["lr"]
@@ -173,14 +183,14 @@ def cost(args, chosen: dict) -> dict:
                                 progress=False)
             latency = {}
             for mode in ("native", "gallery_inverted"):
-                latency[mode] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10), 10)
+                latency[mode] = median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10), 10)
             exact_cfg, warm_cfg = store.encoder.oti_config, OTIConfig(steps=k, lr=lr, warm_start=warm)
             plans = [("query_inverted", "exact_150", exact_cfg, 3), ("query_inverted", f"warm_{k}", warm_cfg, 5),
                      ("query_inverted", "warm_0", OTIConfig(steps=0, warm_start=warm), 10),
                      ("fused", f"warm_{k}", warm_cfg, 5)]
             for mode, label, config, repeat in plans:
                 store.encoder.oti_config = config
-                latency[f"{mode}_{label}"] = _median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10),
+                latency[f"{mode}_{label}"] = median_ms(lambda m=mode: store.search_images(query, mode=m, limit=10),
                                                         repeat, 1)
             store.encoder.oti_config = exact_cfg
         finally:
@@ -188,12 +198,8 @@ def cost(args, chosen: dict) -> dict:
     out["query_latency_ms"] = {name: round(ms, 1) for name, ms in latency.items()}
 
     feats = F.normalize(torch.randn(args.backfill, clip.embed_dim), dim=-1)
-    start = time.perf_counter()
-    oti_invert(clip, feats, OTIConfig(), progress=False)
-    exact_s = time.perf_counter() - start
-    start = time.perf_counter()
-    oti_invert(clip, feats, OTIConfig(steps=k, lr=lr, warm_start=warm), progress=False)
-    warm_s = time.perf_counter() - start
+    _, exact_s = timed(oti_invert, clip, feats, OTIConfig(), progress=False)
+    _, warm_s = timed(oti_invert, clip, feats, OTIConfig(steps=k, lr=lr, warm_start=warm), progress=False)
     out["backfill_images_per_s"] = {"exact_150": round(args.backfill / exact_s, 2),
                                     f"warm_{k}": round(args.backfill / warm_s, 2),
                                     "speedup": round(exact_s / warm_s, 1), "batch": min(64, args.backfill)}
@@ -212,18 +218,32 @@ def main() -> None:
                         help="skip the quality part; the cost part uses --warm-steps and --warm-lr")
     parser.add_argument("--warm-steps", type=int, default=10)
     parser.add_argument("--warm-lr", type=float, default=5e-3)
+    parser.add_argument("--step-only", action="store_true", help="only the OTI step costs on ViT-B-32")
+    bench_ovi.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.fit_samples, args.per_category, args.backfill = 500, 10, 16
+        bench_ovi.apply_quick(args)
     torch.set_num_threads(args.threads)
     report = {"benchmark": "query", "machine": {"cpu": platform.processor() or platform.machine(),
                                                 "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if args.step_only:
+        torch.manual_seed(0)
+        clip = load_model("ViT-B-32", device="cpu", allow_random=True)
+        report["cost"] = {"model": "ViT-B-32 (random weights)", "step": step_costs(clip)}
+        print(json.dumps(report, indent=2))
+        return
+    if args.ovi_only:
+        report["ovi"] = bench_ovi.ovi_section(args)
+        print(json.dumps(report, indent=2))
+        return
     if args.cost_only:
         chosen = {"steps": args.warm_steps, "lr": args.warm_lr}
     else:
         report["quality"] = quality(args)
         chosen = report["quality"]["chosen"]
     report["cost"] = cost(args, chosen)
+    report["ovi"] = bench_ovi.ovi_section(args)
     print(json.dumps(report, indent=2))
 
 

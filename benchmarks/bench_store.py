@@ -32,10 +32,10 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 from qdrant_client import models
+from timing import timed, timings
 
 from crossgap_qdrant.store.engines import open_collection
 
@@ -93,12 +93,8 @@ def query_requests(queries: np.ndarray, prefetch_limit: int) -> dict[str, list[m
 
 def latency(collection, requests: list[models.QueryRequest]) -> dict:
     collection.query(requests[:1])  # warm-up
-    seconds = []
-    for r in requests:
-        start = time.perf_counter()
-        collection.query([r])
-        seconds.append(time.perf_counter() - start)
-    seconds.sort()
+    one_at_a_time = iter(requests)
+    seconds = sorted(timings(lambda: collection.query([next(one_at_a_time)]), len(requests)))
     return {"p50_ms": 1e3 * statistics.median(seconds), "mean_ms": 1e3 * statistics.fmean(seconds),
             "p95_ms": 1e3 * seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))]}
 
@@ -119,17 +115,11 @@ def run_engine(engine: str, n: int, args, batches, requests, root: str) -> dict:
     result: dict = {"engine": collection.engine, "mode": engine}
     try:
         collection.create({name: args.dim for name in VECTORS}, {"bench": True})
-        seconds = 0.0
-        for points in batches:
-            start = time.perf_counter()
-            collection.upsert(points)
-            seconds += time.perf_counter() - start
+        seconds = sum(timed(collection.upsert, points)[1] for points in batches)
         result["ingest_s"] = seconds
         result["ingest_items_per_s"] = n / seconds
         if engine == "edge":
-            start = time.perf_counter()
-            collection.optimize()
-            result["optimize_s"] = time.perf_counter() - start
+            result["optimize_s"] = timed(collection.optimize)[1]
             result["indexed_vectors"] = collection.indexed_vectors()
             result["ingest_items_per_s_with_optimize"] = n / (seconds + result["optimize_s"])
             # the default path (exact below EXACT_SEARCH_BELOW points), then the HNSW path whatever the size

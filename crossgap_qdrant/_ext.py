@@ -10,9 +10,16 @@ import os
 
 import torch
 
+from crossgap_qdrant.errors import CrossgapError
+
 REBUILD_COMMAND = "python -m pip install --no-build-isolation -e ."
 
 _loaded = False
+
+
+class ExtensionNotBuiltError(CrossgapError, ImportError):
+    """The compiled operators are missing or were built against another PyTorch (the message names the
+    rebuild command)."""
 
 
 def library_path() -> str | None:
@@ -28,20 +35,21 @@ def is_loaded() -> bool:
 
 
 def load_library() -> None:
-    """Registers torch.ops.crossgap.*; raises ImportError naming the rebuild command when missing."""
+    """Registers torch.ops.crossgap.*; raises ExtensionNotBuiltError (an ImportError) naming the rebuild
+    command when the library is missing."""
     global _loaded
     if _loaded:
         return
     path = library_path()
     if path is None:
-        raise ImportError(
+        raise ExtensionNotBuiltError(
             "crossgap_qdrant's compiled operators (crossgap_qdrant/_C*.so) are missing. "
             f"Build them from the project root with: {REBUILD_COMMAND}"
         )
     try:
         torch.ops.load_library(path)
     except OSError as exc:
-        raise ImportError(
+        raise ExtensionNotBuiltError(
             f"crossgap_qdrant could not load its compiled operators from {path} ({exc}); they were probably "
             f"built against another PyTorch. Rebuild them with: {REBUILD_COMMAND}"
         ) from exc

@@ -10,39 +10,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 import numpy as np
+import torch
 
 from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
+from crossgap_qdrant.evaluate import hits_to_similarity
+from crossgap_qdrant.evaluate.representations import tune_isoclip
+from crossgap_qdrant.images import load_pixels
+from crossgap_qdrant.inversion import OTIConfig
 from crossgap_qdrant.metrics import bootstrap_ci, heldout_metrics, paired_bootstrap_ci, per_query, retrieval_metrics
-from crossgap_qdrant.model_specs import DEMO_MODEL_DIR, DEMO_MODEL_NAME, DEMO_SPEC
+from crossgap_qdrant.models import encode_images, encode_texts, load_model, register_model_config
+from crossgap_qdrant.models.specs import DEMO_MODEL_DIR, DEMO_MODEL_NAME, DEMO_SPEC, read_model_config
+from crossgap_qdrant.rivals import (
+    IsoCLIPProjector,
+    ModalityGapShift,
+    fit_pca_projector,
+    image_pre_projection,
+    published_cuts,
+)
+from crossgap_qdrant.store import MODES, CrossModalStore
 
 DEMO_CONFIG_FILE = DEMO_MODEL_DIR / "open_clip_config.json"
 DEMO_WEIGHTS_FILE = DEMO_MODEL_DIR / "open_clip_pytorch_model.bin"
 
-#: The demo model's open_clip architecture (also stored in demo_model/open_clip_config.json).
-DEMO_MODEL_CONFIG: dict[str, Any] = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 6, "width": 192, "patch_size": 8, "head_width": 64},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4},
-}
 
-#: The store's search modes the demo compares (the rivals isoclip, pca and gap_shift are added by brute force).
-STORE_MODES = ("native", "gallery_inverted", "query_inverted", "fused")
+
+def demo_model_config() -> dict[str, Any]:
+    """The demo model's open_clip architecture (``embed_dim``, ``vision_cfg``, ``text_cfg``), read from its one
+    copy, :data:`DEMO_CONFIG_FILE`."""
+    return read_model_config(DEMO_CONFIG_FILE)
 
 
 def register_demo_config() -> None:
     """Registers the demo architecture with open_clip under :data:`DEMO_MODEL_NAME` (for training scripts that
     build it from scratch; loading the committed model needs no registration)."""
-    from crossgap_qdrant.model_specs import read_model_config
-    from crossgap_qdrant.models import register_model_config
-
-    cfg = read_model_config(DEMO_CONFIG_FILE) if DEMO_CONFIG_FILE.is_file() else DEMO_MODEL_CONFIG
-    register_model_config(DEMO_MODEL_NAME, cfg)
+    register_model_config(DEMO_MODEL_NAME, demo_model_config())
 
 
 def load_demo_model(device: str | None = None):
@@ -52,15 +61,11 @@ def load_demo_model(device: str | None = None):
         The :class:`~crossgap_qdrant.models.ClipModel` handle. Its preprocess expects images flattened on
         white (:func:`crossgap_qdrant.datasets.flatten_image`), like the training images.
     """
-    from crossgap_qdrant.models import load_model
-
     return load_model(DEMO_SPEC, device=device or "cpu")
 
 
 def _load(model_name: str | None, pretrained: str | None, device: str | None):
     """The model handle: the demo model by default."""
-    from crossgap_qdrant.models import load_model
-
     if model_name is None:
         return load_demo_model(device)
     return load_model(model_name, pretrained=pretrained, device=device)
@@ -73,10 +78,6 @@ def _rival_scores(clip, paths: Sequence[str], img, txt, labels: Sequence[str]) -
     each query scored with the cuts chosen on the other half); pca: the bundled class names; gap_shift: means
     of these images and their captions, the shifted query against the native images.
     """
-    from crossgap_qdrant.evaluate.representations import tune_isoclip
-    from crossgap_qdrant.images import load_pixels
-    from crossgap_qdrant.rivals import (IsoCLIPProjector, ModalityGapShift, fit_pca_projector, image_pre_projection,
-                                        published_cuts)
 
     model, preprocess, tokenizer = clip
     pixels, own = load_pixels(preprocess, paths), np.arange(len(paths))
@@ -119,7 +120,7 @@ def run_demo(
     data_dir: str | Path = "demo_data",
     manifest: str | Path | None = None,
     oti_steps: int = 150,
-    modes: Sequence[str] = STORE_MODES,
+    modes: Sequence[str] = MODES,
     device: str | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -142,13 +143,7 @@ def run_demo(
         A dict with the sizes, per-method mAP (mean, 95% CI, number of queries), the paired difference to
         native, the modality gap and timings.
     """
-    import shutil
-    import tempfile
 
-    from crossgap_qdrant.evaluate import hits_to_similarity
-    from crossgap_qdrant.inversion import OTIConfig
-    from crossgap_qdrant.models import encode_images, encode_texts
-    from crossgap_qdrant.store import CrossModalStore
 
     def say(line: str = "") -> None:
         out.write(line + "\n")
@@ -206,8 +201,8 @@ def run_demo(
             shutil.rmtree(tmp, ignore_errors=True)
 
     # Direct check of the native route, the rivals by brute force, and the model's own alignment on this set.
-    img = encode_images(model, preprocess, paths)
-    txt = encode_texts(model, tokenizer, captions)
+    img = encode_images(clip, paths)
+    txt = encode_texts(clip, captions)
     direct_metrics = retrieval_metrics(img @ img.T, labels, labels, exclude=own)
     direct = direct_metrics.ap
     result["chance_mAP"] = direct_metrics.summary()["chance mAP"]
@@ -253,32 +248,40 @@ def run_demo(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's flags."""
     ap = argparse.ArgumentParser(
         prog="python -m crossgap_qdrant.demo",
         description="Ingest held-out openclipart images into embedded Qdrant and compare native vs inter-modal "
-        "image->image search (mAP with bootstrap 95%% CI).",
+        "image->image search (mAP with bootstrap 95% CI).",
     )
     ap.add_argument("--model", default=None, help="open_clip architecture (default: the committed demo model)")
     ap.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path for --model")
-    ap.add_argument("--per-category", type=int, default=30, help="held-out images per category (default 30)")
+    ap.add_argument("--per-category", type=int, default=30, help="held-out images per category (default: %(default)s)")
     ap.add_argument("--location", default=None, help="Qdrant location (default: a temporary local folder)")
-    ap.add_argument("--data-dir", default="demo_data", help="where flattened images are cached")
+    ap.add_argument("--data-dir", default="demo_data",
+                    help="where the images, flattened onto white, are cached (default: %(default)s)")
     ap.add_argument("--manifest", default=None, help="manifest.json from scripts/prepare_openclipart.py")
-    ap.add_argument("--oti-steps", type=int, default=150)
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--oti-steps", type=int, default=150,
+                    help="OTI optimisation steps per image (default: %(default)s, the published budget)")
+    ap.add_argument("--device", default=None,
+                    help="where the model runs: cpu, cuda, ... (default: cuda when available, else cpu)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: the demo model's ops are tiny, and several threads on a "
                     "busy CPU stall in OpenMP waits, measured 60x slower on a loaded 2-core machine; 0 keeps "
                     "torch's default)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress on stderr (default: a bar on a terminal, else a line every 10 s)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.pretrained and not args.model:
         ap.error("--pretrained needs --model")
     if args.threads > 0:
-        import torch
-
         torch.set_num_threads(args.threads)
     res = run_demo(args.model, args.pretrained, per_category=args.per_category, location=args.location,
                    data_dir=args.data_dir, manifest=args.manifest, oti_steps=args.oti_steps, device=args.device,

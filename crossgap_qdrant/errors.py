@@ -13,4 +13,8 @@ class CrossgapError(Exception):
     """Base of the errors crossgap-qdrant raises on purpose; the message names the problem and the fix."""
 
 
-__all__ = ["CrossgapError"]
+class MissingDependencyError(CrossgapError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra that brings it)."""
+
+
+__all__ = ["CrossgapError", "MissingDependencyError"]

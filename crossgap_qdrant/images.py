@@ -14,7 +14,10 @@ import warnings
 from pathlib import Path
 from typing import IO, Union
 
+import torch
 from PIL import Image, ImageOps
+from torchvision import transforms
+from torchvision.transforms.functional import pil_modes_mapping
 
 from crossgap_qdrant.errors import CrossgapError
 
@@ -137,11 +140,6 @@ def preprocess_image(preprocess, image: Image.Image):
 def _resize_then_crop(preprocess):
     """(short side S, crop (h, w), PIL filter) when ``preprocess`` begins with torchvision's Resize of the short
     side (no max_size) followed by CenterCrop; else None."""
-    try:
-        from torchvision import transforms
-        from torchvision.transforms.functional import pil_modes_mapping
-    except ImportError:  # pragma: no cover - torchvision comes with open_clip
-        return None
     steps = getattr(preprocess, "transforms", None)
     if not isinstance(steps, (list, tuple)) or len(steps) < 2:
         return None
@@ -166,8 +164,6 @@ def load_pixels(preprocess, sources, *, background: int | tuple[int, int, int] =
     Raises:
         ImageError: an image that cannot be read (the message names it).
     """
-    import torch
-
     return torch.stack([src if isinstance(src, torch.Tensor)
                         else preprocess_image(preprocess, load_image(src, background=background)) for src in sources])
 
@@ -199,7 +195,8 @@ def check_pixel_count(image: Image.Image, label: str, max_pixels: int | None = N
     if limit is not None and width * height > limit:
         raise ImageError(
             f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels; refused "
-            "as a possible decompression bomb (raise max_pixels if the image is trusted)"
+            "as a possible decompression bomb (raise max_pixels, --max-pixels on the command line, if the image is "
+            "trusted)"
         )
 
 
@@ -241,5 +238,5 @@ def _label(source: ImageSource, name: str | None) -> str:
 def _background(background: int | tuple[int, int, int]) -> tuple[int, int, int]:
     values = (background,) * 3 if isinstance(background, int) else tuple(background)
     if len(values) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in values):
-        raise ValueError(f"background must be an RGB triple (or one grey level) of ints in 0..255, got {background!r}")
+        raise ImageError(f"background must be an RGB triple (or one grey level) of ints in 0..255, got {background!r}")
     return values

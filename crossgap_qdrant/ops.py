@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from crossgap_qdrant import _ext
+from crossgap_qdrant import _ext, suffix_block
+from crossgap_qdrant.suffix_block import (  # noqa: F401  (the references beside their ops)
+    suffix_block_backward_reference,
+    suffix_block_forward_reference,
+)
 
 COSINE_EPS = 1e-8
 
@@ -119,8 +123,47 @@ def adamw_step_reference(
         p.addcdiv_(m, denom, value=-step_size)
 
 
+# -------------------------------------------------------------------------------------------- suffix_block
+def has_suffix_block(device: torch.device | str = "cpu") -> bool:
+    """True when the compiled library has the suffix-block kernels for ``device`` (older builds have not)."""
+    try:
+        require_library()
+    except ImportError:
+        return False
+    key = torch.device(device).type.upper()
+    return all(_has_kernel(f"crossgap::{op}", key) for op in ("suffix_block_forward", "suffix_block_backward"))
+
+
+def suffix_block_forward(x, prefix_k, prefix_v, mask_bias, params, ln_1_eps, ln_2_eps, activation):
+    """One residual block over a cached suffix, keeping what its backward needs (differentiable in x).
+
+    Args:
+        x: [B, S, W] float32/float64/bfloat16; prefix_k, prefix_v: [H, P, W/H] the block's prefix cache.
+        mask_bias: [S, P + S] float, 0 where a query sees a key, -inf elsewhere.
+        params: the block's 12 tensors in :func:`crossgap_qdrant.suffix_block.block_params` order.
+        ln_1_eps, ln_2_eps: layer-norm eps; activation: "gelu", "gelu_tanh" or "quick_gelu".
+
+    Returns:
+        out [B, S, W] and the saved x1 [B, S, W], qkv [B, S, 3W], probs [B, H, S, P+S], u [B, S, F],
+        stats [B, S, 4] (see csrc/suffix_block/suffix_block.h).
+    """
+    require_library()
+    return torch.ops.crossgap.suffix_block_forward(x, prefix_k, prefix_v, mask_bias, params, ln_1_eps, ln_2_eps,
+                                                   activation)
+
+
+def suffix_block_backward(grad_out, x, x1, qkv, probs, u, stats, prefix_k, prefix_v, params, activation):
+    """Gradient [B, S, W] in the block's input x from grad_out [B, S, W] and the forward's saved outputs."""
+    require_library()
+    return torch.ops.crossgap.suffix_block_backward(grad_out, x, x1, qkv, probs, u, stats, prefix_k, prefix_v,
+                                                    params, activation)
+
 
 # ------------------------------------------------------------------ Python parts of the compiled ops
+def _has_kernel(op: str, dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
+
+
 def _cosine_loss_fake(y, target):
     torch._check(y.dim() == 2, lambda: f"cosine_loss: y must be 2-D [B, E], got {tuple(y.shape)}")
     torch._check(y.shape == target.shape, lambda: "cosine_loss: target shape does not match y shape")
@@ -157,3 +200,5 @@ def _register_python_parts() -> None:
         "crossgap::cosine_loss", _cosine_loss_backward, setup_context=_cosine_loss_setup_context
     )
     torch.library.register_fake("crossgap::adamw_step", _adamw_step_fake)
+    if _has_kernel("crossgap::suffix_block_forward", "CPU"):
+        suffix_block.register_python_parts()

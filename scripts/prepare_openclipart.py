@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from crossgap_qdrant.datasets import OPENCLIPART_PNG, OPENCLIPART_SVG, build_manifest, flatten_image
 
@@ -50,11 +51,7 @@ def main(argv=None) -> int:
     cache = out / f"images_{args.size}.npy"
     arr = np.lib.format.open_memmap(cache.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint8,
                                     shape=(len(rows), 3, args.size, args.size))
-    try:
-        from tqdm import tqdm
-        it = tqdm(range(len(rows)), desc="decode", mininterval=5)
-    except ImportError:  # pragma: no cover
-        it = range(len(rows))
+    it = tqdm(range(len(rows)), desc="decode", mininterval=5)
     for i in it:
         arr[i] = np.asarray(flatten_image(rows[i]["png"], args.size)).transpose(2, 0, 1)
     arr.flush()

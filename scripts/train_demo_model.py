@@ -44,15 +44,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from crossgap_qdrant.demo import DEMO_MODEL_CONFIG, DEMO_MODEL_DIR, DEMO_MODEL_NAME  # noqa: E402
 from crossgap_qdrant.datasets import demo_subset  # noqa: E402
+from crossgap_qdrant.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME, demo_model_config  # noqa: E402
 from crossgap_qdrant.metrics import heldout_metrics  # noqa: E402
+from crossgap_qdrant.models import register_model_config  # noqa: E402
 
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
 STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
@@ -127,14 +129,11 @@ def main(argv=None) -> int:
     np_rng = np.random.default_rng(args.seed)
     py_rng = random.Random(args.seed)
 
-    import open_clip
-
-    from crossgap_qdrant.models import register_model_config
-
-    register_model_config(DEMO_MODEL_NAME, DEMO_MODEL_CONFIG)
+    model_cfg = demo_model_config()
+    register_model_config(DEMO_MODEL_NAME, model_cfg)
     model = open_clip.create_model(DEMO_MODEL_NAME, output_dict=True)
     tokenizer = open_clip.get_tokenizer(DEMO_MODEL_NAME)
-    size = DEMO_MODEL_CONFIG["vision_cfg"]["image_size"]
+    size = model_cfg["vision_cfg"]["image_size"]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {DEMO_MODEL_NAME}: {n_params / 1e6:.2f} M parameters", flush=True)
 
@@ -237,7 +236,7 @@ def main(argv=None) -> int:
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch.save(state, out_dir / "open_clip_pytorch_model.bin")
     cfg = {
-        "model_cfg": DEMO_MODEL_CONFIG,
+        "model_cfg": model_cfg,
         "preprocess_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist(),
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }

@@ -1,5 +1,6 @@
 """The command line, in-process (main(argv)) and once as a subprocess."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -8,22 +9,14 @@ import sys
 import pytest
 from PIL import Image
 
-from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, format_table, main
-from tests.conftest import TINY_CLIP
-from tests.test_evaluate import make_image_folder
-
-MODEL = ["--model", "test-tiny-clip", "--pretrained", "none", "--steps", "2", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("cli") / "imgs", per_class=2)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from crossgap_qdrant import _ext, demo
+from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, commands, evaluate_command, format_table, main
+from crossgap_qdrant.cli.parser import build_parser
+from crossgap_qdrant.cli.resources import retry_policy
+from crossgap_qdrant.store import CollectionNotFoundError, engines
+from crossgap_qdrant.store import edge as edge_module
+from tests.support.cli import MODEL, run
+from tests.support.tiny_models import TINY_CLIP
 
 
 def test_ingest_info_search(capsys, tmp_path, images):
@@ -51,8 +44,12 @@ def test_ingest_info_search(capsys, tmp_path, images):
         hits = json.loads(out)["hits"]
         assert len(hits) == 3 and all(h["payload"]["source"] != str(query) for h in hits)  # query excluded
     code, out, err = run(capsys, "search", query, *MODEL, *loc, "--mode", "native", "--limit", "2")
-    assert code == EXIT_OK and out.splitlines()[0].split() == ["rank", "score", "id", "item", "label"]
-    assert len(out.splitlines()) == 4
+    assert code == EXIT_OK and out.splitlines()[0].startswith("query: ")  # the header line, then the table
+    assert out.splitlines()[1].split() == ["rank", "cosine", "id", "item"]  # no empty label column
+    assert len(out.splitlines()) == 6 and out.splitlines()[-1].startswith("image->image search, mode native; cosine")
+    code, out, err = run(capsys, "search", query, *MODEL, *loc, "--mode", "fused", "--limit", "2")
+    assert code == EXIT_OK and out.splitlines()[1].split()[:2] == ["rank", "rrf"], out  # a rank score, not a cosine
+    assert "mode fused; rrf: reciprocal rank fusion" in out
 
     # a second ingestion of the same folder adds nothing
     code, out, _ = run(capsys, "ingest", images, *MODEL, *loc, "--isoclip", "1,2", "--json")
@@ -244,13 +241,12 @@ def test_fit_warm_start_then_search_with_it(capsys, tmp_path, images):
     assert code == EXIT_USAGE and "--warm-steps" in err  # --steps would be silently replaced
     code, out, _ = run(capsys, "info", *loc, "--json")
     assert json.loads(out)["warm_start"]["image"]["steps"] == 3
-    code, _, err = run(capsys, "fit-warm-start", *MODEL, "--location", ":memory:")
-    assert code == EXIT_ERROR and "no" in err
+    for command in (["fit-warm-start", *MODEL], ["ingest", images / "dog", *MODEL], ["info"]):
+        code, _, err = run(capsys, *command, "--location", ":memory:")  # nothing would be kept
+        assert code == EXIT_USAGE and ":memory: keeps nothing" in err
 
 
 def test_a_missing_build_is_one_line_naming_the_rebuild(capsys, tmp_path, images, monkeypatch):
-    from crossgap_qdrant import _ext
-
     monkeypatch.setattr(_ext, "_loaded", False)
     monkeypatch.setattr(_ext, "library_path", lambda: None)
     code, _, err = run(capsys, "ingest", images / "dog", *MODEL, "--location", tmp_path / "q")
@@ -258,9 +254,184 @@ def test_a_missing_build_is_one_line_naming_the_rebuild(capsys, tmp_path, images
 
 
 def test_default_server_deadline_is_at_most_30_seconds():
-    from crossgap_qdrant.cli.common import retry_policy
-    from crossgap_qdrant.cli.parser import build_parser
-
     for command in (["info"], ["search", "q", "--text"], ["ingest", "x"]):
         args = build_parser().parse_args(command)
         assert args.timeout <= 30 and retry_policy(args).deadline <= 30
+
+
+def test_help_and_usage_errors_import_neither_torch_nor_open_clip_nor_qdrant():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "crossgap_qdrant.cli", "--help"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0 and "usage: crossgap-qdrant" in done.stdout, done.stderr
+    probe = ("import sys\n"
+             "from crossgap_qdrant.cli import main\n"
+             "codes = [main(['--help']), main(['search', '--help']), main(['search'])]\n"
+             "heavy = [m for m in ('torch', 'open_clip', 'qdrant_client', 'qdrant_edge') if m in sys.modules]\n"
+             "print(codes, heavy)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[0, 0, 2] []"
+
+
+def test_a_bug_keeps_its_traceback_and_a_known_error_is_one_line(capsys, monkeypatch, tmp_path):
+    def bug(args):
+        raise TypeError("unsupported operand")
+
+    def known(args):
+        raise CollectionNotFoundError("no collection 'photos' here; check --collection")
+
+    monkeypatch.setattr(commands, "cmd_info", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):  # not turned into an "expected" one-liner
+        main(["info", "--location", str(tmp_path / "q")])
+    monkeypatch.setattr(commands, "cmd_info", known)
+    code, _, err = run(capsys, "info", "--location", tmp_path / "q")
+    assert code == EXIT_ERROR
+    assert err.strip() == "crossgap-qdrant: error: no collection 'photos' here; check --collection"
+    # as a program: a bug exits 1 with the traceback on stderr
+    probe = ("import sys\n"
+             "from crossgap_qdrant.cli import commands, run\n"
+             "def bug(args):\n"
+             "    raise RuntimeError('an internal invariant broke')\n"
+             "commands.cmd_info = bug\n"
+             f"sys.argv = ['crossgap-qdrant', 'info', '--location', {str(tmp_path / 'q')!r}]\n"
+             "run()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "RuntimeError: an internal invariant broke" in done.stderr
+
+
+def test_the_engine_that_wrote_a_folder_is_used_and_another_refused(capsys, tmp_path, images):
+    edge, local = tmp_path / "edge", tmp_path / "local"
+    assert run(capsys, "ingest", images / "dog", *MODEL, "--location", edge, "--no-invert")[0] == EXIT_OK
+    for command in (["info"], ["ingest", images / "cat", *MODEL, "--no-invert"]):
+        code, _, err = run(capsys, *command, "--location", edge, "--engine", "local")
+        assert code == EXIT_ERROR and "written by Qdrant's embedded engine (edge)" in err, err
+        assert "--engine" in err and "Traceback" not in err
+    assert sorted(p.name for p in edge.iterdir()) == ["crossgap"]  # no meta.json, .lock or second collection
+    code, out, _ = run(capsys, "info", "--location", edge, "--json")
+    assert code == EXIT_OK and json.loads(out)["points"] == 2
+    assert run(capsys, "ingest", images / "dog", *MODEL, "--location", local, "--engine", "local",
+               "--no-invert")[0] == EXIT_OK
+    code, out, err = run(capsys, "info", "--location", local, "--json")  # no --engine: the one that wrote it
+    assert code == EXIT_OK and json.loads(out)["engine"] == "qdrant-client", err
+    code, _, err = run(capsys, "info", "--location", local, "--engine", "edge")
+    assert code == EXIT_ERROR and "written by qdrant-client's local mode" in err
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(capsys, tmp_path, images, monkeypatch):
+    folder = tmp_path / "q"
+    assert run(capsys, "ingest", images / "dog", *MODEL, "--location", folder, "--no-invert")[0] == EXIT_OK
+    real = edge_module.qe
+
+    class ReadOnlyShard:
+        @staticmethod
+        def load(path):  # what qdrant-edge raises on a read-only mount (os error 30) or without permission
+            raise Exception("Service runtime error: failed to load segment: Failed to open mmap payload storage: "
+                            "Read-only file system (os error 30)")
+
+    class ReadOnlyEdge:
+        EdgeShard = ReadOnlyShard
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(edge_module, "qe", ReadOnlyEdge())
+    for command in (["info"], ["search", images / "dog" / "0.png", *MODEL, "--mode", "native"]):
+        code, _, err = run(capsys, *command, "--location", folder)
+        errors = [line for line in err.splitlines() if "error" in line]
+        assert code == EXIT_ERROR and len(errors) == 1 and "Traceback" not in err, err
+        assert "cannot be written" in err and "copy the folder" in err
+
+
+def test_arguments_and_locations_are_checked_before_the_model_loads(capsys, tmp_path, images, monkeypatch):
+    def no_model(args):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    loc = ["--location", tmp_path / "q"]
+    assert run(capsys, "ingest", images / "dog", *MODEL, *loc, "--no-invert")[0] == EXIT_OK
+    monkeypatch.setattr(commands, "load_handle", no_model)
+    monkeypatch.setattr(evaluate_command, "load_handle", no_model)
+    code, _, err = run(capsys, "search", "  ", "--text", *MODEL, *loc)
+    assert code == EXIT_USAGE and "text query is empty" in err
+    for command in (["search", "a cat", "--text"], ["invert"], ["fit-warm-start"]):
+        code, _, err = run(capsys, *command, *MODEL, *loc, "--collection", "typo")
+        assert code == EXIT_ERROR and "no collection 'typo'" in err, command
+    report = tmp_path / "report.txt"
+    report.write_text("mine")
+    code, _, err = run(capsys, "evaluate", images, *MODEL, "--out", report)
+    assert code == EXIT_USAGE and "is a file" in err and report.read_text() == "mine"
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [*subparsers.choices.items(), ("demo", demo.build_parser())]:
+        for action in sub._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or action.dest == "help":
+                continue
+            assert action.help, (name, action.option_strings)
+            if action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action.default, bool):
+                assert "default" in action.help, (name, action.option_strings)
+        assert "%%" not in sub.format_help() and "%(" not in sub.format_help(), name
+    info = subparsers.choices["info"].format_help()
+    assert "--threads" not in info and "--progress" not in info and "--model" not in info  # info uses neither
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == EXIT_OK and out.startswith("crossgap-qdrant ") and len(out.split()) == 2
+
+
+def test_info_is_stable_names_the_search_mode_and_stays_compact(capsys, tmp_path, images):
+    loc = ["--location", tmp_path / "q"]
+    assert run(capsys, "ingest", images / "dog", *MODEL, *loc, "--isoclip", "1,2")[0] == EXIT_OK
+    code, out, _ = run(capsys, "info", *loc, "--json")
+    info = json.loads(out)
+    assert list(info["vectors"]) == sorted(info["vectors"])
+    assert info["default_modes"] == {"image": "gallery_inverted", "text": "gallery_inverted"}
+    code, out, _ = run(capsys, "info", *loc)
+    assert "search mode: image->image gallery_inverted (default), text->text gallery_inverted (default)" in out
+    assert commands.compact({"basis": "A" * 45000, "cuts": [1, 2], "mean": [0.5] * 512}) == {
+        "basis": "<45000 characters>", "cuts": [1, 2], "mean": "<512 numbers>"}
+
+
+@pytest.mark.parametrize("command, kept", [("ingest", "run the same command again to resume"),
+                                           ("info", "nothing was changed")])
+def test_ctrl_c_exits_130_saying_what_was_kept(capsys, monkeypatch, tmp_path, command, kept):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, f"cmd_{command}", interrupted)
+    argv = [command, *([tmp_path, *MODEL] if command == "ingest" else []), "--location", tmp_path / "q"]
+    code, _, err = run(capsys, *argv)
+    assert code == 130 and "interrupted" in err and kept in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_is_quiet(capsys, tmp_path, images):
+    assert run(capsys, "ingest", images / "dog", *MODEL, "--location", tmp_path / "q", "--no-invert")[0] == EXIT_OK
+    read, write = os.pipe()
+    os.close(read)  # the reader went away before anything was written, as `| head -1` does
+    try:
+        done = subprocess.run([sys.executable, "-m", "crossgap_qdrant.cli", "info", "--location", tmp_path / "q"],
+                              stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 141
+
+
+def test_the_client_s_version_check_is_off_so_its_warning_does_not_leak(capsys, monkeypatch):
+    seen = {}
+
+    class Client:  # qdrant-client warns from its version check on any server it cannot ask for a version
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr(engines, "QdrantClient", Client)
+    code, _, err = run(capsys, "info", "--location", "http://127.0.0.1:9", "--retries", "0")
+    assert code == EXIT_ERROR and seen.get("check_compatibility") is False, seen

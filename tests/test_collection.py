@@ -5,6 +5,7 @@ engines agree with each other by construction.
 """
 
 import errno
+import http.server
 import json
 import os
 import socket
@@ -18,16 +19,25 @@ import uuid
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.local import persistence
 
 from crossgap_qdrant.store import edge as edge_module
 from crossgap_qdrant.store.client_engine import ClientCollection
-from crossgap_qdrant.store.connection import QdrantServerError
 from crossgap_qdrant.store.connection import RetryPolicy
-from crossgap_qdrant.store.edge import CorruptMetadataError, EdgeCollection
-from crossgap_qdrant.store.edge_filters import UntranslatableError
+from crossgap_qdrant.store.edge import EdgeCollection
 from crossgap_qdrant.store.engines import engine_for, open_collection
-from crossgap_qdrant.store.errors import (CollectionNotFoundError, SchemaMismatchError, StorageFullError,
-                                          StoreLockedError)
+from crossgap_qdrant.store.errors import (
+    CollectionNotFoundError,
+    CorruptMetadataError,
+    InvalidPointIdError,
+    QdrantServerError,
+    SchemaMismatchError,
+    StorageFullError,
+    StoreLockedError,
+    UntranslatableError,
+)
+from crossgap_qdrant.store.ids import normalize_point_id
 
 ENGINES = ["edge", "memory", "local"]
 DIM = 8
@@ -171,6 +181,18 @@ def test_uuid_ids(coll):
     (rec,) = coll.retrieve([pid], with_payload=True)
     assert rec.id == pid and rec.payload == {"a": 1}
     assert coll.count(models.Filter(must=[models.HasIdCondition(has_id=[pid])])) == 1
+
+
+def test_point_ids_follow_one_rule_on_every_engine(coll):
+    coll.create({"image": DIM}, META)
+    coll.upsert([models.PointStruct(id=5, vector={"image": [1.0] * DIM}, payload={"a": 1})])
+    coll.set_payload([np.int64(5)], {"b": 2})  # numpy integers name points like ints (ids read from arrays)
+    (rec,) = coll.retrieve([np.uint64(5)], with_payload=True)
+    assert rec.id == 5 and rec.payload == {"a": 1, "b": 2}
+    assert normalize_point_id(np.int64(5)) == 5 and type(normalize_point_id(np.int64(5))) is int
+    for bad in (True, -1, 2**64, "not-a-uuid", 1.5):
+        with pytest.raises(InvalidPointIdError, match="invalid point id"):
+            coll.retrieve([bad])
 
 
 def test_update_vectors_and_set_payload(coll):
@@ -504,8 +526,6 @@ def test_edge_corrupt_sidecar_is_named(tmp_path, content):
 
 
 def test_local_disk_full_names_the_folder(tmp_path, monkeypatch):
-    from qdrant_client.local import persistence
-
     c = _open("local", tmp_path)
     _fill(c)
 
@@ -598,8 +618,6 @@ def test_hanging_server_fails_within_the_deadline(hanging_server):
 
 
 def test_server_errors_carry_no_body_or_credentials():
-    from qdrant_client.http.exceptions import UnexpectedResponse
-
     class Refusing:
         def count(self, **kwargs):
             raise UnexpectedResponse(status_code=400, reason_phrase="Bad Request", headers={},
@@ -622,8 +640,6 @@ def test_server_errors_carry_no_body_or_credentials():
 
 
 def test_a_create_retried_after_a_lost_answer_accepts_its_own_collection():
-    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
     class LostAnswer:
         """The first create reaches the server but its answer is lost; the retry is told it exists (409)."""
 
@@ -658,8 +674,6 @@ def test_a_create_retried_after_a_lost_answer_accepts_its_own_collection():
 @pytest.fixture
 def refusing_server():
     """A loopback HTTP server that answers every request with one status and a body holding a secret."""
-    import http.server
-
     state = {"status": 400}
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from crossgap_qdrant.datasets import demo_subset, flatten_image, flatten_to_folder, safe_relative_path
+from crossgap_qdrant.images import ImageError
 
 
 def _transparent_png(path):
@@ -25,10 +26,6 @@ def test_flatten_image_puts_transparency_on_white(tmp_path):
 
 
 def test_flatten_image_refuses_a_bomb_before_decoding_it(tmp_path, monkeypatch):
-    from PIL import ImageFile
-
-    from crossgap_qdrant.images import ImageError
-
     path = _transparent_png(tmp_path / "big.png")  # 40 x 20 = 800 pixels
     decoded = []
     load = ImageFile.ImageFile.load

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 from crossgap_qdrant import datasets, demo
 from crossgap_qdrant.models import encode_texts, load_model
@@ -28,7 +29,7 @@ def test_committed_checkpoint_is_small_and_describes_its_architecture():
     files = [f for f in demo.DEMO_MODEL_DIR.iterdir() if f.is_file()]
     assert sum(f.stat().st_size for f in files) <= 25 * 1024 * 1024
     cfg = json.loads(demo.DEMO_CONFIG_FILE.read_text())
-    assert cfg["model_cfg"] == demo.DEMO_MODEL_CONFIG
+    assert cfg["model_cfg"] == demo.demo_model_config()
     assert cfg["model_cfg"]["text_cfg"]["vocab_size"] == 49408
 
 
@@ -47,14 +48,12 @@ def test_checkpoint_loads_through_load_model_with_a_local_path(demo_model):
 
 @needs_checkpoint
 def test_demo_model_gives_unit_features_of_the_embedding_width(demo_model):
-    from PIL import Image
-
     model, preprocess, tokenizer = demo_model
-    width = demo.DEMO_MODEL_CONFIG["embed_dim"]
+    width = demo.demo_model_config()["embed_dim"]
     images = [Image.new("RGB", (90, 70), c) for c in ("white", "red")]
     with torch.no_grad():
         img = model.encode_image(torch.stack([preprocess(im) for im in images]), normalize=True)
-    txt = encode_texts(model, tokenizer, ["a red star", "a computer icon"])
+    txt = encode_texts(demo_model, ["a red star", "a computer icon"])
     assert img.shape == (2, width) and txt.shape == (2, width)
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(txt.norm(dim=-1), torch.ones(2))

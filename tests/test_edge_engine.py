@@ -9,33 +9,21 @@ import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 from qdrant_client import models
 
+from crossgap_qdrant.cli import EXIT_ERROR, main
+from crossgap_qdrant.store import CrossModalStore, edge_files
 from crossgap_qdrant.store import edge as edge_module
-from crossgap_qdrant.store import edge_files
 from crossgap_qdrant.store.engines import open_collection
 from crossgap_qdrant.store.errors import CorruptCollectionError, StorageFullError
-
-DIM = 8
-N = 50
-
-
-def _make(folder, name="c", n=N, optimize=False):
-    coll = open_collection(folder, name, create_folder=True)
-    rng = np.random.default_rng(0)
-    coll.create({"image": DIM, "text": DIM}, {"m": 1})
-    coll.upsert([models.PointStruct(id=i, vector={"image": rng.normal(size=DIM).tolist()}, payload={"n": i})
-                 for i in range(n)])
-    if optimize:
-        coll.optimize()
-    coll.close()
+from tests.support.edge import DIM, N, first_segment, make_collection
+from tests.support.store import FAST
 
 
 def test_first_use_from_many_threads_opens_the_shard_once(tmp_path):
     folder = tmp_path / "db"
-    _make(folder)
+    make_collection(folder)
     for _ in range(10):
         coll = open_collection(folder, "c")  # fresh: the shard is opened on first use
         barrier, errors, counts = threading.Barrier(8), [], []
@@ -58,10 +46,6 @@ def test_first_use_from_many_threads_opens_the_shard_once(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- damaged folders
-def _segment(root):
-    return next((root / "c" / "shard" / "segments").iterdir())
-
-
 def _write(path, data: bytes):
     path.write_bytes(data)
 
@@ -88,12 +72,12 @@ DAMAGE = {
     "wal segment's first page zeroed": lambda r: _zero_first_page(r / "c" / "shard" / "wal" / "open-1"),
     "first-index empty": lambda r: _write(r / "c" / "shard" / "wal" / "first-index", b""),
     "first-index garbage": lambda r: _write(r / "c" / "shard" / "wal" / "first-index", b"garbage!!"),
-    "segment.json empty": lambda r: _write(_segment(r) / "segment.json", b""),
-    "segment.json garbage": lambda r: _write(_segment(r) / "segment.json", b"{garbage"),
-    "segment.json deleted": lambda r: (_segment(r) / "segment.json").unlink(),
-    "version.info garbage": lambda r: _write(_segment(r) / "version.info", b"zzz"),
-    "id tracker mappings garbage": lambda r: _write(_segment(r) / "mutable_id_tracker.mappings", b"\xff" * 600),
-    "payload index config garbage": lambda r: _write(_segment(r) / "payload_index" / "config.json", b"{{"),
+    "segment.json empty": lambda r: _write(first_segment(r) / "segment.json", b""),
+    "segment.json garbage": lambda r: _write(first_segment(r) / "segment.json", b"{garbage"),
+    "segment.json deleted": lambda r: (first_segment(r) / "segment.json").unlink(),
+    "version.info garbage": lambda r: _write(first_segment(r) / "version.info", b"zzz"),
+    "id tracker mappings garbage": lambda r: _write(first_segment(r) / "mutable_id_tracker.mappings", b"\xff" * 600),
+    "payload index config garbage": lambda r: _write(first_segment(r) / "payload_index" / "config.json", b"{{"),
     "edge_config with another size": lambda r: _edge_config_with_size(r, DIM + 1),
     "edge_config deleted": lambda r: (r / "c" / "shard" / "edge_config.json").unlink(),
 }
@@ -109,7 +93,7 @@ def _snapshot(root):
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory):
     folder = tmp_path_factory.mktemp("healthy") / "db"
-    _make(folder, optimize=True)
+    make_collection(folder, optimize=True)
     coll = open_collection(folder, "c")  # an opening folds the payload tracker's journal into the tracker
     assert coll.count() == N
     coll.close()
@@ -118,7 +102,6 @@ def healthy(tmp_path_factory):
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_shard_is_one_line_naming_the_folder_and_nothing_changes(healthy, tmp_path, capsys, damage):
-    from crossgap_qdrant.cli import EXIT_ERROR, main
 
     root = tmp_path / "db"
     shutil.copytree(healthy, root)
@@ -149,7 +132,7 @@ def test_ingest_into_a_shard_without_its_config_is_refused_without_writing(healt
 def test_an_engine_panic_is_a_store_error_naming_the_folder(healthy, tmp_path):
     root = tmp_path / "db"
     shutil.copytree(healthy, root)
-    with open(_segment(root) / "payload_storage" / "tracker.dat", "r+b") as f:
+    with open(first_segment(root) / "payload_storage" / "tracker.dat", "r+b") as f:
         f.write(b"\xff" * 4096)  # the engine panics reading payloads through this tracker
     coll = open_collection(root, "c")
     assert coll.count() == N
@@ -187,8 +170,6 @@ class FlushFails:
 
 
 def test_the_first_error_is_kept_when_closing_fails_too(tiny_clip, tmp_path, monkeypatch):
-    from crossgap_qdrant.store import CrossModalStore
-    from tests.store_support import FAST
 
     folder = str(tmp_path / "q")
     with CrossModalStore.open(folder, "gallery", tiny_clip, **FAST) as store:
@@ -220,7 +201,7 @@ def test_opening_for_reading_checks_the_headroom_first(healthy, monkeypatch):
 
 def test_the_write_headroom_is_proportional_to_the_store(tmp_path, monkeypatch):
     folder = tmp_path / "db"
-    _make(folder)
+    make_collection(folder)
     coll = open_collection(folder, "c")
     assert coll.count() == N  # opened with the disk's real free space
     monkeypatch.setattr(edge_module, "free_bytes", lambda path: 68 * 2**20)  # plenty for a store of a few MiB
@@ -246,7 +227,7 @@ def test_reading_a_store_on_a_full_tmpfs_is_one_line_not_sigbus(tmp_path):
     _mount_tmpfs(mount, 200)
     try:
         folder = mount / "db"
-        _make(folder)
+        make_collection(folder)
         ballast = mount / "ballast"
         free = shutil.disk_usage(mount).free
         with open(ballast, "wb") as f:

@@ -1,44 +1,50 @@
 """Evaluation harness: data loading, torch/Qdrant agreement, bootstrap, report."""
 
 import json
+import shutil
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgba
 from PIL import Image
 
+from crossgap_qdrant import metrics
 from crossgap_qdrant.evaluate import (
+    KNOWN_METHODS,
     METHODS,
     DataError,
     EvaluationConfig,
+    EvaluationResult,
     LabelledSet,
+    MethodResult,
+    apply_recommendation,
     bootstrap_ci,
     evaluate,
     load_image_folder,
     load_labelled_set,
     load_labelled_texts,
     load_split,
+    recommend,
+    report,
     rrf_scores,
+    split_method,
     write_report,
 )
+from crossgap_qdrant.evaluate.harness import _add_paired_differences
+from crossgap_qdrant.evaluate.recommend import store_mode
+from crossgap_qdrant.evaluate.representations import crossfit_choice
 from crossgap_qdrant.inversion import OTIConfig, OVIConfig
+from crossgap_qdrant.metrics import RetrievalMetrics, retrieval_metrics
+from crossgap_qdrant.models import ClipModel, encode_images, encode_texts, load_model
+from crossgap_qdrant.rivals import fit_gap_shift, isoclip
+from crossgap_qdrant.store import MODES, CrossModalStore
+from tests.support.image_folders import make_image_folder
 
 FAST = dict(oti_config=OTIConfig(steps=3), ovi_config=OVIConfig(steps=3), bootstrap=50, latency_queries=2)
-
-
-def make_image_folder(root, classes=("cat", "dog", "car"), per_class=3, size=36):
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            base = np.zeros((size, size, 3), dtype=np.uint8)
-            # a class colour plus noise; the last image of each class takes the next class's colour, so that
-            # no method is perfect
-            base[..., (c + (i == per_class - 1)) % len(classes)] = 200
-            noise = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-            Image.fromarray(base + noise).save(root / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +53,6 @@ def image_folder(tmp_path_factory):
 
 
 def test_bootstrap_ci_is_the_shared_one():
-    from crossgap_qdrant import metrics
-
     assert bootstrap_ci is metrics.bootstrap_ci  # one copy (tested in test_metrics.py), re-exported here
 
 
@@ -76,16 +80,13 @@ def test_loaders(tmp_path, image_folder):
     assert load_labelled_set(jsonl).gallery_labels == ["x", "y"]
     # a split of images given by paths relative to the list files
     (tmp_path / "q.tsv").write_text(f"cat\t{image_folder}/cat/0.png\n")
-    (tmp_path / "g.tsv").write_text("".join(f"{c}\t{image_folder}/{c}/{i}.png\n" for c in ("cat", "dog") for i in (1, 2)))
+    lines = (f"{c}\t{image_folder}/{c}/{i}.png\n" for c in ("cat", "dog") for i in (1, 2))
+    (tmp_path / "g.tsv").write_text("".join(lines))
     split = load_split(tmp_path / "q.tsv", tmp_path / "g.tsv")
     assert split.modality == "image" and split.split and split.num_queries == 1 and len(split.gallery) == 4
 
 
 def test_unreadable_images_are_left_out_and_named(tiny_clip, tmp_path, monkeypatch, caplog):
-    import shutil
-
-    from crossgap_qdrant.evaluate import evaluate
-
     root = make_image_folder(tmp_path / "set")
     Image.new("RGB", (40, 40)).save(root / "cat" / "huge.png")
     (root / "dog" / "broken.png").write_bytes(b"not a png")
@@ -120,10 +121,9 @@ def test_loader_errors(tmp_path):
 
 
 def test_torch_and_qdrant_agree_on_images(tiny_clip, image_folder, tmp_path):
-    model, preprocess, tokenizer = tiny_clip
     data = load_image_folder(image_folder)
     config = EvaluationConfig(isoclip_k_top=2, isoclip_k_bottom=4, **FAST)
-    result = evaluate(model, preprocess, tokenizer, data, config, model_id="test-tiny-clip")
+    result = evaluate(tiny_clip, data, config, model_id="test-tiny-clip")
     assert {r.method for r in result.by_backend("torch")} == set(METHODS)
     assert {r.method for r in result.by_backend("qdrant")} == set(METHODS)
     agreement = result.agreement()
@@ -163,22 +163,19 @@ def test_torch_and_qdrant_agree_on_images(tiny_clip, image_folder, tmp_path):
 
 
 def test_split_and_texts_agree(tiny_clip, tmp_path):
-    model, preprocess, tokenizer = tiny_clip
     gallery = ["a red apple", "a green apple", "a fast car", "a red car", "a small dog", "a big dog"]
     glabels = ["fruit", "fruit", "car", "car", "dog", "dog"]
     data = LabelledSet("text", gallery, glabels, ["an apple", "a truck"], ["fruit", "car"], name="t")
     config = EvaluationConfig(methods=("native", "query_inverted", "fused", "isoclip", "gap_shift"), **FAST)
-    result = evaluate(model, preprocess, tokenizer, data, config, model_id="test-tiny-clip")
+    result = evaluate(tiny_clip, data, config, model_id="test-tiny-clip")
     assert "gap_shift" in result.skipped  # no image sample for a text set
     assert {r.method for r in result.by_backend("qdrant")} == {"native", "query_inverted", "fused", "isoclip"}
     assert max(result.agreement().values()) < 1e-6
     for r in result.results:
         assert r.metrics.num_queries == 2
     # with queries apart, nothing is excluded: the native torch scores are plain cosines over the gallery
-    from crossgap_qdrant.models import encode_texts
 
-    g, q = encode_texts(model, tokenizer, gallery), encode_texts(model, tokenizer, ["an apple", "a truck"])
-    from crossgap_qdrant.metrics import retrieval_metrics
+    g, q = encode_texts(tiny_clip, gallery), encode_texts(tiny_clip, ["an apple", "a truck"])
 
     expected = retrieval_metrics(q @ g.T, ["fruit", "car"], glabels).summary()["mAP"]
     native = next(r for r in result.by_backend("torch") if r.method == "native")
@@ -186,10 +183,6 @@ def test_split_and_texts_agree(tiny_clip, tmp_path):
 
 
 def test_method_names_are_the_store_modes():
-    from crossgap_qdrant.evaluate import KNOWN_METHODS, split_method
-    from crossgap_qdrant.evaluate.recommend import store_mode
-    from crossgap_qdrant.store import MODES
-
     assert METHODS[: len(MODES)] == MODES
     assert set(METHODS) == set(MODES) | {"isoclip", "pca", "gap_shift", "native_hub", "gallery_inverted_hub",
                                          "query_inverted_hub"}
@@ -204,8 +197,6 @@ def test_method_names_are_the_store_modes():
 
 
 def test_handle_names_the_model_in_the_report_never_its_path(tiny_clip, image_folder, tmp_path):
-    from crossgap_qdrant.models import load_model
-
     checkpoint = tmp_path / "very" / "private" / "runs" / "epoch_3.pt"
     checkpoint.parent.mkdir(parents=True)
     torch.save(tiny_clip.model.state_dict(), checkpoint)
@@ -226,9 +217,6 @@ def test_handle_names_the_model_in_the_report_never_its_path(tiny_clip, image_fo
 
 def _fake_result(model_name="ViT-B-32/epoch_32.pt", n=30, seed=0):
     """A result with two backends and six methods, built from random per-query scores (no model)."""
-    from crossgap_qdrant.evaluate import EvaluationResult, MethodResult
-    from crossgap_qdrant.evaluate.harness import _add_paired_differences
-    from crossgap_qdrant.metrics import retrieval_metrics
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 5, size=n).tolist()
@@ -257,12 +245,8 @@ def test_report_text(tmp_path):
 
 
 def test_plot_title_labels_and_panels(tmp_path, monkeypatch):
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from crossgap_qdrant.evaluate import report
 
     figures = []
     monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
@@ -273,7 +257,6 @@ def test_plot_title_labels_and_panels(tmp_path, monkeypatch):
     assert title == "openclipart-heldout: ViT-B-32/epoch_32.pt"
     ax, ax_d = fig.axes
     assert ax.get_ylabel() == "mAP (%)" and "paired bootstrap CI" in ax_d.get_title()
-    from matplotlib.colors import to_rgba
 
     legend = ax.get_legend()
     texts = [t.get_text() for t in legend.get_texts()]
@@ -297,9 +280,6 @@ def test_plot_title_labels_and_panels(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------- rivals, hubness, recommendation
 def _rows(per_method: dict, backend="torch", n=40):
     """MethodResults whose per-query APs are given (arrays of n values), with paired differences."""
-    from crossgap_qdrant.evaluate import MethodResult
-    from crossgap_qdrant.evaluate.harness import _add_paired_differences
-    from crossgap_qdrant.metrics import RetrievalMetrics
 
     results = []
     for method, (ap, query_ms) in per_method.items():
@@ -312,14 +292,10 @@ def _rows(per_method: dict, backend="torch", n=40):
 
 
 def _result(rows):
-    from crossgap_qdrant.evaluate import EvaluationResult
-
     return EvaluationResult("synthetic", "image", "m@0", 40, 40, rows)
 
 
 def test_recommendation_rule_on_synthetic_results():
-    from crossgap_qdrant.evaluate import recommend
-
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.8, size=40)
     clear = base + 0.05 + rng.normal(0, 0.01, 40)  # consistently better: CI above zero
@@ -347,8 +323,6 @@ def test_recommendation_rule_on_synthetic_results():
 
 
 def test_crossfit_choice_scores_each_half_with_the_other_halfs_choice():
-    from crossgap_qdrant.evaluate.representations import crossfit_choice
-
     per_query = np.array([[0.5] * 8, [0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1], [0.6] * 8])
     best, assigned = crossfit_choice(per_query, seed=0)
     assert best == 2  # mean 0.6 over all queries beats 0.5 and 0.5
@@ -377,7 +351,9 @@ def test_evaluation_runs_every_representation_and_recommends(tiny_clip, image_fo
     assert qdrant_iso.summary["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
     # JSON: per method mAP, CI, difference vs native with CI, query cost, recommended
     out = result.to_dict()
-    assert out["recommended"] == result.recommendation and out["recommended"]["rule"]
+    rec, diff = out["recommended"], result.recommendation["diff_vs_native"]
+    assert rec["method"] == result.recommendation["method"] and rec["rule"]
+    assert (rec["diff_vs_native"], rec["diff_ci95"]) == ((None, None) if diff is None else (diff[0], list(diff[1:])))
     assert set(out["methods"]) == set(METHODS)
     flags = [m for m, v in out["methods"].items() if v["recommended"]]
     assert flags == [out["recommended"]["method"]]
@@ -389,9 +365,6 @@ def test_evaluation_runs_every_representation_and_recommends(tiny_clip, image_fo
 
 
 def test_published_cuts_are_used_when_the_backbone_has_them(tiny_clip, image_folder, monkeypatch):
-    from crossgap_qdrant.models import ClipModel
-    from crossgap_qdrant.rivals import isoclip
-
     monkeypatch.setitem(isoclip.PUBLISHED_CUTS, ("test-tiny-clip", "some-tag"), (3, 5))
     clip = ClipModel(tiny_clip.model, tiny_clip.preprocess, tiny_clip.tokenizer, "test-tiny-clip", "some-tag")
     config = EvaluationConfig(methods=("native", "isoclip"), backends=("torch",), **FAST)
@@ -405,15 +378,11 @@ def test_published_cuts_are_used_when_the_backbone_has_them(tiny_clip, image_fol
 
 
 def test_gap_shift_is_one_sided_in_the_evaluation(tiny_clip, image_folder):
-    from crossgap_qdrant.models import encode_images
-    from crossgap_qdrant.rivals import fit_gap_shift
-
     data = load_image_folder(image_folder)
     config = EvaluationConfig(methods=("native", "gap_shift"), backends=("torch",), **FAST)
     result = evaluate(tiny_clip, data, config)
     native = encode_images(tiny_clip, data.gallery)
     shift = fit_gap_shift(tiny_clip.model, tiny_clip.tokenizer, tiny_clip.preprocess, image_features=native)
-    from crossgap_qdrant.metrics import retrieval_metrics
 
     expected = retrieval_metrics(shift.image_to_text(native) @ native.T, data.gallery_labels, data.gallery_labels,
                                  exclude=np.arange(len(native))).summary()["mAP"]
@@ -423,9 +392,6 @@ def test_gap_shift_is_one_sided_in_the_evaluation(tiny_clip, image_folder):
 
 
 def test_apply_records_the_choice_and_later_searches_use_it(tiny_clip, image_folder, tmp_path):
-    from crossgap_qdrant.evaluate import apply_recommendation
-    from crossgap_qdrant.store import CrossModalStore
-
     data = load_image_folder(image_folder)
     with CrossModalStore.open(str(tmp_path / "q"), "photos", tiny_clip, oti_config=OTIConfig(steps=2)) as store:
         store.ingest_images(str(image_folder), progress=False)
@@ -459,3 +425,15 @@ def test_pca_vocabulary_is_the_users_texts_when_there_are_enough(tiny_clip):
     given = EvaluationConfig(methods=("native", "pca"), backends=("torch",), vocabulary=["x", "y"], **FAST)
     with pytest.raises(ValueError, match="at most 1 principal direction"):
         evaluate(tiny_clip, few, given)  # a vocabulary the user chose is never silently replaced
+
+
+def test_evaluate_takes_the_handle_and_the_old_parts_form_still_works(tiny_clip):
+    data = LabelledSet("text", ["a red apple", "a fast car", "a green apple", "a red car"],
+                       ["fruit", "car", "fruit", "car"], name="t")
+    config = EvaluationConfig(methods=("native",), backends=("torch",), bootstrap=10, latency_queries=1)
+    new = evaluate(tiny_clip, data, config)
+    model, preprocess, tokenizer = tiny_clip
+    old = evaluate(model, preprocess, tokenizer, data, config)  # deprecated; same result
+    assert new.by_backend("torch")[0].map_ci == old.by_backend("torch")[0].map_ci
+    with pytest.raises(TypeError, match="model handle and a labelled set"):
+        evaluate(tiny_clip, "not a set")

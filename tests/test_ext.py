@@ -1,8 +1,17 @@
 """A missing compiled library gives an error that names the rebuild command."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 
 from crossgap_qdrant import _ext
+from crossgap_qdrant.cli import main
+from tests.support.tiny_models import TINY_CLIP
 
 
 def test_missing_library_names_rebuild_command(monkeypatch):
@@ -13,8 +22,6 @@ def test_missing_library_names_rebuild_command(monkeypatch):
 
 
 def test_library_is_built_and_registers_ops():
-    import torch
-
     assert _ext.library_path() is not None
     _ext.load_library()
     assert hasattr(torch.ops.crossgap, "adamw_step") and hasattr(torch.ops.crossgap, "cosine_loss")
@@ -22,13 +29,6 @@ def test_library_is_built_and_registers_ops():
 
 def test_a_broken_build_still_imports_reads_and_searches_stored_vectors(tmp_path):
     """Without the compiled library: the package imports, info and point-id searches work, ops name the fix."""
-    import json
-    import subprocess
-    import sys
-
-    from crossgap_qdrant.cli import main
-    from tests.conftest import TINY_CLIP
-
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY_CLIP))
     model = ["--model", "test-tiny-clip", "--model-config", str(config), "--pretrained", "none", "--quiet"]
@@ -63,11 +63,9 @@ assert not ext.is_loaded()
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=str(tmp_path), env={**__import__("os").environ, "PYTHONPATH": str(_repo_root())})
+                          cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": str(_repo_root())})
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 def _repo_root():
-    from pathlib import Path
-
     return Path(__file__).resolve().parent.parent

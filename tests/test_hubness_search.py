@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from qdrant_client import models
 
 from crossgap_qdrant.rivals import IsoCLIPProjector, ModalityGapShift, hub_values
-from crossgap_qdrant.store.edge_filters import UntranslatableError, edge_query
-from tests.store_support import ENGINES, Stores, all_records, images
+from crossgap_qdrant.store.edge_filters import edge_query
+from crossgap_qdrant.store.errors import UntranslatableError
+from tests.support.store import ENGINES, Stores, all_records, images
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -6,9 +6,21 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from crossgap_qdrant.images import IMAGE_EXTENSIONS, ImageError, list_image_files, load_image
+from crossgap_qdrant.images import (
+    IMAGE_EXTENSIONS,
+    MAX_ASPECT,
+    MAX_INTERMEDIATE,
+    ImageError,
+    list_image_files,
+    load_image,
+    load_pixels,
+    preprocess_image,
+)
+from crossgap_qdrant.store import CrossModalStore
+from tests.support.store import FAST
 
 # A little-endian TIFF header announcing 5 IFD entries that are not there: PIL warns "Corrupt EXIF data".
 CORRUPT_EXIF = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01"
@@ -183,10 +195,6 @@ def _thin(width, height, seed=0):
 
 @pytest.mark.parametrize("shape", [(1, 5000), (7000, 3), (300, 2400), (97, 1000)])
 def test_thin_images_give_the_same_pixels_through_a_bounded_intermediate(tiny_clip, shape, resized_sizes):
-    import torch
-
-    from crossgap_qdrant.images import MAX_INTERMEDIATE, load_pixels, preprocess_image
-
     image = _thin(*shape)
     reference = tiny_clip.preprocess(image)  # resizes the short side to 32: a 32 x (32 * aspect) intermediate
     resized_sizes.clear()
@@ -199,10 +207,6 @@ def test_thin_images_give_the_same_pixels_through_a_bounded_intermediate(tiny_cl
 
 
 def test_every_store_image_path_bounds_the_intermediate(tiny_clip, tmp_path, resized_sizes):
-    from crossgap_qdrant.images import MAX_INTERMEDIATE
-    from crossgap_qdrant.store import CrossModalStore
-    from tests.store_support import FAST
-
     path = tmp_path / "thin.png"
     path.write_bytes(_png(_thin(1, 60000)))  # a few hundred bytes; 1.15 GiB through the plain preprocess
     with CrossModalStore.open(str(tmp_path / "q"), "g", tiny_clip, **FAST) as store:
@@ -213,8 +217,6 @@ def test_every_store_image_path_bounds_the_intermediate(tiny_clip, tmp_path, res
 
 
 def test_an_unrecognised_preprocess_gets_images_cut_to_a_bounded_aspect():
-    from crossgap_qdrant.images import MAX_ASPECT, preprocess_image
-
     seen = []
     preprocess_image(lambda image: seen.append(image.size), _thin(1, 60000))
     preprocess_image(lambda image: seen.append(image.size), _thin(50, 40))

@@ -1,5 +1,6 @@
 """Retrieval metrics against hand-computed values and a plain-Python brute force."""
 
+import itertools
 import random
 
 import numpy as np
@@ -47,7 +48,6 @@ def brute_force(sim, qlabels, glabels, removed, ks):
 
 def _mean_ap_over_placements(num_items, num_rel):
     """Mean AP over every placement of the relevant items in a ranking (all equally likely at random)."""
-    import itertools
 
     aps = []
     for ranks in itertools.combinations(range(1, num_items + 1), num_rel):

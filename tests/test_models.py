@@ -1,5 +1,6 @@
 """The model handle and model specs: load_model, parse_model_spec, as_clip_model, checkpoints, model ids."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -8,20 +9,25 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY_BIDIR, TINY_CLIP
+import torch.nn.functional as F
 from PIL import Image
 
-from crossgap_qdrant.checkpoints import weights_digest
-from crossgap_qdrant.model_specs import DEMO_MODEL_DIR, parse_model_spec, read_model_config
+from crossgap_qdrant.inversion import OTIConfig, OVIConfig, oti_invert, ovi_invert
 from crossgap_qdrant.models import (
     CheckpointError,
     ClipModel,
+    PartsFormDeprecationWarning,
     RandomWeightsWarning,
     as_clip_model,
     encode_images,
+    encode_texts,
     load_model,
+    loading,
     register_model_config,
 )
+from crossgap_qdrant.models.checkpoints import weights_digest
+from crossgap_qdrant.models.specs import DEMO_MODEL_DIR, parse_model_spec, read_model_config
+from tests.support.tiny_models import TINY_BIDIR, TINY_CLIP
 
 DEMO_WEIGHTS = DEMO_MODEL_DIR / "open_clip_pytorch_model.bin"
 needs_demo = pytest.mark.skipif(not DEMO_WEIGHTS.is_file(), reason="demo checkpoint not present")
@@ -37,8 +43,6 @@ def tiny_weights(tmp_path_factory, tiny_clip):
 
 def _digest_reference(model: torch.nn.Module) -> str:
     """The digest recomputed the plain way: sorted names, float32 values, sha256."""
-    import hashlib
-
     digest = hashlib.sha256()
     for key in sorted(model.state_dict()):
         value = model.state_dict()[key].detach().cpu()
@@ -210,7 +214,7 @@ def test_crossgap_demo_loads_offline_and_matches_its_folder(tmp_path, monkeypatc
     monkeypatch.setattr(socket.socket, "connect", no_network)
     demo = load_model("crossgap-demo", device="cpu")
     assert (demo.name, demo.pretrained, demo.display_name) == (
-        "crossgap-demo-clip", "openclipart", "crossgap-demo-clip/openclipart")
+        "crossgap-demo-clip", "openclipart", "crossgap-demo")  # messages name it as it is loaded
     assert demo.embed_dim == 128 and demo.tokenizer(["an owl"]).shape == (1, 32)
     stored = torch.load(DEMO_WEIGHTS, map_location="cpu", weights_only=True)
     for name, value in demo.model.state_dict().items():
@@ -233,19 +237,16 @@ def test_encode_images_flattens_transparency_onto_white(tmp_path, tiny_clip):
     rgba.save(path)
     white = Image.new("RGB", (32, 32), (255, 255, 255))
     white.paste((200, 30, 30), (8, 8, 24, 24))
-    model, preprocess, _ = tiny_clip
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        from_path = encode_images(model, preprocess, [path, rgba])
-    expected = encode_images(model, preprocess, [white])
+        from_path = encode_images(tiny_clip, [path, rgba])
+    expected = encode_images(tiny_clip, [white])
     torch.testing.assert_close(from_path, expected.expand(2, -1))
-    black = encode_images(model, preprocess, [rgba.convert("RGB")])
+    black = encode_images(tiny_clip, [rgba.convert("RGB")])
     assert not torch.allclose(black, expected, atol=1e-4)  # the old convert("RGB") path differs
 
 
 def test_encoders_take_the_handle(tiny_clip):
-    from crossgap_qdrant.models import encode_texts
-
     model, preprocess, tokenizer = tiny_clip
     pictures = [Image.new("RGB", (32, 32), (40 * i, 90, 10)) for i in range(3)]
     torch.testing.assert_close(encode_images(tiny_clip, pictures), encode_images(model, preprocess, pictures))
@@ -253,5 +254,64 @@ def test_encoders_take_the_handle(tiny_clip):
     texts = ["a cat", "a red car"]
     torch.testing.assert_close(encode_texts(tiny_clip, texts), encode_texts(model, tokenizer, texts))
     torch.testing.assert_close(tiny_clip.encode_texts(texts), encode_texts(model, tokenizer, texts))
-    with pytest.raises(TypeError, match="clip, inputs"):
+    with pytest.raises(TypeError, match="takes a ClipModel first"):
         encode_images(model, pictures)
+
+
+def test_load_model_from_local_checkpoint(tmp_path, tiny_clip):
+    model, _, tok = tiny_clip
+    path = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    loaded, preprocess, tok2 = load_model("test-tiny-clip", pretrained=str(path), device="cpu")
+    assert not any(p.requires_grad for p in loaded.parameters())
+    ids = tok2(["a photo of a cat"])
+    torch.testing.assert_close(loaded.encode_text(ids), model.encode_text(ids))
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
+        load_model("test-tiny-clip", pretrained=str(tmp_path / "missing.pt"), device="cpu")
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        load_model("no-such-model", device="cpu")
+
+
+# ------------------------------------------------------------------------------- one calling convention
+@pytest.fixture
+def parts_form_not_yet_warned(monkeypatch):
+    """The process has not used a deprecated parts form yet (the warning is issued once per process)."""
+    monkeypatch.setattr(loading, "_parts_form_warned", False)
+
+
+def test_from_parts_makes_the_handle_load_model_would(tiny_clip):
+    model, preprocess, tokenizer = tiny_clip
+    clip = ClipModel.from_parts(model, preprocess, tokenizer)
+    assert (clip.name, clip.pretrained, clip.model_id) == (tiny_clip.name, tiny_clip.pretrained, tiny_clip.model_id)
+    named = ClipModel.from_parts(model, preprocess, tokenizer, name="mine", pretrained="tag")
+    assert named.display_name == "mine/tag" and named.model_id.startswith("mine@")
+    assert ClipModel.from_parts(model, None, tokenizer).preprocess is None
+    with pytest.raises(TypeError, match="swapped"):
+        ClipModel.from_parts(model, tokenizer, preprocess)
+    with pytest.raises(TypeError, match="nn.Module"):
+        ClipModel.from_parts("ViT-B-32", preprocess, tokenizer)
+    with pytest.raises(TypeError, match="no preprocess"):
+        encode_images(ClipModel.from_parts(model, None, tokenizer), [Image.new("RGB", (32, 32))])
+
+
+def test_the_old_parts_form_gives_the_same_results_and_warns_once(tiny_clip, parts_form_not_yet_warned):
+    model, preprocess, tokenizer = tiny_clip
+    texts = ["a cat", "a red car"]
+    feats = F.normalize(torch.randn(2, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
+    oti, ovi = OTIConfig(steps=2), OVIConfig(steps=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = [encode_texts(model, tokenizer, texts), encode_texts(model, tokenizer=tokenizer, texts=texts),
+               oti_invert(model, tokenizer, feats, oti, progress=False).features,
+               ovi_invert(model, feats, ovi, progress=False).features]
+        as_clip_model((model, preprocess, tokenizer))
+    new = [encode_texts(tiny_clip, texts), encode_texts(tiny_clip, texts),
+           oti_invert(tiny_clip, feats, oti, progress=False).features,
+           ovi_invert(tiny_clip, feats, ovi, progress=False).features]
+    for a, b in zip(old, new):
+        assert torch.equal(a, b)
+    deprecations = [w for w in caught if issubclass(w.category, PartsFormDeprecationWarning)]
+    assert issubclass(PartsFormDeprecationWarning, DeprecationWarning)
+    assert len(deprecations) == 1, [str(w.message) for w in deprecations]  # once per process, not per call
+    assert "ClipModel.from_parts" in str(deprecations[0].message)
+    assert deprecations[0].filename == __file__  # attributed to the caller's line

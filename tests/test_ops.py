@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crossgap_qdrant import ops
 
@@ -92,6 +94,15 @@ def test_cosine_loss_zero_vector_is_finite():
 def test_cosine_loss_bad_arguments_name_the_argument(y, t, match):
     with pytest.raises(RuntimeError, match=match):
         ops.cosine_loss(y, t)
+
+
+def test_cosine_loss_backward_bad_grad_loss_names_the_argument():
+    ops.require_library()
+    y, t = torch.randn(3, 4), torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match=r"cosine_loss_backward: grad_loss must have shape \[3\], got \[2\]"):
+        torch.ops.crossgap.cosine_loss_backward(torch.ones(2), y, t)
+    with pytest.raises(RuntimeError, match="cosine_loss: y must be 2-D"):
+        torch.ops.crossgap.cosine_loss_backward(torch.ones(3), y[None], t[None])
 
 
 # ------------------------------------------------------------------------------------------- adamw_step
@@ -288,9 +299,6 @@ def test_adamw_step_cpu_equals_cuda():
 
 
 # ------------------------------------------------------------------------ inputs the tests did not choose
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-
 @settings(max_examples=40, deadline=None)
 @given(b=st.integers(0, 40), e=st.integers(1, 300), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**31 - 1),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from crossgap_qdrant.rivals import (
     PUBLISHED_CUTS,
@@ -28,6 +29,7 @@ from crossgap_qdrant.rivals import (
     transform_from_record,
     vector_from_record,
 )
+from crossgap_qdrant.store import DerivedVector
 
 TEXTS = ["a photo of a dog", "a red car", "two cats on a sofa", "a mountain"]
 
@@ -148,7 +150,6 @@ def test_gap_shift_is_a_query_side_map_and_rebuilds(tiny_clip, pixels):
 
 def test_gap_shift_as_derived_vector_and_fit(tiny_clip, pixels):
     model, preprocess, tokenizer = tiny_clip
-    from PIL import Image
 
     images = [Image.new("RGB", (40, 40), (i * 40, 10, 200 - i * 30)) for i in range(4)]
     shift = fit_gap_shift(model, tokenizer, preprocess, images)  # texts default to generic captions
@@ -349,8 +350,6 @@ def test_both_rivals_are_one_kind_of_derived_vector(tiny_clip, pixels):
 
 
 def test_derived_vectors_satisfy_the_store_protocol(tiny_clip):
-    from crossgap_qdrant.store import DerivedVector
-
     model, _, _ = tiny_clip
     assert isinstance(IsoCLIPProjector.from_model(model).vector("image"), DerivedVector)
     assert isinstance(ModalityGapShift.fit(torch.ones(2, 4), -torch.ones(2, 4)).vector("text"), DerivedVector)

@@ -10,8 +10,9 @@ import warnings
 import pytest
 
 from crossgap_qdrant.store.errors import PartialCoverageError, PartialCoverageWarning
-from tests.conftest import TINY_CLIP
-from tests.store_support import ENGINES, Stores, images
+from tests.support.image_folders import make_image_folder
+from tests.support.store import ENGINES, Stores, images
+from tests.support.tiny_models import TINY_CLIP
 
 
 @pytest.fixture(params=ENGINES)
@@ -41,7 +42,6 @@ def test_a_partly_inverted_gallery_warns_with_the_counts_and_the_fix(stores):
 
 
 def test_the_cli_warns_in_one_line_and_refuses_with_strict(tmp_path):
-    from tests.test_evaluate import make_image_folder
 
     folder = make_image_folder(tmp_path / "imgs", per_class=2)
     config = tmp_path / "tiny.json"

@@ -6,7 +6,7 @@ import pytest
 
 from crossgap_qdrant.store import CrossModalStore, SchemaMismatchError
 from crossgap_qdrant.store.errors import ModelMismatchError
-from tests.store_support import FAST, images
+from tests.support.store import FAST, images, unit
 
 
 @pytest.mark.parametrize("modality", ["text", "image"])
@@ -33,7 +33,6 @@ def test_deleting_collection_json_does_not_allow_model_mixing(tiny_clip, tiny_bi
 
 
 def test_a_collection_without_sources_cannot_be_checked_and_says_so(tiny_clip, tmp_path, caplog):
-    from tests.store_support import unit
 
     folder = str(tmp_path / "q")
     with CrossModalStore.open(folder, "g", tiny_clip, **FAST) as store:

@@ -6,17 +6,14 @@ import uuid
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from qdrant_client import models
 
+from crossgap_qdrant.errors import CrossgapError
+from crossgap_qdrant.inversion import BATCH_INVARIANCE_BOUND
 from crossgap_qdrant.models import encode_images, encode_texts
-from crossgap_qdrant.store import IdConflictError, image_bytes_id, text_id
-from tests.store_support import ENGINES, Stores, images, stored_vectors, unit
-
-
-@pytest.fixture(params=ENGINES)
-def stores(request, tiny_clip, tmp_path):
-    s = Stores(request.param, tmp_path, tiny_clip)
-    yield s
-    s.close()
+from crossgap_qdrant.store import IdConflictError, VectorNames, image_bytes_id, schema, text_id
+from tests.support.store import images, stored_vectors, unit
 
 
 def test_folder_ingestion_skips_corrupt_files_and_keeps_the_rest(stores, tiny_clip, tmp_path):
@@ -81,8 +78,6 @@ def test_resume_inverts_only_what_lacks_the_inverted_vector(stores, monkeypatch)
 
 
 def test_inverted_vector_does_not_depend_on_batching(stores):
-    from crossgap_qdrant.inversion import BATCH_INVARIANCE_BOUND
-
     features = unit(6)
     a = stores.make("a")
     b = stores.make("b")
@@ -215,10 +210,6 @@ def test_texts_from_a_file_and_a_list(stores, tiny_clip, tmp_path):
 
 
 def test_backfill_of_a_collection_with_existing_clip_vectors(stores, tiny_clip):
-    from qdrant_client import models
-
-    from crossgap_qdrant.store import VectorNames
-
     collection = stores.collection("legacy")
     collection.create({"clip": 32}, {})
     native = encode_images(tiny_clip.model, tiny_clip.preprocess, images(5))
@@ -305,8 +296,6 @@ def test_sources_are_recorded_as_absolute_paths(stores, tmp_path, monkeypatch):
 
 
 def test_id_policy_refuses_points_written_elsewhere(stores):
-    from qdrant_client import models
-
     store = stores.make()
     foreign = unit(1, seed=1)[0].tolist()
     store.collection.upsert([models.PointStruct(id=7, vector={"image": foreign}, payload={"modality": "image"})])
@@ -318,8 +307,6 @@ def test_id_policy_refuses_points_written_elsewhere(stores):
 
 
 def test_image_background_is_configurable(stores, tiny_clip):
-    from PIL import Image
-
     rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
     rgba.paste((200, 30, 30, 255), (8, 8, 24, 24))
     flat = {}
@@ -335,9 +322,6 @@ def test_image_background_is_configurable(stores, tiny_clip):
 
 
 def test_payload_keys_the_store_derives_are_refused(stores, monkeypatch):
-    from crossgap_qdrant.errors import CrossgapError
-    from crossgap_qdrant.store import schema
-
     store = stores.make()
     report = store.ingest_texts(["a cat", "a dog"], progress=False)
     store.fit_hubness("text", "native")

@@ -23,16 +23,14 @@ from crossgap_qdrant.store import (
     features_id,
     open_collection,
 )
-from tests.store_support import ENGINES, FAST, Stores, all_records, stored_vectors, unit
+from tests.support.store import FAST, all_records, stored_vectors, unit
+from tests.support.store_kill_worker import COLLECTION, synthetic_features
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(params=ENGINES)
-def stores(request, tiny_clip, tmp_path):
-    s = Stores(request.param, tmp_path, tiny_clip)
-    yield s
-    s.close()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The helper process runs as a module of the repository, whatever the working directory.
+WORKER = [sys.executable, "-m", "tests.support.store_kill_worker"]
+WORKER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+              "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -123,6 +121,40 @@ def test_reads_never_create_folders_or_collections(tiny_clip, tmp_path):
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "q").rglob("*")) == before
 
 
+@pytest.mark.parametrize("engine", ["edge", "local"])
+def test_open_creates_the_collection_on_its_first_write_and_a_failed_ingest_leaves_none(tiny_clip, tmp_path,
+                                                                                         engine):
+    folder, bad = str(tmp_path / "q"), tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+
+    def exists(name):
+        collection = open_collection(folder, name, engine=engine)
+        try:
+            return collection.exists()
+        finally:
+            collection.close()
+
+    with CrossModalStore.open(folder, "photoz", tiny_clip, engine=engine, **FAST) as store:  # a mistyped name
+        with pytest.raises(CollectionNotFoundError, match="'photoz'.*nothing is created by a read"):
+            store.search_images(text="a cat")
+        with pytest.raises(CollectionNotFoundError):
+            store.info()
+        assert store.count() == 0 and not store.created
+    assert not exists("photoz")
+    with CrossModalStore.open(folder, "photos", tiny_clip, engine=engine, **FAST) as store:
+        report = store.ingest_images([str(bad)], invert=False, progress=False)  # every item fails
+        assert report.failed and not store.created
+        with pytest.raises(ValueError):
+            store.ingest_images(unit(2, tiny_clip.embed_dim) * float("nan"), progress=False)  # refused
+        assert not store.created
+    assert not exists("photos")
+    with CrossModalStore.open(folder, "photos", tiny_clip, engine=engine, **FAST) as store:
+        store.ingest_texts(["a cat"], invert=False, progress=False)
+        assert store.created and store.count() == 1
+    with CrossModalStore.open(folder, "photos", tiny_clip, engine=engine, create=False) as store:
+        assert store.count() == 1 and not store.created
+
+
 # ------------------------------------------------------------------------------------------------ crashes
 def _kill_during_second_batch(worker, env) -> None:
     proc = subprocess.Popen(worker + ["30"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -141,8 +173,6 @@ def _kill_during_second_batch(worker, env) -> None:
 
 
 def _stored(engine, folder):
-    from store_kill_worker import COLLECTION
-
     collection = open_collection(folder, COLLECTION, engine=engine)
     try:
         has = models.Filter(must=[models.HasVectorCondition(has_vector="image_oti")])
@@ -159,12 +189,9 @@ def _stored(engine, folder):
 
 @pytest.mark.parametrize("engine", ["edge", "local"])
 def test_sigkill_mid_ingestion_then_rerun_stores_every_item_once(tiny_clip, tmp_path, engine):
-    sys.path.insert(0, HERE)
-    from store_kill_worker import synthetic_features
-
     folder, n, batch = str(tmp_path / "qdrant"), 20, 4
-    worker = [sys.executable, os.path.join(HERE, "store_kill_worker.py"), engine, folder, str(n), str(batch)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    worker = [*WORKER, engine, folder, str(n), str(batch)]
+    env = WORKER_ENV
     _kill_during_second_batch(worker, env)
     points_before, inverted_before, _ = _stored(engine, folder)
     assert (points_before, inverted_before) == (batch, batch)
@@ -184,12 +211,9 @@ def test_sigkill_mid_ingestion_then_rerun_stores_every_item_once(tiny_clip, tmp_
 @pytest.mark.parametrize("engine", ["edge", "local"])
 def test_repeated_sigkills_at_random_moments_lose_and_duplicate_nothing(tmp_path, engine):
     """25 SIGKILLs at random moments of a 200-item ingest, then a rerun: every item stored once, inverted."""
-    sys.path.insert(0, HERE)
-    from store_kill_worker import synthetic_features
-
     folder, n = str(tmp_path / "qdrant"), 200
-    worker = [sys.executable, os.path.join(HERE, "store_kill_worker.py"), engine, folder, str(n), "8", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    worker = [*WORKER, engine, folder, str(n), "8", "0"]
+    env = WORKER_ENV
     rng = random.Random(0)
     for _ in range(25):
         proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)

@@ -1,14 +1,16 @@
 """Search on both engines: the modes, cross-modal search, point-id queries, filters, batches, errors."""
 
+import copy
 import uuid
 
 import pytest
 import torch
+from PIL import Image
 from qdrant_client import models
 
-from crossgap_qdrant.models import encode_images, encode_texts
+from crossgap_qdrant.models import ClipModel, encode_images, encode_texts
 from crossgap_qdrant.store import PointNotFoundError, VectorsNotStoredError
-from tests.store_support import ENGINES, Stores, brute_force, images, stored_vectors
+from tests.support.store import ENGINES, Stores, brute_force, images, stored_vectors
 
 TEXTS = ["a cat", "a dog on grass", "a red car", "two cats", "a blue car", "a dog"]
 
@@ -183,10 +185,6 @@ def test_a_mode_without_its_vectors_names_the_fix(tiny_clip, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_store_on_cuda_equals_cpu(tiny_clip, tmp_path):
-    import copy
-
-    from crossgap_qdrant.models import ClipModel
-
     gpu = ClipModel(copy.deepcopy(tiny_clip.model).cuda(), tiny_clip.preprocess, tiny_clip.tokenizer, tiny_clip.name)
     pil = images(6, seed=9)
     results = {}
@@ -201,3 +199,20 @@ def test_store_on_cuda_equals_cpu(tiny_clip, tmp_path):
         stores.close()
     torch.testing.assert_close(results["cuda"][0], results["cpu"][0], atol=1e-4, rtol=1e-4)
     assert results["cuda"][1:] == results["cpu"][1:]
+
+
+def test_the_query_is_left_out_of_its_own_results_whatever_form_it_takes(stores, tmp_path):
+    pil = images(4, seed=5)
+    paths = []
+    for i, image in enumerate(pil):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    store = stores.make()
+    from_files = store.ingest_images(paths[:2], invert=False, progress=False).ids  # stored from files
+    from_pixels = store.ingest_images([Image.open(p) for p in paths[2:]], invert=False, progress=False).ids
+    for i, own in enumerate(from_files + from_pixels):
+        with Image.open(paths[i]) as opened:
+            for query in (paths[i], opened, opened.convert("RGB") if i >= 2 else paths[i], own):
+                hits = store.search_images(query, mode="native", limit=4)
+                assert str(own) not in ids_of(hits), (i, type(query).__name__)
+                assert len(hits) == 3

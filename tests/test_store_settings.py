@@ -9,7 +9,7 @@ from qdrant_client import QdrantClient
 from crossgap_qdrant.models import encode_pixels
 from crossgap_qdrant.store import CrossModalStore
 from crossgap_qdrant.store.schema import METADATA_KEY
-from tests.store_support import FAST, Stores, images
+from tests.support.store import FAST, Stores, images
 
 
 class Negated:

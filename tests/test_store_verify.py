@@ -10,13 +10,13 @@ from crossgap_qdrant.cli import EXIT_ERROR, EXIT_OK, main
 from crossgap_qdrant.store.engines import open_collection
 from crossgap_qdrant.store.errors import CorruptCollectionError
 from crossgap_qdrant.store.verify import verify_collection
-from tests.test_edge_engine import DIM, N, _make, _segment
+from tests.support.edge import DIM, N, first_segment, make_collection
 
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory):
     folder = tmp_path_factory.mktemp("healthy") / "db"
-    _make(folder, optimize=True)
+    make_collection(folder, optimize=True)
     coll = open_collection(folder, "c")
     assert coll.count() == N
     coll.close()
@@ -26,7 +26,7 @@ def healthy(tmp_path_factory):
 def _damaged(healthy, tmp_path, what, data, offset=0):
     root = tmp_path / "db"
     shutil.copytree(healthy, root)
-    with open(_segment(root) / f"vector_storage-image/{what}", "r+b") as f:
+    with open(first_segment(root) / f"vector_storage-image/{what}", "r+b") as f:
         f.seek(offset)
         f.write(data)
     return root

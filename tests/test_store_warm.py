@@ -1,6 +1,5 @@
 """Warm starts kept with a collection: crash-atomic refits, leftovers cleaned, recorded paths confined."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -8,19 +7,19 @@ import sys
 
 import pytest
 
-from tests.store_support import Stores, images
+from tests.support.store import Stores, images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Fits a warm start, then refits it and dies (os._exit, as a SIGKILL) at the Nth os.replace of the refit.
 WORKER = """
 import os, sys
-import tests.conftest as conftest
+from tests.support.tiny_models import load_tiny
 from crossgap_qdrant.store import warm
-from tests.store_support import Stores, images
+from tests.support.store import Stores, images
 from pathlib import Path
 
-stores = Stores("edge", Path(sys.argv[1]), conftest._load("test-tiny-clip", 0))
+stores = Stores("edge", Path(sys.argv[1]), load_tiny("test-tiny-clip", 0))
 store = stores.make()
 store.ingest_images(images(8, seed=4), progress=False)
 store.fit_warm_start("image", sample=6, steps=1, epochs=2, hidden=32, progress=False)

@@ -1,28 +1,31 @@
 """The learned warm start: fitting by distillation, file round trip, use in the engine and by the store."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from crossgap_qdrant.inversion import OTIConfig, OVIConfig, oti_invert, ovi_invert
-from crossgap_qdrant.warm_start import WarmStart, WarmStartMismatchError, fit_warm_start
-from tests.store_support import Stores, images
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from crossgap_qdrant.inversion import (
+    OTIConfig,
+    OVIConfig,
+    StoppingRule,
+    WarmStart,
+    WarmStartMismatchError,
+    fit_warm_start,
+    oti_invert,
+    ovi_invert,
+)
+from crossgap_qdrant.inversion.warm_start_fit import _recommend
+from crossgap_qdrant.models import ClipModel
+from tests.support.store import Stores, images
 
 
 @pytest.fixture(scope="module")
 def fitted(tiny_clip):
     """A warm start fitted on 48 reachable image features (the tiny model's own OTI outputs), and 12 others."""
-    model, _, tok = tiny_clip
     gen = torch.Generator().manual_seed(0)
-    feats = oti_invert(model, tok, torch.randn(60, 32, generator=gen), OTIConfig(steps=40), progress=False).features
+    feats = oti_invert(tiny_clip, torch.randn(60, 32, generator=gen), OTIConfig(steps=40), progress=False).features
     warm, fit = fit_warm_start(tiny_clip, feats[:48], "oti", OTIConfig(steps=60), epochs=150, hidden=128)
     return warm, fit, feats[48:]
 
@@ -31,7 +34,8 @@ def test_fit_reports_and_the_prediction_starts_near_the_exact_result(tiny_clip, 
     warm, fit, test = fitted
     assert (fit.samples, fit.validation, fit.epochs) == (48, 5, 150)
     assert fit.seconds_exact > 0 and fit.seconds_training > 0 and -1 <= fit.token_r2 <= 1
-    assert len(fit.curve) == 9 and fit.curve["0@0.02"] == pytest.approx(fit.cosine_at_0, abs=1e-5) and -1 <= fit.exact_floor <= 1
+    assert len(fit.curve) == 9 and fit.curve["0@0.02"] == pytest.approx(fit.cosine_at_0, abs=1e-5)
+    assert -1 <= fit.exact_floor <= 1
     assert f"{fit.steps}@{fit.lr:g}" in fit.curve
     exact = oti_invert(tiny_clip, test, OTIConfig(steps=60), progress=False).features
     for k in (0, 3):
@@ -41,8 +45,6 @@ def test_fit_reports_and_the_prediction_starts_near_the_exact_result(tiny_clip, 
 
 
 def test_the_recommended_budget_is_the_fewest_steps_that_reach_the_exact_floor():
-    from crossgap_qdrant.warm_start import _recommend
-
     curve = {(0, 0.02): 0.95, (3, 0.02): 0.985, (5, 0.02): 0.991, (3, 0.005): 0.989, (5, 0.005): 0.99}
     assert _recommend(curve, floor=0.99) == (3, 0.005)  # 0.989 is within the 0.002 margin; fewer steps win
     assert _recommend(curve, floor=0.9) == (0, 0.02)
@@ -73,8 +75,6 @@ def test_file_round_trip_and_refusals(tiny_clip, fitted, tmp_path):
 
 
 def test_a_warm_start_of_another_template_or_model_is_refused(tiny_clip, fitted):
-    import copy
-
     warm, _, test = fitted
     with pytest.raises(WarmStartMismatchError, match="template"):
         oti_invert(tiny_clip, test, OTIConfig(steps=1, template="a drawing of {}", warm_start=warm), progress=False)
@@ -82,7 +82,8 @@ def test_a_warm_start_of_another_template_or_model_is_refused(tiny_clip, fitted)
     with torch.no_grad():
         other.text_projection.add_(0.01)
     with pytest.raises(WarmStartMismatchError, match="fitted for model"):
-        oti_invert(other, tiny_clip.tokenizer, test, OTIConfig(steps=1, warm_start=warm), progress=False)
+        oti_invert(ClipModel.from_parts(other, None, tiny_clip.tokenizer), test, OTIConfig(steps=1, warm_start=warm),
+                   progress=False)
 
 
 def test_ovi_warm_start(tiny_clip):
@@ -134,10 +135,6 @@ def test_a_server_store_needs_a_path_for_its_warm_start(tiny_clip, tmp_path):
 
 
 def test_fit_edge_cases_and_a_callers_model_keeps_its_gradients(tiny_clip):
-    import copy
-
-    from crossgap_qdrant.models import ClipModel
-
     feats = F.normalize(torch.randn(6, 32, generator=torch.Generator().manual_seed(3)), dim=-1)
     cfg = OTIConfig(steps=5)
     warm, fit = fit_warm_start(tiny_clip, feats, "oti", cfg, epochs=0, feature_epochs=0)  # the prediction as is
@@ -151,8 +148,6 @@ def test_fit_edge_cases_and_a_callers_model_keeps_its_gradients(tiny_clip):
 
 
 def test_zero_steps_with_a_stopping_rule_take_no_step(tiny_clip, fitted):
-    from crossgap_qdrant.inversion import StoppingRule
-
     warm, _, test = fitted
     res = oti_invert(tiny_clip, test, OTIConfig(steps=0, warm_start=warm, stopping=StoppingRule(min_delta=1e-3)),
                      progress=False)

@@ -1,4 +1,4 @@
-"""The commands that work on a collection: ingest, invert, search, fit-warm-start, info."""
+"""The commands that work on a collection: ingest, invert, search, fit-warm-start, info, verify."""
 
 from __future__ import annotations
 
@@ -12,13 +12,21 @@ from crossgap_qdrant.cli.common import (
     EXIT_OK,
     PROG,
     UsageError,
-    described_collection,
+    adopted_lines,
     emit,
     format_table,
-    load_handle,
-    open_store,
     report_rows,
 )
+from crossgap_qdrant.cli.resources import (
+    apply_image_limit,
+    described_collection,
+    load_handle,
+    open_store,
+    require_collection,
+)
+from crossgap_qdrant.cli.search_output import check_html_target, compare_modes, emit_results, run_columns
+from crossgap_qdrant.store import MODES, is_point_id
+from crossgap_qdrant.store.request import DEFAULT_MODE
 
 
 def cmd_ingest(args) -> int:
@@ -27,6 +35,7 @@ def cmd_ingest(args) -> int:
     for path in args.inputs:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file or folder: {path}")
+    apply_image_limit(args)
     clip = load_handle(args)
     totals: dict[str, Any] = {"inserted": 0, "skipped_existing": 0, "inverted": 0, "duplicates": 0, "failed": [],
                               "seconds_encoding": 0.0, "seconds_inversion": 0.0, "seconds_database": 0.0}
@@ -39,8 +48,6 @@ def cmd_ingest(args) -> int:
             report_rows(report, totals)
         totals["points"] = store.count()
         totals["engine"] = store.engine
-        if store.created and totals["points"] == 0:
-            store.collection.drop()  # nothing went in: leave no empty collection made by this call
     totals["failed"] = [{"item": str(item), "reason": reason} for item, reason in totals["failed"]]
     rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in totals.items() if k != "failed"]
     text = format_table(rows, ["", "value"])
@@ -56,6 +63,7 @@ def cmd_ingest(args) -> int:
 def cmd_invert(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    require_collection(args)
     clip = load_handle(args)
     with open_store(args, clip, create=False) as store:
         report = store.invert_missing(args.modality, batch_size=args.batch_size, progress=args.progress)
@@ -69,21 +77,23 @@ def cmd_invert(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from crossgap_qdrant.store import MODES
-
     if args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    compare_modes(args.compare)
+    check_html_target(args.html)
     query: Any = args.query
     gallery = args.gallery[:-1]  # "image" | "text"
     query_modality = "text" if args.text else "image"
     point_id = False
+    if args.text and not query.strip():
+        raise UsageError("the text query is empty; give a text, e.g. search \"a red apple\" --text")
     if not args.text and not os.path.exists(query):
-        from crossgap_qdrant.store.ids import is_point_id
-
         if not query.isdigit() and not is_point_id(query):
             raise UsageError(f"{query!r} is neither an image file nor a point id; for a text query add --text")
         query = int(query) if query.isdigit() else uuid.UUID(query)  # ids as objects: never read as text
         point_id = True
+    require_collection(args)
+    apply_image_limit(args)
     clip = load_handle(args)
     with open_store(args, clip, create=False) as store:
         if point_id:  # a stored point is an image or a text: the collection says which
@@ -97,32 +107,26 @@ def cmd_search(args) -> int:
         mode = args.mode or (store.default_mode(gallery) if query_modality == gallery else "native")
         if args.hubness and query_modality != gallery:
             raise UsageError(f"--hubness applies to {gallery}->{gallery} search, not {query_modality}->{gallery}")
-        hubness = query_modality == gallery and store.hub_correction(gallery, mode, args.hubness) is not None
-        search = store.search_images if gallery == "image" else store.search_texts
-        points = search(**{query_modality: query}, mode=mode, limit=args.limit, hubness=args.hubness,
-                        strict=args.strict)
-    hits = [{"rank": i + 1, "id": str(p.id), "score": float(p.score), "payload": p.payload or {}}
-            for i, p in enumerate(points)]
-    rows = []
-    for h in hits:
-        payload = h["payload"]
-        what = payload.get("text") or payload.get("source") or ""
-        rows.append((h["rank"], f"{h['score']:.4f}", h["id"], what, payload.get("label", "")))
-    emit(args, {"query": args.query, "query_modality": query_modality, "gallery": gallery, "mode": mode,
-                 "hubness": hubness, "hits": hits},
-          format_table(rows, ["rank", "score", "id", "item", "label"]) if rows else "no results")
+        results = run_columns(store, args, query, query_modality, gallery, mode)
+    emit_results(args, results, args.collection)
     return EXIT_OK
 
 
-
 def cmd_info(args) -> int:
-    info = described_collection(args, verify=getattr(args, "verify", False))
+    info = compact(described_collection(args, verify=getattr(args, "verify", False)))
+    info["vectors"] = dict(sorted(info["vectors"].items()))
+    recorded = info.get("default_modes") or {}
+    info["default_modes"] = {m: recorded.get(m, DEFAULT_MODE) for m in ("image", "text")}
     rows = [(name, v["size"], v["distance"], v["points"]) for name, v in info["vectors"].items()]
+    modes = ", ".join(f"{m}->{m} {mode}{'' if m in recorded else ' (default)'}"
+                      for m, mode in info["default_modes"].items())
     text = "\n".join([
         f"collection: {info['collection']} at {info['location']} ({info['engine']})",
         f"model: {info['model'] or 'unknown (not recorded)'}, id {info['model_id']} "
         f"(embedding width {info['embed_dim']})",
         f"points: {info['points']}",
+        *adopted_lines(info.get("adopted")),
+        f"search mode: {modes}",
         "",
         format_table(rows, ["vector", "size", "distance", "points"]),
     ])
@@ -155,6 +159,19 @@ def verify_exit(report: dict | None) -> int:
     return EXIT_ERROR
 
 
+def compact(value: Any, longest: int = 200) -> Any:
+    """``value`` with long strings (a fitted basis in base64) and long number lists replaced by their size."""
+    if isinstance(value, str) and len(value) > longest:
+        return f"<{len(value)} characters>"
+    if isinstance(value, list) and len(value) > 16 and all(isinstance(v, (int, float)) for v in value):
+        return f"<{len(value)} numbers>"
+    if isinstance(value, dict):
+        return {k: compact(v, longest) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [compact(v, longest) for v in value]
+    return value
+
+
 def cmd_fit_warm_start(args) -> int:
     if args.sample < 2:
         raise UsageError(f"--sample must be >= 2, got {args.sample}")
@@ -162,6 +179,7 @@ def cmd_fit_warm_start(args) -> int:
         raise UsageError(f"--warm-steps must be >= 0, got {args.warm_steps}")
     if args.epochs < 0:
         raise UsageError(f"--epochs must be >= 0, got {args.epochs}")
+    require_collection(args)
     clip = load_handle(args)
     with open_store(args, clip, create=False, use_warm_start=False) as store:
         fit = store.fit_warm_start(args.modality, sample=args.sample, steps=args.warm_steps, path=args.file,

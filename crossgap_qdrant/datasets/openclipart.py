@@ -13,10 +13,20 @@ import hashlib
 import html
 import json
 import re
+import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
+
+from crossgap_qdrant.errors import CrossgapError
+from crossgap_qdrant.images import check_pixel_count, load_image
+
+
+class ManifestError(CrossgapError, ValueError):
+    """A manifest row names a file outside the data folder (an absolute path or one with "..")."""
+
 
 OPENCLIPART_PNG = Path("/usr/share/openclipart/png")
 OPENCLIPART_SVG = Path("/usr/share/openclipart/svg")
@@ -102,10 +112,6 @@ def build_manifest(png_root: str | Path = OPENCLIPART_PNG, svg_root: str | Path 
     (of the PNG bytes) and ``duplicates`` (byte-identical files folded into this record: every content
     appears once, so no held-out image has a copy in training).
     """
-    import warnings
-
-    from PIL import Image
-
     png_root, svg_root = Path(png_root), Path(svg_root)
     if not png_root.is_dir():
         raise FileNotFoundError(
@@ -202,10 +208,6 @@ def flatten_image(path: str | Path, size: int, background: int = 255):
     openclipart PNGs are transparent with black under the alpha channel, so ``convert("RGB")`` alone would
     give black line art on black; the demo model was trained on images flattened this way.
     """
-    from PIL import Image
-
-    from crossgap_qdrant.images import check_pixel_count, load_image
-
     with Image.open(path) as im:
         check_pixel_count(im, str(path))  # before decoding
         im.load()
@@ -236,7 +238,7 @@ def safe_relative_path(rel: str) -> PurePosixPath:
     posix = PurePosixPath(rel.replace("\\", "/"))
     if (not rel.strip() or posix.is_absolute() or PureWindowsPath(rel).drive or ".." in posix.parts
             or posix == PurePosixPath(".")):
-        raise ValueError(
+        raise ManifestError(
             f"manifest row path {rel!r} is not a plain relative path (absolute or containing '..'); "
             "rebuild the manifest with scripts/prepare_openclipart.py"
         )

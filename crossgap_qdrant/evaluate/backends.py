@@ -17,20 +17,20 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from qdrant_client import models
 
 from crossgap_qdrant.evaluate.data import DataError, LabelledSet
-from crossgap_qdrant.evaluate.results import split_method
+from crossgap_qdrant.evaluate.results import EvaluationError, split_method
+from crossgap_qdrant.images import WHITE
 from crossgap_qdrant.rivals import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, bank_sample, hub_corrected, hub_values
-from crossgap_qdrant.store.connection import RetryPolicy
-from crossgap_qdrant.store.schema import VectorNames
-from crossgap_qdrant.store.search import mode_vectors
+from crossgap_qdrant.store import CrossModalStore, RetryPolicy, VectorNames, mode_vectors, open_collection
 
 RRF_K = 2  # qdrant-client's default ranking constant: score = sum over routes of 1 / (0-based position + k)
 
 
 def method_vectors(modality: str, base: str, derived: dict[str, Any]) -> tuple[str, str]:
     """(query side, gallery side) of a method in the harness's vector names ("native", "inverted", and the
-    rivals' method names), by the store's own rule (:func:`crossgap_qdrant.store.search.mode_vectors`)."""
+    rivals' method names), by the store's own rule (:func:`crossgap_qdrant.store.mode_vectors`)."""
     names = VectorNames(image="native", image_oti="inverted") if modality == "image" else VectorNames(
         text="native", text_ovi="inverted")
     return mode_vectors(names, modality, base, derived)
@@ -100,7 +100,7 @@ def torch_similarities(method: str, vectors: dict[str, torch.Tensor], num_galler
     scores = vectors[query_name][queries] @ vectors[gallery_name][:num_gallery].T
     if corrected:
         if hub is None:
-            raise ValueError(f"method {method!r} needs the gallery's hub values")
+            raise EvaluationError(f"method {method!r} needs the gallery's hub values")
         return hub_corrected(scores, hub, weight)
     return scores
 
@@ -145,9 +145,7 @@ class QdrantBackend:
     def __init__(self, clip, *, model_id: str, data: LabelledSet, derived: dict[str, Any],
                  location: str = ":memory:", api_key: str | None = None, oti_config=None, ovi_config=None,
                  engine: str | None = None, timeout: float | None = None,
-                 retry: RetryPolicy | None = RetryPolicy(), image_background: tuple[int, int, int] = (255, 255, 255)):
-        from crossgap_qdrant.store import CrossModalStore, open_collection
-
+                 retry: RetryPolicy | None = RetryPolicy(), image_background: tuple[int, int, int] = WHITE):
         self.data = data
         self.collection_name = f"crossgap-eval-{uuid.uuid4().hex[:12]}"
         self.modes = {m: f"{data.modality}_{m}" for m in derived}
@@ -198,7 +196,8 @@ class QdrantBackend:
                 "seconds_database": report.seconds_database, "seconds_inversion": report.seconds_inversion}
 
     def similarities(self, methods: Sequence[str], latency_queries: int, *,
-                     temperature: float = DEFAULT_TEMPERATURE, weight: float = DEFAULT_WEIGHT, bank_size: int = 1000) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                     temperature: float = DEFAULT_TEMPERATURE, weight: float = DEFAULT_WEIGHT,
+                     bank_size: int = 1000) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Scores of every (query, gallery) pair through store searches, and the median search time.
 
         Args:
@@ -209,8 +208,6 @@ class QdrantBackend:
         Returns:
             (method -> [Q, G] scores, method -> median milliseconds of one search at limit 10).
         """
-        from qdrant_client import models
-
         data = self.data
         num_g = len(data.gallery)
         query_ids = list(range(num_g, num_g + data.num_queries)) if data.split else list(range(num_g))

@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossgap_qdrant.images import is_image_file, list_image_files
+from PIL import Image
+
+from crossgap_qdrant.errors import CrossgapError
+from crossgap_qdrant.images import ImageError, check_pixel_count, is_image_file, list_image_files
 
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(CrossgapError, ValueError):
     """The labelled data cannot be read or is unusable (the message names the file and the problem)."""
 
 
@@ -51,6 +55,10 @@ class LabelledSet:
             raise DataError(f"the gallery needs at least 2 items, got {len(self.gallery)}")
         if self.queries is not None and not self.queries:
             raise DataError("the query file lists no item")
+        classes = sorted(set(self.gallery_labels))
+        if len(classes) < 2:  # every item would be relevant to every query: 100 mAP for any method
+            raise DataError(f"the gallery has one class ({classes[0]!r}); ranking by class needs at least two: add "
+                            "class subfolders (or labels) of other kinds")
 
     @property
     def split(self) -> bool:
@@ -93,17 +101,15 @@ def drop_unreadable_images(data: LabelledSet) -> tuple[LabelledSet, dict[str, st
     Raises:
         DataError: too few items are left (see :class:`LabelledSet`).
     """
-    from PIL import Image
-
-    from crossgap_qdrant.images import ImageError, check_pixel_count
-
     if data.modality != "image":
         return data, {}
     dropped: dict[str, str] = {}
     for path in data.all_items:
         try:
-            with Image.open(path) as image:
-                check_pixel_count(image, path)
+            with warnings.catch_warnings():  # PIL's own bomb warning would report the image a second time
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    check_pixel_count(image, path)
         except ImageError as exc:
             dropped[path] = str(exc).removeprefix(f"{path}: ")
         except Exception as exc:  # PIL raises several types on files it cannot identify
@@ -138,7 +144,8 @@ def _read_records(path: Path) -> list[tuple[str, str, int]]:
                     item = rec.get("text", rec.get("image"))
                     label = rec["label"]
                 except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'label' and 'text' or 'image' ({exc})")
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'label' and 'text' or 'image' "
+                                    f"({exc})")
             else:
                 if "\t" not in line:
                     raise DataError(f"{path}:{lineno}: expected 'label<TAB>item'")
@@ -210,8 +217,6 @@ def read_lines(path: str | os.PathLike | None, what: str) -> list[str] | None:
 
 def read_images(folder: str | os.PathLike | None, what: str) -> list[str] | None:
     """The image files under a folder (recursively), or None without a folder; ``what`` names it in errors."""
-    from crossgap_qdrant.images import list_image_files
-
     if folder is None:
         return None
     images = [str(p) for p in list_image_files(Path(folder))]

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from crossgap_qdrant import images
 from crossgap_qdrant.evaluate.backends import QdrantBackend, torch_hub, torch_similarities
 from crossgap_qdrant.evaluate.data import DataError, LabelledSet, drop_unreadable_images
 from crossgap_qdrant.evaluate.recommend import recommend
@@ -39,12 +40,15 @@ from crossgap_qdrant.evaluate.results import (
     KNOWN_METHODS,
     METHODS,
     RIVALS,
+    EvaluationError,
     EvaluationResult,
     MethodResult,
     describe,
     split_method,
 )
+from crossgap_qdrant.inversion import OTIConfig, OVIConfig, oti_invert, ovi_invert
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
+from crossgap_qdrant.models import ClipModel, as_clip_model, encode_images, encode_texts, model_device
 from crossgap_qdrant.rivals import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT
 
 INVERTING = ("gallery_inverted", "query_inverted", "fused")
@@ -100,22 +104,22 @@ class EvaluationConfig:
     api_key: str | None = None
     timeout: float | None = None
     retry: Any = None
-    image_background: tuple[int, int, int] = (255, 255, 255)
+    image_background: tuple[int, int, int] = images.WHITE
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in KNOWN_METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(KNOWN_METHODS)}")
+            raise EvaluationError(f"unknown method(s) {unknown}; choose from {', '.join(KNOWN_METHODS)}")
         bad = [b for b in self.backends if b not in ("torch", "qdrant")]
         if bad or not self.backends:
-            raise ValueError(f"backends must be 'torch' and/or 'qdrant', got {list(self.backends)}")
+            raise EvaluationError(f"backends must be 'torch' and/or 'qdrant', got {list(self.backends)}")
         if not self.hub_temperature > 0 or self.hub_bank_size < 1:
-            raise ValueError(f"hub_temperature must be > 0 and hub_bank_size >= 1, got {self.hub_temperature}, "
-                             f"{self.hub_bank_size}")
+            raise EvaluationError(f"hub_temperature must be > 0 and hub_bank_size >= 1, got {self.hub_temperature}, "
+                                  f"{self.hub_bank_size}")
         if self.vocabulary is not None:
             self.vocabulary = [t.strip() for t in self.vocabulary if isinstance(t, str) and t.strip()]
             if not self.vocabulary:
-                raise ValueError("the PCA vocabulary holds no text")
+                raise EvaluationError("the PCA vocabulary holds no text")
             self.vocabulary_source = self.vocabulary_source or f"given texts ({len(self.vocabulary)})"
 
     @property
@@ -142,20 +146,17 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _load_pixels(preprocess: Callable, paths: Sequence[str], background: tuple[int, int, int]) -> torch.Tensor:
-    """[N, 3, H, W] preprocessed images (the package's image loader); an unreadable file raises DataError."""
-    from crossgap_qdrant.images import ImageError, load_pixels
-
+    """[N, 3, H, W] preprocessed images (the package's image loader, looked up on its module so a test can
+    record the calls); an unreadable file raises DataError."""
     try:
-        return load_pixels(preprocess, paths, background=background)
-    except ImageError as exc:
+        return images.load_pixels(preprocess, paths, background=background)
+    except images.ImageError as exc:
         raise DataError(f"cannot read image: {exc}") from exc
 
 
 def _compute_features(clip, data: LabelledSet, config: EvaluationConfig, skipped: dict[str, str],
                       score: Callable[[torch.Tensor], Any], progress: bool) -> _Features:
     """Native, inverted and rival vectors of every item, timed (the rivals fitted on the sample first)."""
-    from crossgap_qdrant.inversion import OTIConfig, OVIConfig, oti_invert, ovi_invert
-    from crossgap_qdrant.models import encode_images, encode_texts, model_device
 
     model, preprocess, tokenizer = clip
     items = data.all_items
@@ -164,24 +165,23 @@ def _compute_features(clip, data: LabelledSet, config: EvaluationConfig, skipped
     if data.modality == "image":
         inputs, seconds["decode"] = _timed(lambda: _load_pixels(preprocess, items, config.image_background))
         native, seconds["encode"] = _timed(
-            lambda: encode_images(model, preprocess, list(inputs), batch_size=config.batch_size, progress=progress)
+            lambda: encode_images(clip, list(inputs), batch_size=config.batch_size, progress=progress)
         )
     else:
         inputs = tokenizer(items)
         native, seconds["encode"] = _timed(
-            lambda: encode_texts(model, tokenizer, items, batch_size=config.batch_size, progress=progress)
+            lambda: encode_texts(clip, items, batch_size=config.batch_size, progress=progress)
         )
     vectors["native"] = native
 
     if config.bases & set(INVERTING):
         if data.modality == "image":
             result, seconds["invert"] = _timed(
-                lambda: oti_invert(model, tokenizer, native, config=config.oti_config or OTIConfig(), progress=progress)
+                lambda: oti_invert(clip, native, config=config.oti_config or OTIConfig(), progress=progress)
             )
         else:
             result, seconds["invert"] = _timed(
-                lambda: ovi_invert(model, native, config=config.ovi_config or OVIConfig(), progress=progress,
-                                   model_name=clip.name, pretrained=clip.pretrained)
+                lambda: ovi_invert(clip, native, config=config.ovi_config or OVIConfig(), progress=progress)
             )
         vectors["inverted"] = result.features.float().cpu()
 
@@ -245,24 +245,22 @@ def _representations(feats: _Features, methods: Sequence[str], config: Evaluatio
 
 
 def evaluate(
-    model: Any,
-    preprocess: Callable | LabelledSet | None = None,
-    tokenizer: Callable | EvaluationConfig | None = None,
-    data: LabelledSet | None = None,
+    clip: ClipModel,
+    data: LabelledSet,
     config: EvaluationConfig | None = None,
-    *,
+    *parts: Any,
     model_id: str | None = None,
     model_name: str | None = None,
     progress: bool = False,
 ) -> EvaluationResult:
     """Evaluates every configured method on a labelled set, with each configured backend.
 
-    Call it with a model handle, ``evaluate(clip, data, config)``, or with its parts,
-    ``evaluate(model, preprocess, tokenizer, data, config)``.
+    Call it with a model handle, ``evaluate(clip, data, config)``. The parts form
+    ``evaluate(model, preprocess, tokenizer, data[, config])`` still works in this release and warns once.
 
     Args:
-        model: a :class:`~crossgap_qdrant.models.ClipModel` (:func:`crossgap_qdrant.models.load_model`), or a
-            frozen open_clip model with ``preprocess`` and ``tokenizer``.
+        clip: a :class:`~crossgap_qdrant.models.ClipModel` (:func:`crossgap_qdrant.models.load_model`, or
+            ``ClipModel.from_parts``).
         data: the labelled set.
         config: settings (default :class:`EvaluationConfig`).
         model_id: recorded in the Qdrant collection metadata and results.json (default: the handle's content
@@ -274,16 +272,7 @@ def evaluate(
     Returns:
         EvaluationResult with one MethodResult per (method, backend).
     """
-    from crossgap_qdrant.models import as_clip_model
-
-    if isinstance(preprocess, LabelledSet):  # evaluate(clip, data[, config])
-        if data is not None or config is not None:
-            raise TypeError("evaluate(clip, data, config) takes no further positional arguments")
-        data, config, preprocess, tokenizer = preprocess, tokenizer, None, None
-    if data is None:
-        raise TypeError("evaluate() needs a labelled set: evaluate(clip, data) or evaluate(model, preprocess, "
-                        "tokenizer, data)")
-    clip = as_clip_model(model if preprocess is None and tokenizer is None else (model, preprocess, tokenizer))
+    clip, data, config = _handle_and_data(clip, data, config, parts)
     model_id = model_id or clip.model_id
     config = config or EvaluationConfig()
     data, unreadable = drop_unreadable_images(data)
@@ -363,3 +352,15 @@ def evaluate(
     )
     result.recommendation = recommend(result)
     return result
+
+
+def _handle_and_data(clip: Any, data: Any, config: Any, parts: tuple) -> tuple[ClipModel, LabelledSet, Any]:
+    """(handle, labelled set, config) of ``evaluate(clip, data, config)`` or of the deprecated parts form
+    ``evaluate(model, preprocess, tokenizer, data[, config])`` (which warns once, through as_clip_model)."""
+    if isinstance(data, LabelledSet):
+        if parts:
+            raise TypeError("evaluate(clip, data, config) takes no further positional arguments")
+        return as_clip_model(clip), data, config
+    if not parts or not isinstance(parts[0], LabelledSet) or len(parts) > 2:
+        raise TypeError("evaluate() needs a model handle and a labelled set: evaluate(clip, data[, config])")
+    return as_clip_model((clip, data, config)), parts[0], parts[1] if len(parts) > 1 else None

@@ -12,13 +12,15 @@ rival's derived vectors, computed from the points' recorded sources; the fitted 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import torch
 from qdrant_client import models
 
-from crossgap_qdrant.evaluate.results import RIVALS, EvaluationResult, split_method
+from crossgap_qdrant.evaluate.results import RIVALS, EvaluationError, EvaluationResult, split_method
 from crossgap_qdrant.rivals import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT
-from crossgap_qdrant.store.schema import METADATA_KEY
+from crossgap_qdrant.store import METADATA_KEY, CrossModalStore, mode_vectors
 
 RULE = ("the highest-mAP method whose paired 95% CI of the difference vs native lies above zero; else native")
 
@@ -78,17 +80,15 @@ def apply_recommendation(result: EvaluationResult, clip: Any, location: str, col
         ValueError: nothing to apply, an unknown or unfitted method, points whose sources cannot be read, or
             a collection without the vectors the mode searches.
     """
-    from crossgap_qdrant.store import CrossModalStore
-
     chosen = method or (result.recommendation or {}).get("method")
     if chosen is None:
-        raise ValueError("the evaluation made no recommendation (native was not evaluated): give a method")
+        raise EvaluationError("the evaluation made no recommendation (native was not evaluated): give a method")
     base, hub = split_method(chosen)
     modality, mode = result.modality, store_mode(result.modality, chosen)
     derived = {}
     if base in RIVALS:
         if base not in result.transforms:
-            raise ValueError(f"{base} was not fitted by this evaluation; evaluate it first (--methods {base})")
+            raise EvaluationError(f"{base} was not fitted by this evaluation; evaluate it first (--methods {base})")
         derived[mode] = result.transforms[base].vector(modality)
     with CrossModalStore.open(location, collection_name, clip, create=False, **open_kwargs) as store:
         recorded = store.collection.schema().metadata.get(METADATA_KEY) or {}
@@ -121,10 +121,6 @@ def compute_derived(store: Any, modality: str, name: str, *, recompute: bool = F
     Raises:
         ValueError: points whose source is missing or unreadable (nothing is written then).
     """
-    import os
-
-    import torch
-
     native = store.names.native(modality)
     flt = models.Filter(must=[models.HasVectorCondition(has_vector=native)],
                         must_not=None if recompute else [models.HasVectorCondition(has_vector=name)])
@@ -134,9 +130,9 @@ def compute_derived(store: Any, modality: str, name: str, *, recompute: bool = F
         lambda s: isinstance(s, str) and os.path.isfile(s))
     missing = [pid for pid, source in todo if not readable(source)]
     if missing:
-        raise ValueError(f"{len(missing)} of the {len(todo)} {modality}s that need the {name!r} vector have no "
-                         f"readable source recorded (e.g. point {missing[0]}); re-ingest them from their files, or "
-                         "apply a method that needs no new vectors")
+        raise EvaluationError(f"{len(missing)} of the {len(todo)} {modality}s that need the {name!r} vector have no "
+                              f"readable source recorded (e.g. point {missing[0]}); re-ingest them from their files, "
+                              "or apply a method that needs no new vectors")
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         if modality == "image":
@@ -151,8 +147,6 @@ def compute_derived(store: Any, modality: str, name: str, *, recompute: bool = F
 
 def _check_servable(store: Any, modality: str, mode: str) -> None:
     """Refuses a default mode whose gallery vectors some stored points lack (they would never be found)."""
-    from crossgap_qdrant.store.search import mode_vectors
-
     if mode == "fused":
         needed = {store.names.native(modality), store.names.inverted(modality)}
     else:
@@ -164,5 +158,5 @@ def _check_servable(store: Any, modality: str, mode: str) -> None:
         if has(name) < total:
             fix = (f"run crossgap-qdrant invert --modality {modality}" if name == store.names.inverted(modality)
                    else "re-ingest")
-            raise ValueError(f"{total - has(name)} of the {total} stored {modality}s lack the {name!r} vector that "
-                             f"mode {mode!r} searches: {fix} first")
+            raise EvaluationError(f"{total - has(name)} of the {total} stored {modality}s lack the {name!r} vector "
+                                  f"that mode {mode!r} searches: {fix} first")

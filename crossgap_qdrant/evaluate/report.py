@@ -134,7 +134,8 @@ def recommendation_text(r: EvaluationResult) -> str:
     gain = "" if diff is None else (f" ({_signed(diff[0])} points vs native, 95% CI {_signed(diff[1])} to "
                                     f"{_signed(diff[2])})")
     hub = ", hubness correction" if rec["hubness"] else ""
-    return (f"Recommended: {rec['method']} (search mode {rec['mode']}{hub}): mAP {_pct(rec['mAP'])}{gain}, read from the {rec['backend']} rows. Rule: {rec['rule']}. "
+    return (f"Recommended: {rec['method']} (search mode {rec['mode']}{hub}): mAP {_pct(rec['mAP'])}{gain}, read from "
+            f"the {rec['backend']} rows. Rule: {rec['rule']}. "
             f"{rec['reason'][0].upper()}{rec['reason'][1:]}.")
 
 

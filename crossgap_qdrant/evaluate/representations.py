@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from crossgap_qdrant import images
 from crossgap_qdrant.rivals import (
     IsoCLIPProjector,
     cut_grid,
@@ -124,9 +125,7 @@ def fit_rivals(clip, data, config, native: torch.Tensor, inputs: torch.Tensor, w
             out.transforms["gap_shift"] = fit_gap_shift(model, tokenizer, preprocess, image_features=gallery,
                                                         texts=config.gap_texts)
         elif config.gap_images:
-            from crossgap_qdrant.images import load_pixels
-
-            pixels = load_pixels(preprocess, config.gap_images, background=config.image_background)
+            pixels = images.load_pixels(preprocess, config.gap_images, background=config.image_background)
             out.transforms["gap_shift"] = fit_gap_shift(model, tokenizer, preprocess, images=list(pixels),
                                                         text_features=gallery)
         else:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossgap_qdrant.errors import CrossgapError
 from crossgap_qdrant.metrics import RetrievalMetrics
+from crossgap_qdrant.store import MODES
 
-STORE_MODES = ("native", "gallery_inverted", "query_inverted", "fused")
 RIVALS = ("isoclip", "pca", "gap_shift")
 HUB_SUFFIX = "_hub"
 #: The methods an evaluation runs by default.
-METHODS = STORE_MODES + RIVALS + ("native_hub", "gallery_inverted_hub", "query_inverted_hub")
+METHODS = MODES + RIVALS + ("native_hub", "gallery_inverted_hub", "query_inverted_hub")
 #: Every method name the harness knows (the default ones and hubness correction of the rivals).
 KNOWN_METHODS = METHODS + tuple(r + HUB_SUFFIX for r in RIVALS)
 
@@ -42,10 +43,14 @@ _BASE_DESCRIPTIONS = {
 }
 
 
+class EvaluationError(CrossgapError, ValueError):
+    """An evaluation's settings, methods or recommendation cannot be used (the message names the fix)."""
+
+
 def split_method(method: str) -> tuple[str, bool]:
     """(base method, hubness correction) of a method name; ValueError for an unknown name."""
     if method not in KNOWN_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(KNOWN_METHODS)}")
+        raise EvaluationError(f"unknown method {method!r}; choose from {', '.join(KNOWN_METHODS)}")
     if method.endswith(HUB_SUFFIX):
         return method[: -len(HUB_SUFFIX)], True
     return method, False
@@ -105,13 +110,20 @@ class MethodResult:
             "description": self.description,
             "metrics": self.summary,
             "map_ci": list(self.map_ci),
-            "diff_vs_native": None if self.diff_vs_native is None else list(self.diff_vs_native),
+            **split_difference(self.diff_vs_native),
             "num_queries": self.metrics.num_queries,
             "num_skipped": self.metrics.num_skipped,
             "search_ms": self.search_ms,
             "query_compute_ms": self.query_compute_ms,
             "ingest_ms_per_item": self.ingest_ms_per_item,
         }
+
+
+def split_difference(diff) -> dict[str, Any]:
+    """``(mean, low, high)`` as the JSON form's ``diff_vs_native`` (the mean) and ``diff_ci95`` ([low, high])."""
+    if diff is None:
+        return {"diff_vs_native": None, "diff_ci95": None}
+    return {"diff_vs_native": diff[0], "diff_ci95": [diff[1], diff[2]]}
 
 
 @dataclass
@@ -176,8 +188,7 @@ class EvaluationResult:
             search_ms = searched.get(r.method)
             out[r.method] = {
                 "mAP": r.summary["mAP"], "ci95": list(r.map_ci),
-                "diff_vs_native": None if diff is None else diff[0],
-                "diff_ci95": None if diff is None else [diff[1], diff[2]],
+                **split_difference(diff),
                 "query_ms": r.query_compute_ms + (search_ms or 0.0), "query_model_ms": r.query_compute_ms,
                 "search_ms": search_ms, "ingest_ms_per_item": r.ingest_ms_per_item,
                 "recommended": r.method == chosen,
@@ -185,8 +196,12 @@ class EvaluationResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, one schema throughout: metrics as fractions in [0, 1] (mAP 0.2797 is 27.97%), each
+        difference to native as a scalar ``diff_vs_native`` with its 95% CI as ``diff_ci95`` [low, high] (None
+        for native), every other CI as [low, high], costs in ms (``*_ms``) and stage timings in seconds."""
+        rec = self.recommendation
         return {
-            "recommended": self.recommendation,
+            "recommended": None if rec is None else {**rec, **split_difference(rec.get("diff_vs_native"))},
             "methods": self.method_summary(),
             "representations": self.representations,
             "dataset": self.dataset,

@@ -16,6 +16,7 @@ a re-scoring of any cosine search, not a vector.
 
 from crossgap_qdrant.rivals.base import (
     FeatureTransform,
+    RepresentationError,
     TransformVector,
     transform_from_record,
     vector_from_record,
@@ -48,6 +49,7 @@ __all__ = [
     "IsoCLIPProjector",
     "ModalityGapShift",
     "PCAProjector",
+    "RepresentationError",
     "TransformVector",
     "bank_sample",
     "bundled_class_names",

@@ -16,6 +16,8 @@ from typing import Any, Callable, Literal
 import torch
 import torch.nn as nn
 
+from crossgap_qdrant.errors import CrossgapError
+
 Modality = Literal["image", "text"]
 GallerySide = Literal["self", "native"]
 
@@ -31,6 +33,10 @@ def register_kind(kind: str):
         return cls
 
     return wrap
+
+
+class RepresentationError(CrossgapError, ValueError):
+    """A rival representation cannot be fitted, applied or rebuilt from its record (the message names why)."""
 
 
 class FeatureTransform(abc.ABC):
@@ -91,7 +97,7 @@ class TransformVector:
 
     def __post_init__(self):
         if self.modality not in ("image", "text"):
-            raise ValueError(f"modality must be 'image' or 'text', got {self.modality!r}")
+            raise RepresentationError(f"modality must be 'image' or 'text', got {self.modality!r}")
 
     @property
     def dim(self) -> int:
@@ -119,12 +125,13 @@ def transform_from_record(model: nn.Module, record: dict[str, Any]) -> FeatureTr
     Raises:
         ValueError: a record of an unknown kind, or one that does not fit the model.
     """
-    from crossgap_qdrant import rivals  # noqa: F401  (registers every kind)
+    # a real cycle: the kinds' modules import this one to register themselves
+    from crossgap_qdrant import rivals  # noqa: F401, PLC0415  (registers every kind)
 
     kind = record.get("kind") if isinstance(record, dict) else None
     if kind not in _KINDS:
-        raise ValueError(f"unknown derived-vector kind {kind!r} in the collection metadata (known: "
-                         f"{', '.join(sorted(_KINDS))}); was it written by a newer crossgap-qdrant?")
+        raise RepresentationError(f"unknown derived-vector kind {kind!r} in the collection metadata (known: "
+                                  f"{', '.join(sorted(_KINDS))}); was it written by a newer crossgap-qdrant?")
     return _KINDS[kind](model, record)
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossgap_qdrant.models import encode_pixels, encode_token_ids
-from crossgap_qdrant.rivals.base import FeatureTransform, register_kind
+from crossgap_qdrant.models import ClipModel, encode_images, encode_pixels, encode_texts, encode_token_ids
+from crossgap_qdrant.rivals.base import FeatureTransform, RepresentationError, register_kind
 
 # Generic captions used to fit the text mean when the user's data has no texts (image-only sets).
 GENERIC_CAPTIONS = (
@@ -70,7 +70,7 @@ class ModalityGapShift(FeatureTransform):
 
     def __post_init__(self):
         if self.image_mean.ndim != 1 or self.image_mean.shape != self.text_mean.shape:
-            raise ValueError(
+            raise RepresentationError(
                 f"means must be two [E] vectors of one width, got {tuple(self.image_mean.shape)} and "
                 f"{tuple(self.text_mean.shape)}"
             )
@@ -85,9 +85,10 @@ class ModalityGapShift(FeatureTransform):
         """
         for name, x in (("image", image_features), ("text", text_features)):
             if x.ndim != 2 or x.shape[0] == 0:
-                raise ValueError(f"{name} sample must be a non-empty [N, E] tensor, got shape {tuple(x.shape)}")
+                raise RepresentationError(f"{name} sample must be a non-empty [N, E] tensor, got shape "
+                                          f"{tuple(x.shape)}")
         if image_features.shape[1] != text_features.shape[1]:
-            raise ValueError(f"image width {image_features.shape[1]} != text width {text_features.shape[1]}")
+            raise RepresentationError(f"image width {image_features.shape[1]} != text width {text_features.shape[1]}")
         mean = lambda x: F.normalize(x.double(), dim=-1).mean(0).float().cpu()  # noqa: E731
         return cls(image_mean=mean(image_features), text_mean=mean(text_features))
 
@@ -121,7 +122,7 @@ class ModalityGapShift(FeatureTransform):
 
     def _shift(self, features: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         if features.ndim != 2 or features.shape[1] != self.dim:
-            raise ValueError(f"features must be [N, {self.dim}], got shape {tuple(features.shape)}")
+            raise RepresentationError(f"features must be [N, {self.dim}], got shape {tuple(features.shape)}")
         x = F.normalize(features.float(), dim=-1)
         return F.normalize(x + delta.to(x.device), dim=-1)
 
@@ -154,12 +155,11 @@ def fit_gap_shift(
         images: PIL images or paths (or give ``image_features`` [N, E]).
         texts: strings (or give ``text_features`` [M, E]).
     """
-    from crossgap_qdrant.models import encode_images, encode_texts
-
     if image_features is None:
         if not images:
-            raise ValueError("the modality-gap shift needs a sample of images (or image features) to fit")
-        image_features = encode_images(model, preprocess, images)
+            raise RepresentationError("the modality-gap shift needs a sample of images (or image features) to fit")
+        image_features = encode_images(ClipModel.from_parts(model, preprocess, tokenizer), images)
     if text_features is None:
-        text_features = encode_texts(model, tokenizer, list(texts) if texts else list(GENERIC_CAPTIONS))
+        text_features = encode_texts(ClipModel.from_parts(model, preprocess, tokenizer),
+                                     list(texts) if texts else list(GENERIC_CAPTIONS))
     return ModalityGapShift.fit(image_features, text_features)

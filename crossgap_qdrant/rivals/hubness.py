@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from crossgap_qdrant.rivals.base import RepresentationError
+
 DEFAULT_TEMPERATURE = 20.0  # QB-Norm's beta for cosine similarities
 DEFAULT_WEIGHT = 1.0
 
@@ -59,15 +61,15 @@ def hub_values(gallery: torch.Tensor, query_bank: torch.Tensor, gallery_bank: to
             nothing but itself.
     """
     if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
+        raise RepresentationError(f"temperature must be a positive number, got {temperature}")
     banks = [query_bank] + ([gallery_bank] if gallery_bank is not None else [])
     for bank in banks:
         if bank.ndim != 2 or bank.shape[0] == 0 or bank.shape[1] != gallery.shape[1] or gallery.ndim != 2:
-            raise ValueError(f"banks must be non-empty [B, {gallery.shape[-1]}] tensors like the gallery "
-                             f"[G, E]; got bank {tuple(bank.shape)}, gallery {tuple(gallery.shape)}")
+            raise RepresentationError(f"banks must be non-empty [B, {gallery.shape[-1]}] tensors like the gallery "
+                                      f"[G, E]; got bank {tuple(bank.shape)}, gallery {tuple(gallery.shape)}")
     if gallery_bank is not None and gallery_bank.shape[0] != query_bank.shape[0]:
-        raise ValueError(f"the query and gallery banks must hold the same items: {query_bank.shape[0]} vs "
-                         f"{gallery_bank.shape[0]} rows")
+        raise RepresentationError(f"the query and gallery banks must hold the same items: {query_bank.shape[0]} vs "
+                                  f"{gallery_bank.shape[0]} rows")
     num_bank = query_bank.shape[0]
     if self_index is None:
         self_index = torch.full((gallery.shape[0],), -1, dtype=torch.long)
@@ -77,7 +79,7 @@ def hub_values(gallery: torch.Tensor, query_bank: torch.Tensor, gallery_bank: to
         g = gallery[start : start + chunk].double()
         keep = rows != self_index[start : start + chunk][None, :]
         if not keep.any(0).all():
-            raise ValueError("a gallery item's bank holds only the item itself: the banks need other items")
+            raise RepresentationError("a gallery item's bank holds only the item itself: the banks need other items")
         total = sum(_log_mean_exp(temperature * (bank.double() @ g.T), keep) for bank in banks)
         out[start : start + chunk] = total / (len(banks) * temperature)
     return out
@@ -87,7 +89,7 @@ def bank_sample(num_items: int, size: int, seed: int = 0) -> torch.Tensor:
     """Rows of the bank among ``num_items`` candidates in a fixed order: all of them when they fit, else a
     seeded sample of ``size``, sorted. The store and the evaluation draw banks with this one function."""
     if size < 1:
-        raise ValueError(f"the bank size must be >= 1, got {size}")
+        raise RepresentationError(f"the bank size must be >= 1, got {size}")
     if num_items <= size:
         return torch.arange(num_items)
     return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))[:size].sort().values

@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossgap_qdrant.models import model_device
-from crossgap_qdrant.rivals.base import FeatureTransform, register_kind
-from crossgap_qdrant.towers import text_tower
+from crossgap_qdrant.models.towers import text_tower
+from crossgap_qdrant.rivals.base import FeatureTransform, RepresentationError, register_kind
 
 #: The authors' image->image cuts (k_top, k_bottom) by (open_clip architecture, pretrained tag).
 PUBLISHED_CUTS: dict[tuple[str, str], tuple[int, int]] = {
@@ -71,7 +71,7 @@ def cut_grid(rank: int) -> list[tuple[int, int]]:
 def _vision_projection(model: nn.Module) -> torch.Tensor:
     proj = getattr(getattr(model, "visual", None), "proj", None)
     if not isinstance(proj, torch.Tensor):
-        raise ValueError(
+        raise RepresentationError(
             f"{type(model).__name__}'s image tower has no projection matrix (model.visual.proj): the IsoCLIP "
             "projector needs an open_clip VisionTransformer with a linear projector"
         )
@@ -85,7 +85,7 @@ def _text_projection(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
         return proj.weight.t(), proj.bias
     if isinstance(proj, torch.Tensor):
         return proj, None
-    raise ValueError(
+    raise RepresentationError(
         f"{type(model).__name__}'s text tower has no linear projector (text_projection): the IsoCLIP "
         "projector needs one"
     )
@@ -186,15 +186,16 @@ class IsoCLIPProjector(FeatureTransform):
             ValueError: negative cuts, or cuts that leave no direction.
         """
         if k_top < 0 or k_bottom < 0:
-            raise ValueError(f"k_top and k_bottom must be >= 0, got {k_top}, {k_bottom}")
+            raise RepresentationError(f"k_top and k_bottom must be >= 0, got {k_top}, {k_bottom}")
         w_i = _vision_projection(model).detach().double().cpu()
         w_t = _text_projection(model)[0].detach().double().cpu()
         if w_i.shape[1] != w_t.shape[1]:
-            raise ValueError(f"projector output widths differ: image {w_i.shape[1]}, text {w_t.shape[1]}")
+            raise RepresentationError(f"projector output widths differ: image {w_i.shape[1]}, text {w_t.shape[1]}")
         rank = min(w_i.shape[0], w_t.shape[0], w_i.shape[1])
         if k_top + k_bottom >= rank:
-            raise ValueError(f"k_top + k_bottom = {k_top + k_bottom} leaves no direction: the operator has {rank} "
-                             "singular directions")
+            raise RepresentationError(f"k_top + k_bottom = {k_top + k_bottom} leaves no direction: the operator has "
+                                      f"{rank} "
+                                      "singular directions")
         u, s, vh = torch.linalg.svd(w_i @ w_t.T, full_matrices=False)
         band = slice(k_top, rank - k_bottom)
         return cls(image_basis=u[:, band].float().contiguous(), text_basis=vh.T[:, band].float().contiguous(),
@@ -208,8 +209,9 @@ class IsoCLIPProjector(FeatureTransform):
     def from_record(cls, model: nn.Module, record: dict[str, Any]) -> "IsoCLIPProjector":
         out = cls.from_model(model, int(record["k_top"]), int(record["k_bottom"]), record.get("cuts_source", "given"))
         if "rank" in record and int(record["rank"]) != out.rank:
-            raise ValueError(f"the recorded IsoCLIP band is for r = {record['rank']} singular directions, but this "
-                             f"model has {out.rank}: the collection was built with another model")
+            raise RepresentationError(f"the recorded IsoCLIP band is for r = {record['rank']} singular directions, but "
+                                      "this "
+                                      f"model has {out.rank}: the collection was built with another model")
         return out
 
     @property

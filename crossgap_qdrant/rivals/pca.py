@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossgap_qdrant.models import encode_pixels, encode_token_ids, model_device
-from crossgap_qdrant.rivals.base import FeatureTransform, register_kind
+from crossgap_qdrant.models import ClipModel, encode_pixels, encode_texts, encode_token_ids, model_device
+from crossgap_qdrant.rivals.base import FeatureTransform, RepresentationError, register_kind
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent / "class_names.txt"
 CLASS_NAME_TEMPLATE = "a photo of a {}."
@@ -41,13 +41,14 @@ def principal_basis(features: torch.Tensor, k: int) -> torch.Tensor:
         ValueError: fewer than k + 1 rows (N centred rows span at most N - 1 directions), or k out of range.
     """
     if features.ndim != 2:
-        raise ValueError(f"features must be [N, E], got shape {tuple(features.shape)}")
+        raise RepresentationError(f"features must be [N, E], got shape {tuple(features.shape)}")
     n, width = features.shape
     if not 1 <= k <= width:
-        raise ValueError(f"the number of principal directions must be in [1, {width}], got {k}")
+        raise RepresentationError(f"the number of principal directions must be in [1, {width}], got {k}")
     if n < k + 1:
-        raise ValueError(f"a vocabulary of {n} texts has at most {n - 1} principal directions, but {k} are needed: "
-                         f"give at least {k + 1} texts")
+        raise RepresentationError(f"a vocabulary of {n} texts has at most {n - 1} principal directions, but {k} are "
+                                  "needed: "
+                                  f"give at least {k + 1} texts")
     x = features.double()
     _, _, vh = torch.linalg.svd(x - x.mean(0, keepdim=True), full_matrices=False)
     return vh[:k].T.float().contiguous()
@@ -70,7 +71,7 @@ class PCAProjector(FeatureTransform):
 
     def __post_init__(self):
         if self.basis.ndim != 2 or self.basis.shape[1] > self.basis.shape[0]:
-            raise ValueError(f"basis must be [E, K] with K <= E, got shape {tuple(self.basis.shape)}")
+            raise RepresentationError(f"basis must be [E, K] with K <= E, got shape {tuple(self.basis.shape)}")
 
     @classmethod
     def fit(cls, text_features: torch.Tensor, k: int | None = None, vocabulary: str = "") -> "PCAProjector":
@@ -88,7 +89,7 @@ class PCAProjector(FeatureTransform):
         shape = tuple(int(s) for s in record["shape"])
         data = np.frombuffer(base64.b64decode(record["basis_f32_base64"]), dtype="<f4")
         if data.size != shape[0] * shape[1]:
-            raise ValueError(f"the recorded PCA basis holds {data.size} values, not {shape[0]} x {shape[1]}")
+            raise RepresentationError(f"the recorded PCA basis holds {data.size} values, not {shape[0]} x {shape[1]}")
         return cls(torch.from_numpy(data.copy()).reshape(shape), record.get("vocabulary", ""),
                    int(record.get("num_texts", 0)))
 
@@ -103,7 +104,7 @@ class PCAProjector(FeatureTransform):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """[N, E] features -> [N, E] unit features in the span of the basis (float32, CPU)."""
         if features.ndim != 2 or features.shape[1] != self.dim:
-            raise ValueError(f"features must be [N, {self.dim}], got shape {tuple(features.shape)}")
+            raise RepresentationError(f"features must be [N, {self.dim}], got shape {tuple(features.shape)}")
         x = F.normalize(features.float().cpu(), dim=-1)
         return F.normalize((x @ self.basis) @ self.basis.T, dim=-1)
 
@@ -126,8 +127,6 @@ def fit_pca_projector(model: nn.Module, tokenizer, texts: Sequence[str] | None =
         vocabulary: the source recorded with the transform (default: "bundled class names" or "given texts").
         k: principal directions kept (default E // 2).
     """
-    from crossgap_qdrant.models import encode_texts
-
     if texts is None:
         items = [CLASS_NAME_TEMPLATE.format(name) for name in bundled_class_names()]
         vocabulary = vocabulary or f"bundled class names ({CLASS_NAMES_FILE.name}, template {CLASS_NAME_TEMPLATE!r})"
@@ -135,6 +134,6 @@ def fit_pca_projector(model: nn.Module, tokenizer, texts: Sequence[str] | None =
         items = [t for t in texts if isinstance(t, str) and t.strip()]
         vocabulary = vocabulary or "given texts"
     if not items:
-        raise ValueError("the PCA projection needs a non-empty vocabulary of texts")
-    features = encode_texts(model, tokenizer, items, batch_size=batch_size)
+        raise RepresentationError("the PCA projection needs a non-empty vocabulary of texts")
+    features = encode_texts(ClipModel.from_parts(model, None, tokenizer), items, batch_size=batch_size)
     return PCAProjector.fit(features, k, vocabulary)

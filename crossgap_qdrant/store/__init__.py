@@ -7,8 +7,13 @@ Modules, one concern each:
     schema          vector names, derived vectors, the recorded model and the layout check
     encoder         raw inputs -> native, derived and inverted vectors (finite unit vectors only)
     ingest          identify, plan, encode, invert, write
-    search          query planning (modes, cross-modal search, point-id queries)
+    request         the modes, hubness correction and the validated SearchRequest
+    search          query planning (cross-modal search, point-id queries, Qdrant requests)
     store           CrossModalStore, the facade
+    adopt           adopting a collection another tool built (the record, the re-encoding check)
+    companion       a single-unnamed-vector collection and its companion, seen as one collection
+    backfill        one worker's resumable part of a backfill (backfill_ray: many, on Ray Data)
+    stored_transforms  IsoCLIP and PCA vectors computed from stored native vectors
 """
 
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec
@@ -18,16 +23,27 @@ from crossgap_qdrant.store.errors import (
     CollectionNotFoundError,
     IdConflictError,
     PointNotFoundError,
+    ReadOnlyStoreError,
     SchemaMismatchError,
     StorageFullError,
     StoreLockedError,
     VectorsNotStoredError,
 )
-from crossgap_qdrant.store.ids import content_id, features_id, image_bytes_id, normalize_point_id, pil_image_id, text_id
+from crossgap_qdrant.store.ids import (
+    content_id,
+    features_id,
+    image_bytes_id,
+    is_point_id,
+    normalize_point_id,
+    pil_image_id,
+    text_id,
+)
 from crossgap_qdrant.store.ingest import IngestReport
+from crossgap_qdrant.store.opening import describe_collection
+from crossgap_qdrant.store.request import DEFAULT_MODE, MODES, HubCorrection, SearchRequest
 from crossgap_qdrant.store.schema import METADATA_KEY, DerivedVector, VectorNames
-from crossgap_qdrant.store.search import DEFAULT_MODE, MODES
-from crossgap_qdrant.store.store import CrossModalStore, describe_collection
+from crossgap_qdrant.store.search import mode_vectors
+from crossgap_qdrant.store.store import CrossModalStore
 
 __all__ = [
     "Collection",
@@ -36,6 +52,7 @@ __all__ = [
     "CrossModalStore",
     "DEFAULT_MODE",
     "DerivedVector",
+    "HubCorrection",
     "IdConflictError",
     "IngestReport",
     "METADATA_KEY",
@@ -43,7 +60,9 @@ __all__ = [
     "PointNotFoundError",
     "RetryPolicy",
     "SchemaMismatchError",
+    "SearchRequest",
     "StorageFullError",
+    "ReadOnlyStoreError",
     "StoreLockedError",
     "VectorNames",
     "VectorSpec",
@@ -52,6 +71,8 @@ __all__ = [
     "describe_collection",
     "features_id",
     "image_bytes_id",
+    "is_point_id",
+    "mode_vectors",
     "normalize_point_id",
     "open_collection",
     "pil_image_id",

@@ -25,7 +25,14 @@ from crossgap_qdrant.store.connection import (
     describe_error,
     redact,
 )
-from crossgap_qdrant.store.errors import CollectionNotFoundError, SchemaMismatchError, StorageFullError
+from crossgap_qdrant.store.errors import (
+    CollectionClosedError,
+    CollectionNotFoundError,
+    InvalidRequestError,
+    SchemaMismatchError,
+    StorageFullError,
+)
+from crossgap_qdrant.store.ids import normalize_point_id
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,7 +87,7 @@ class ClientCollection(Collection):
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         if self._closed:
-            raise RuntimeError(f"collection {self.name!r} at {self.location} was closed; open it again")
+            raise CollectionClosedError(f"collection {self.name!r} at {self.location} was closed; open it again")
         full_what = f"{what} ({self.location}, collection {self.name!r})"
         try:
             return call_with_retries(full_what, fn, self.retry if self.server else None,
@@ -107,7 +114,7 @@ class ClientCollection(Collection):
                quantization_config: Any = None, shard_number: int | None = None,
                replication_factor: int | None = None) -> None:
         if not vectors:
-            raise ValueError("a collection needs at least one named vector")
+            raise InvalidRequestError("a collection needs at least one named vector")
         config = {name: models.VectorParams(size=int(size), distance=models.Distance.COSINE, on_disk=on_disk)
                   for name, size in vectors.items()}
         try:
@@ -181,14 +188,15 @@ class ClientCollection(Collection):
     def set_payload(self, ids: Sequence[Any], payload: Mapping[str, Any]) -> None:
         if ids:
             self._call(f"write the payload of {len(ids)} point(s)", lambda: self.client.set_payload(
-                collection_name=self.name, payload=dict(payload), points=list(ids), wait=True))
+                collection_name=self.name, payload=dict(payload), points=[normalize_point_id(i) for i in ids],
+                wait=True))
 
     def set_payloads(self, items: Sequence[tuple[Any, Mapping[str, Any]]]) -> None:
         step = 256
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             operations = [models.SetPayloadOperation(set_payload=models.SetPayload(payload=dict(payload),
-                                                                                  points=[point_id]))
+                                                                                  points=[normalize_point_id(point_id)]))
                           for point_id, payload in chunk]
             self._call(f"write the payload of {len(chunk)} point(s)", lambda: self.client.batch_update_points(
                 collection_name=self.name, update_operations=operations, wait=True))
@@ -198,7 +206,7 @@ class ClientCollection(Collection):
         if not ids:
             return []
         return self._call("read points", lambda: self.client.retrieve(
-            collection_name=self.name, ids=list(ids), with_payload=_selector(with_payload),
+            collection_name=self.name, ids=[normalize_point_id(i) for i in ids], with_payload=_selector(with_payload),
             with_vectors=_selector(with_vectors)))
 
     def scroll(self, *, scroll_filter: models.Filter | None = None, limit: int = 256, offset: Any = None,

@@ -20,6 +20,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from crossgap_qdrant.store.errors import (
+    InvalidRequestError,
+    QdrantServerError,
+    ServerAuthError,
+    ServerUnreachableError,
+)
+
 T = TypeVar("T")
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -48,9 +58,9 @@ class RetryPolicy:
 
     def __post_init__(self):
         if not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ValueError(f"attempts must be an int >= 1, got {self.attempts!r}")
+            raise InvalidRequestError(f"attempts must be an int >= 1, got {self.attempts!r}")
         if self.deadline is not None and not self.deadline > 0:
-            raise ValueError(f"deadline must be > 0 seconds or None, got {self.deadline!r}")
+            raise InvalidRequestError(f"deadline must be > 0 seconds or None, got {self.deadline!r}")
 
     def delay(self, retry: int) -> float:
         return min(self.max_backoff, self.backoff * 2 ** (retry - 1)) * (0.5 + 0.5 * random.random())
@@ -81,19 +91,12 @@ def is_server_location(location: str) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: the server may answer the same request later."""
-    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
     if isinstance(exc, UnexpectedResponse):
         return exc.status_code in TRANSIENT_STATUS
     if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError)):
         return True
-    try:
-        import httpx
-
-        if isinstance(exc, httpx.TransportError):
-            return True
-    except ImportError:  # pragma: no cover - httpx is a qdrant-client dependency
-        pass
+    if isinstance(exc, httpx.TransportError):  # httpx: qdrant-client's HTTP transport
+        return True
     code = getattr(exc, "code", None)  # grpc.RpcError, without importing grpc
     if callable(code):
         try:
@@ -102,19 +105,6 @@ def is_transient(exc: BaseException) -> bool:
             return False
         return name in {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
     return False
-
-
-class QdrantServerError(RuntimeError):
-    """A Qdrant server refused a request: the message gives the status and Qdrant's one-line reason, never the
-    response body.
-
-    Attributes:
-        status_code: the HTTP status.
-    """
-
-    def __init__(self, message: str, status_code: int):
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def _server_reason(exc: BaseException) -> str:
@@ -131,8 +121,6 @@ def _server_reason(exc: BaseException) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """A one-line description of a Qdrant error without response bodies or credentials."""
-    from qdrant_client.http.exceptions import UnexpectedResponse
-
     if isinstance(exc, UnexpectedResponse):
         return f"HTTP {exc.status_code} {exc.reason_phrase}".strip() + _server_reason(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""
@@ -179,13 +167,12 @@ def call_with_retries(
             in-process engines, whose calls cannot hang on a network.
 
     Raises:
-        PermissionError: the server refused the credentials (401/403).
+        ServerAuthError: the server refused the credentials (401/403; a PermissionError).
         QdrantServerError: the server refused the request otherwise (status and Qdrant's reason, no body).
-        ConnectionError: no answer after every attempt, or the deadline passed (the message names ``what``).
+        ServerUnreachableError: no answer after every attempt, or the deadline passed (a ConnectionError; the
+            message names ``what``).
         Exception: a non-transient error, as raised by fn.
     """
-    from qdrant_client.http.exceptions import UnexpectedResponse
-
     attempts = policy.attempts if policy is not None else 1
     deadline = policy.deadline if policy is not None else None
     start = clock()
@@ -197,7 +184,7 @@ def call_with_retries(
             return fn()
         except Exception as exc:
             if isinstance(exc, UnexpectedResponse) and exc.status_code in (401, 403):
-                raise PermissionError(
+                raise ServerAuthError(
                     f"could not {what}: the server refused the credentials ({describe_error(exc)}); check api_key"
                 ) from None
             if not is_transient(exc):
@@ -209,7 +196,7 @@ def call_with_retries(
             out_of_time = deadline is not None and elapsed >= deadline
             if attempt == attempts or out_of_time:
                 limit = f"within the {deadline:g} s deadline" if out_of_time else f"after {attempt} attempt(s)"
-                raise ConnectionError(
+                raise ServerUnreachableError(
                     f"could not {what}: no answer {limit} ({describe_error(exc)}). Check that the server runs "
                     "and that the URL, port and api_key are right; --timeout/--retries (RetryPolicy) set the limits."
                 ) from None

@@ -15,6 +15,28 @@ from crossgap_qdrant.store.errors import PartialCoverageError, PartialCoverageWa
 from crossgap_qdrant.store.schema import VectorNames
 
 
+def _scope(query_filter: models.Filter | None) -> models.Filter | None:
+    """The part of a search filter that chooses the gallery: a query's own points left out by id (``must_not``
+    HasIdCondition, how a query image is kept out of its results) do not change what the mode covers."""
+    if query_filter is None:
+        return None
+    must_not = [c for c in _listed(query_filter.must_not) if not isinstance(c, models.HasIdCondition)]
+    must = _listed(query_filter.must)
+    if must_not or query_filter.should or query_filter.min_should:
+        return query_filter.model_copy(update={"must_not": must_not or None})
+    if not must:
+        return None
+    if len(must) == 1 and isinstance(must[0], models.Filter):
+        return _scope(must[0])
+    return models.Filter(must=must)
+
+
+def _listed(conditions: Any) -> list:
+    if conditions is None:
+        return []
+    return list(conditions) if isinstance(conditions, list) else [conditions]
+
+
 def _holding(name: str, query_filter: models.Filter | None) -> models.Filter:
     must: list[Any] = [models.HasVectorCondition(has_vector=name)]
     return models.Filter(must=must + ([query_filter] if query_filter is not None else []))
@@ -39,6 +61,7 @@ class CoverageCheck:
         """(points of the gallery holding ``using``, points of the gallery), within ``query_filter``; None when
         every point of the gallery was found holding it and no point was added since."""
         native = self.names.native(gallery)
+        query_filter = _scope(query_filter)
         if query_filter is not None:
             return (self.collection.count(_holding(using, query_filter)),
                     self.collection.count(_holding(native, query_filter)))
@@ -60,6 +83,7 @@ class CoverageCheck:
         if counts is None or counts[0] == 0 or counts[0] >= counts[1]:
             return
         have, total = counts
+        query_filter = _scope(query_filter)
         if using == self.names.inverted(gallery):
             fix = (f"`crossgap-qdrant invert --modality {gallery}` (store.invert_missing({gallery!r})) computes the "
                    f"{total - have} missing")

@@ -35,15 +35,45 @@ from qdrant_client import models
 
 from crossgap_qdrant.errors import CrossgapError
 from crossgap_qdrant.store.collection import Collection, CollectionSchema, VectorSpec, close_keeping
-from crossgap_qdrant.store.edge_files import (CHUNK_BYTES, MIN_MARGIN, allocated_bytes, engine_failure,
-                                              fills_holes_on_open, first_line, free_bytes, is_disk_full,
-                                              is_engine_panic, is_locked, lock_holder, margin, opening_cost,
-                                              write_json_atomic)
-from crossgap_qdrant.store.edge_filters import (client_point_id, edge_filter, edge_point_id, edge_query,
-                                                edge_with_payload, edge_with_vector)
+from crossgap_qdrant.store.edge_files import (
+    CHUNK_BYTES,
+    MIN_MARGIN,
+    allocated_bytes,
+    engine_failure,
+    fills_holes_on_open,
+    first_line,
+    free_bytes,
+    is_disk_full,
+    is_engine_panic,
+    is_locked,
+    is_read_only,
+    lock_holder,
+    margin,
+    opening_cost,
+    write_json_atomic,
+)
+from crossgap_qdrant.store.edge_filters import (
+    client_point_id,
+    edge_filter,
+    edge_query,
+    edge_with_payload,
+    edge_with_vector,
+)
+from crossgap_qdrant.store.edge_points import batch_bytes, edge_quantization, named_vectors, record, scored
+from crossgap_qdrant.store.errors import (
+    CollectionClosedError,
+    CollectionNotFoundError,
+    CorruptCollectionError,
+    CorruptMetadataError,
+    EngineError,
+    InvalidRequestError,
+    ReadOnlyStoreError,
+    SchemaMismatchError,
+    StorageFullError,
+    StoreLockedError,
+)
+from crossgap_qdrant.store.ids import normalize_point_id
 from crossgap_qdrant.store.verify import check_scores, verify_hint
-from crossgap_qdrant.store.errors import (CollectionNotFoundError, CorruptCollectionError, CorruptMetadataError,
-                                          EngineError, SchemaMismatchError, StorageFullError, StoreLockedError)
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +106,8 @@ def optimize_shard(shard: qe.EdgeShard) -> bool:
 
 def _check_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise ValueError(f"collection name {name!r} is not a plain folder name; use letters, digits, '-' and '_'")
+        raise InvalidRequestError(f"collection name {name!r} is not a plain folder name; use letters, digits, '-' and "
+                                  "'_'")
 
 
 class EdgeCollection(Collection):
@@ -139,6 +170,12 @@ class EdgeCollection(Collection):
             f"the Qdrant folder {self.folder} (collection {self.name!r}) is already open {who}; the embedded engine "
             "lets one client open a folder at a time, even to read. Run a Qdrant server for concurrent access.")
 
+    def _read_only_error(self) -> ReadOnlyStoreError:
+        return ReadOnlyStoreError(
+            f"the Qdrant folder {self.folder} (collection {self.name!r}) cannot be written, and Qdrant's embedded "
+            "engine writes to a collection's files even to read it: copy the folder somewhere writable "
+            "(cp -r) and open the copy, or make it writable.")
+
     def _full_error(self, what: str) -> StorageFullError:
         return StorageFullError(
             errno.ENOSPC,
@@ -152,14 +189,16 @@ class EdgeCollection(Collection):
             return self._locked_error()
         if is_disk_full(exc):
             return self._full_error(what)
+        if is_read_only(exc):
+            return self._read_only_error()
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         if opening or is_engine_panic(exc):
             return CorruptCollectionError(
                 f"the Edge shard of {self._where()} is damaged: the engine {'failed' if opening else 'crashed'} "
-                f"while {what} ({reason}). Restore the folder {self.path} from a backup; `{self._verify_hint()}` checks "
-                "a restored copy.")
-        return EngineError(f"the embedded engine failed while {what} on {self._where()} ({reason}). If it happens again, "
-                           f"check the folder with `{self._verify_hint()}`.")
+                f"while {what} ({reason}). Restore the folder {self.path} from a backup; `{self._verify_hint()}` "
+                "checks a restored copy.")
+        return EngineError(f"the embedded engine failed while {what} on {self._where()} ({reason}). If it happens "
+                           f"again, check the folder with `{self._verify_hint()}`.")
 
     @contextlib.contextmanager
     def _engine(self, what: str, opening: bool = False) -> Iterator[None]:
@@ -175,8 +214,8 @@ class EdgeCollection(Collection):
 
     def _orphaned(self) -> bool:
         """The shard folder holds segments or a write-ahead log but no edge_config.json (lost or deleted)."""
-        return any(os.path.isdir(os.path.join(self.shard_path, part)) and os.listdir(os.path.join(self.shard_path, part))
-                   for part in ("segments", "wal"))
+        parts = (os.path.join(self.shard_path, part) for part in ("segments", "wal"))
+        return any(os.path.isdir(part) and os.listdir(part) for part in parts)
 
     def _orphan_error(self) -> CorruptCollectionError:
         return CorruptCollectionError(
@@ -186,7 +225,7 @@ class EdgeCollection(Collection):
     def _shard(self) -> qe.EdgeShard:
         with self._opening:
             if self._closed:
-                raise RuntimeError(f"{self._where()} was closed; open it again")
+                raise CollectionClosedError(f"{self._where()} was closed; open it again")
             if self._shard_handle is None:
                 if not self.exists():
                     raise CollectionNotFoundError(
@@ -270,17 +309,18 @@ class EdgeCollection(Collection):
                quantization_config: Any = None, shard_number: int | None = None,
                replication_factor: int | None = None) -> None:
         if self.exists():
-            raise ValueError(f"{self._where()} already exists")
+            raise InvalidRequestError(f"{self._where()} already exists")
         for what, value in (("shard_number", shard_number), ("replication_factor", replication_factor)):
             if value not in (None, 1):
-                raise ValueError(f"{what}={value} needs a Qdrant server: an Edge collection is one local shard")
+                raise InvalidRequestError(f"{what}={value} needs a Qdrant server: an Edge collection is one local "
+                                          "shard")
         if not vectors:
-            raise ValueError("a collection needs at least one named vector")
+            raise InvalidRequestError("a collection needs at least one named vector")
         memory = qe.Memory.Cold if on_disk else None
         config = qe.EdgeConfig(
             vectors={name: qe.EdgeVectorParams(size=int(size), distance=qe.Distance.Cosine, memory=memory)
                      for name, size in vectors.items()},
-            quantization_config=_edge_quantization(quantization_config),
+            quantization_config=edge_quantization(quantization_config),
         )
         # the first opening of the new shard fills one storage chunk per named vector
         first_open = len(vectors) * CHUNK_BYTES if fills_holes_on_open(self.folder) else 0
@@ -322,24 +362,24 @@ class EdgeCollection(Collection):
     def upsert(self, points: Sequence[models.PointStruct]) -> None:
         if not points:
             return
-        named = [_named_vectors(p.vector, p.id) for p in points]
-        edge_points = [qe.Point(edge_point_id(p.id), v, p.payload or {}) for p, v in zip(points, named)]
+        named = [named_vectors(p.vector, p.id) for p in points]
+        edge_points = [qe.Point(normalize_point_id(p.id), v, p.payload or {}) for p, v in zip(points, named)]
         self._update(f"writing {len(edge_points)} point(s)", qe.UpdateOperation.upsert_points(edge_points),
-                     _batch_bytes(named))
+                     batch_bytes(named))
 
     def update_vectors(self, points: Sequence[models.PointVectors]) -> None:
         if not points:
             return
-        named = [_named_vectors(p.vector, p.id) for p in points]
-        edge_points = [qe.PointVectors(edge_point_id(p.id), v) for p, v in zip(points, named)]
+        named = [named_vectors(p.vector, p.id) for p in points]
+        edge_points = [qe.PointVectors(normalize_point_id(p.id), v) for p, v in zip(points, named)]
         self._update(f"writing vectors of {len(edge_points)} point(s)",
-                     qe.UpdateOperation.update_vectors(edge_points), _batch_bytes(named))
+                     qe.UpdateOperation.update_vectors(edge_points), batch_bytes(named))
 
     def set_payload(self, ids: Sequence[Any], payload: Mapping[str, Any]) -> None:
         if not ids:
             return
         self._update(f"writing the payload of {len(ids)} point(s)",
-                     qe.UpdateOperation.set_payload([edge_point_id(i) for i in ids], dict(payload)))
+                     qe.UpdateOperation.set_payload([normalize_point_id(i) for i in ids], dict(payload)))
 
     def retrieve(self, ids: Sequence[Any], *, with_payload: bool | Sequence[str] = False,
                  with_vectors: bool | Sequence[str] = False) -> list[models.Record]:
@@ -347,20 +387,20 @@ class EdgeCollection(Collection):
             return []
         shard = self._shard()
         with self._engine(f"reading {len(ids)} point(s)"):
-            records = shard.retrieve([edge_point_id(i) for i in ids], edge_with_payload(with_payload),
+            records = shard.retrieve([normalize_point_id(i) for i in ids], edge_with_payload(with_payload),
                                      edge_with_vector(with_vectors))
-        return [_record(r, with_payload, with_vectors) for r in records]
+        return [record(r, with_payload, with_vectors) for r in records]
 
     def scroll(self, *, scroll_filter: models.Filter | None = None, limit: int = 256, offset: Any = None,
                with_payload: bool | Sequence[str] = True,
                with_vectors: bool | Sequence[str] = False) -> tuple[list[models.Record], Any]:
-        request = qe.ScrollRequest(offset=None if offset is None else edge_point_id(offset), limit=limit,
+        request = qe.ScrollRequest(offset=None if offset is None else normalize_point_id(offset), limit=limit,
                                    filter=edge_filter(scroll_filter), with_payload=edge_with_payload(with_payload),
                                    with_vector=edge_with_vector(with_vectors))
         shard = self._shard()
         with self._engine("scrolling through points"):
             records, next_offset = shard.scroll(request)
-        return ([_record(r, with_payload, with_vectors) for r in records],
+        return ([record(r, with_payload, with_vectors) for r in records],
                 None if next_offset is None else client_point_id(next_offset))
 
     def count(self, count_filter: models.Filter | None = None) -> int:
@@ -389,7 +429,7 @@ class EdgeCollection(Collection):
                 results = [shard.query(edge_requests[0])]
             else:
                 results = shard.query_batch(qe.QueryBatchRequest(edge_requests))
-        out = [[_scored(p, r.with_payload, r.with_vector) for p in points] for points, r in zip(results, requests)]
+        out = [[scored(p, r.with_payload, r.with_vector) for p in points] for points, r in zip(results, requests)]
         check_scores(self, requests, out)
         return out
 
@@ -432,58 +472,3 @@ class EdgeCollection(Collection):
             with self._engine("closing the shard"):
                 shard.close()
 
-
-def _named_vectors(vector: Any, point_id: Any) -> dict[str, list[float]]:
-    if not isinstance(vector, Mapping):
-        raise ValueError(f"point {point_id!r}: the Edge engine stores named vectors only ({{name: [floats]}}), "
-                         f"got {type(vector).__name__}")
-    out = {}
-    for name, values in vector.items():
-        if hasattr(values, "tolist"):
-            values = values.tolist()
-        if not isinstance(values, list) or (values and not isinstance(values[0], (int, float))):
-            raise ValueError(f"point {point_id!r}: vector {name!r} is not a dense vector of floats "
-                             "(sparse and multi-vectors are not used by crossgap-qdrant)")
-        out[name] = values
-    return out
-
-
-def _batch_bytes(vectors: Sequence[Mapping[str, list]]) -> int:
-    """Rough bytes a batch adds (float32 vectors; payload not counted, it is small next to them)."""
-    return sum(4 * len(v) for named in vectors for v in named.values())
-
-
-def _vectors_out(vector: Any, with_vectors: Any) -> Any:
-    if not with_vectors:
-        return None
-    return dict(vector) if vector else {}
-
-
-def _payload_out(payload: Any, with_payload: Any) -> Any:
-    if with_payload is False or with_payload is None:
-        return None
-    return dict(payload) if payload else {}
-
-
-def _record(record: qe.Record, with_payload: Any, with_vectors: Any) -> models.Record:
-    return models.Record(id=client_point_id(record.id), payload=_payload_out(record.payload, with_payload),
-                         vector=_vectors_out(record.vector, with_vectors))
-
-
-def _scored(point: qe.ScoredPoint, with_payload: Any, with_vectors: Any) -> models.ScoredPoint:
-    return models.ScoredPoint(id=client_point_id(point.id), version=point.version, score=point.score,
-                              payload=_payload_out(point.payload, with_payload),
-                              vector=_vectors_out(point.vector, with_vectors))
-
-
-def _edge_quantization(config: Any) -> Any:
-    if config is None:
-        return None
-    if isinstance(config, models.ScalarQuantization):
-        scalar = config.scalar
-        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=scalar.quantile,
-                                           always_ram=scalar.always_ram)
-    if isinstance(config, models.BinaryQuantization):
-        return qe.BinaryQuantizationConfig(always_ram=config.binary.always_ram)
-    raise ValueError(f"the Edge engine takes scalar or binary quantization, not {type(config).__name__}; "
-                     "use a Qdrant server for product quantization")

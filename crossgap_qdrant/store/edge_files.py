@@ -33,6 +33,7 @@ MIN_MARGIN = 16 * 2**20
 
 _DISK_FULL_TEXT = ("no space left on device", "os error 28", "disk is full", "disk quota exceeded", "os error 122")
 _LOCKED_TEXT = ("wouldblock", "os error 11", "resource temporarily unavailable", "already locked")
+_READ_ONLY_TEXT = ("read-only file system", "os error 30", "permission denied", "os error 13")
 
 
 def free_bytes(path: str) -> int:
@@ -108,6 +109,13 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def is_locked(exc: BaseException) -> bool:
     return any(text in str(exc).lower() for text in _LOCKED_TEXT)
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """The engine could not write the folder (a read-only mount, or no permission)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return True
+    return any(text in str(exc).lower() for text in _READ_ONLY_TEXT)
 
 
 def is_engine_panic(exc: BaseException) -> bool:

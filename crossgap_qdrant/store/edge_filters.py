@@ -18,32 +18,13 @@ from typing import Any, Sequence
 import qdrant_edge as qe
 from qdrant_client import models
 
-
-class UntranslatableError(ValueError):
-    """A qdrant-client request or filter uses something the Edge engine cannot run."""
+from crossgap_qdrant.store.errors import UntranslatableError
+from crossgap_qdrant.store.ids import normalize_point_id
 
 
 def _refuse(what: str, fix: str = "") -> UntranslatableError:
     hint = f" {fix}" if fix else " Use a Qdrant server (or qdrant-client local mode, engine='local') for it."
     return UntranslatableError(f"the qdrant-edge engine cannot run {what}.{hint}")
-
-
-def edge_point_id(point_id: Any) -> int | str:
-    """A point id as Edge takes it: an unsigned int or a UUID string (qdrant-client's two id kinds)."""
-    if isinstance(point_id, bool):
-        raise ValueError(f"point ids are unsigned ints or UUIDs, got {point_id!r}")
-    if isinstance(point_id, int):
-        if not 0 <= point_id < 2**64:
-            raise ValueError(f"point id {point_id} is out of range: ids are ints in [0, 2**64) or UUIDs")
-        return point_id
-    if isinstance(point_id, uuid.UUID):
-        return str(point_id)
-    if isinstance(point_id, str):
-        try:
-            return str(uuid.UUID(point_id))
-        except ValueError:
-            raise ValueError(f"point id {point_id!r} is neither an unsigned int nor a UUID") from None
-    raise ValueError(f"point ids are unsigned ints or UUIDs, got {type(point_id).__name__} {point_id!r}")
 
 
 def client_point_id(point_id: Any) -> int | str:
@@ -139,9 +120,11 @@ def _condition(cond: Any) -> Any:
     if isinstance(cond, models.FieldCondition):
         return _field(cond)
     if isinstance(cond, models.HasIdCondition):
-        return qe.HasIdCondition({edge_point_id(i) for i in cond.has_id})
+        return qe.HasIdCondition({normalize_point_id(i) for i in cond.has_id})
     if isinstance(cond, models.HasVectorCondition):
         return qe.HasVectorCondition(cond.has_vector)
+    if isinstance(cond, models.SliceCondition):
+        return qe.SliceCondition(cond.slice.total, cond.slice.index)
     if isinstance(cond, models.IsEmptyCondition):
         return qe.IsEmptyCondition(cond.is_empty.key)
     if isinstance(cond, models.IsNullCondition):

@@ -12,9 +12,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from crossgap_qdrant.images import WHITE
-from crossgap_qdrant.models import check_features, encode_pixels, encode_token_ids, model_device, normalize_features
+from crossgap_qdrant.features import check_features, normalize_features
+from crossgap_qdrant.images import WHITE, load_image, preprocess_image
+from crossgap_qdrant.inversion import oti_invert, ovi_invert, ovi_num_tokens, seeded_initial_tokens
+from crossgap_qdrant.models import encode_pixels, encode_token_ids, model_device
+from crossgap_qdrant.models.towers import text_tower, vision_tower
 from crossgap_qdrant.store.schema import DerivedVector
+
 
 def unit_vectors(features: Any, dim: int, what: str, consequence: str = "; nothing was written") -> torch.Tensor:
     """Validates [N, dim] (or [dim]) features and returns them as unit rows, [N, dim] float32 on CPU.
@@ -64,8 +68,6 @@ class Encoder:
     # ------------------------------------------------------------------------------------------ raw inputs
     def pixels(self, source: Any, name: str | None = None) -> torch.Tensor:
         """Decoded (alpha onto white, EXIF applied) and preprocessed pixels [3, H, W]; raises ImageError."""
-        from crossgap_qdrant.images import load_image, preprocess_image
-
         return preprocess_image(self.clip.preprocess, load_image(source, name=name, background=self.image_background))
 
     def tokens(self, texts: Sequence[str]) -> torch.Tensor:
@@ -101,8 +103,6 @@ class Encoder:
         so an item's inverted vector depends on the run that computed it only through float rounding carried
         by the optimisation (crossgap_qdrant.inversion states what was measured).
         """
-        from crossgap_qdrant.inversion import oti_invert, ovi_invert, ovi_num_tokens, seeded_initial_tokens
-        from crossgap_qdrant.towers import text_tower, vision_tower
 
         if modality == "image":
             config, width, r = self.oti_config, text_tower(self.model).width, self.oti_config.num_tokens
@@ -113,9 +113,7 @@ class Encoder:
         if config.warm_start is None:
             init = seeded_initial_tokens([str(k) for k in keys], r, width, config.init_std, config.seed)
         if modality == "image":
-            result = oti_invert(self.model, self.clip.tokenizer, features, config=config, init_tokens=init,
-                                progress=progress)
+            result = oti_invert(self.clip, features, config=config, init_tokens=init, progress=progress)
         else:
-            result = ovi_invert(self.model, features, config=config, init_tokens=init, progress=progress,
-                                model_name=self.clip.name, pretrained=self.clip.pretrained)
+            result = ovi_invert(self.clip, features, config=config, init_tokens=init, progress=progress)
         return unit_vectors(result.features, self.dim, f"{modality} inversion results", "")

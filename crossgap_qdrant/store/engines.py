@@ -2,6 +2,7 @@
 
     a folder                    qdrant-edge (Qdrant's Rust engine in the process): the default
     a folder, engine="local"    qdrant-client's local mode (pure Python, SQLite; small collections only)
+    an existing folder          the engine that wrote it (another engine asked for is refused)
     ":memory:"                  qdrant-client's in-memory mode
     "http(s)://host:port"       a Qdrant server or cluster through qdrant-client
     client=QdrantClient(...)    the caller's own client (never closed here)
@@ -15,12 +16,18 @@ import os
 from typing import Any
 
 from qdrant_client import QdrantClient
+from qdrant_client.local.qdrant_local import QdrantLocal
 
 from crossgap_qdrant.store.client_engine import ClientCollection
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.connection import ENGINES, RetryPolicy, call_with_retries, is_server_location, redact
-from crossgap_qdrant.store.edge import EdgeCollection
-from crossgap_qdrant.store.errors import CollectionNotFoundError, StoreLockedError
+from crossgap_qdrant.store.edge import SHARD_DIR, EdgeCollection
+from crossgap_qdrant.store.errors import (
+    CollectionNotFoundError,
+    CorruptMetadataError,
+    InvalidRequestError,
+    StoreLockedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,26 +35,42 @@ logger = logging.getLogger(__name__)
 def engine_for(location: str, engine: str | None = None) -> str:
     """The engine ("edge", "local" or "client") that serves ``location``; raises ValueError on a mismatch."""
     if engine is not None and engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)} (or None: chosen by the location), "
-                         f"got {engine!r}")
+        raise InvalidRequestError(f"engine must be one of {', '.join(ENGINES)} (or None: chosen by the location), "
+                                  f"got {engine!r}")
     remote = location == ":memory:" or is_server_location(location)
     if "://" in location and not is_server_location(location):
-        raise ValueError(f"location {redact(location)!r}: only http:// and https:// URLs are Qdrant servers")
+        raise InvalidRequestError(f"location {redact(location)!r}: only http:// and https:// URLs are Qdrant servers")
     if engine is None:
         return "client" if remote else "edge"
     if remote and engine != "client":
-        raise ValueError(f"engine={engine!r} runs on a folder; {redact(location)!r} is served by qdrant-client "
-                         "(engine='client' or None)")
+        raise InvalidRequestError(f"engine={engine!r} runs on a folder; {redact(location)!r} is served by "
+                                  "qdrant-client "
+                                  "(engine='client' or None)")
     if not remote and engine == "client":
-        raise ValueError(f"{location!r} is a folder: use engine='edge' (the default) or engine='local' "
-                         "(qdrant-client local mode)")
+        raise InvalidRequestError(f"{location!r} is a folder: use engine='edge' (the default) or engine='local' "
+                                  "(qdrant-client local mode)")
     return engine
+
+
+ENGINE_NAMES = {"edge": "Qdrant's embedded engine (edge)", "local": "qdrant-client's local mode (local)"}
+
+
+def folder_engine(folder: str) -> str | None:
+    """The engine that wrote ``folder``: "local" (qdrant-client's meta.json), "edge" (a collection holding an
+    Edge shard), or None (empty, new, or neither)."""
+    if os.path.isfile(os.path.join(folder, "meta.json")):
+        return "local"
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if any(e.is_dir() and os.path.isfile(os.path.join(e.path, SHARD_DIR, "edge_config.json")) for e in entries):
+        return "edge"
+    return "local" if os.path.isdir(os.path.join(folder, "collection")) else None
 
 
 def _client_location(client: QdrantClient) -> tuple[str, bool, str | None]:
     """(location for messages, is a server, local folder) of a caller's client."""
-    from qdrant_client.local.qdrant_local import QdrantLocal
-
     inner = getattr(client, "_client", None)
     if isinstance(inner, QdrantLocal):
         if inner.persistent:
@@ -86,7 +109,7 @@ def _check_local_meta(folder: str, create_folder: bool) -> None:
         logger.warning("removing the empty %s (an interrupted first write; the folder holds no data)", meta_path)
         os.unlink(meta_path)
         return
-    raise ValueError(
+    raise CorruptMetadataError(
         f"the local Qdrant folder's {meta_path} is damaged (not the JSON qdrant-client writes), so the folder "
         "cannot be opened. Restore it from a backup; the points themselves are in the storage.sqlite files under "
         f"{collections_dir}.")
@@ -113,8 +136,9 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
 
     Args:
         location: a folder, ":memory:", or "http(s)://[user:password@]host:port"; ignored with ``client``.
-        engine: None (by location: folder -> "edge", else "client"), "edge", "local" (qdrant-client local
-            mode on a folder) or "client".
+        engine: None (by location: a folder -> the engine that wrote it, else "edge"; otherwise "client"),
+            "edge", "local" (qdrant-client local mode on a folder) or "client". An engine other than the one
+            that wrote an existing folder is refused (InvalidRequestError), before anything is written.
         client: the caller's own QdrantClient (used as is, never closed by the collection).
         api_key, timeout: for servers (timeout: seconds per request).
         retry: retries and the total deadline per operation for servers.
@@ -135,7 +159,7 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
         return ClientCollection(client, name, location=where, retry=retry, server=server, owns_client=False,
                                 folder=folder)
     if location is None:
-        raise ValueError("give a location (a folder, ':memory:' or a server URL) or a QdrantClient")
+        raise InvalidRequestError("give a location (a folder, ':memory:' or a server URL) or a QdrantClient")
     location = os.fspath(location)
     chosen = engine_for(location, engine)
     if chosen == "client":
@@ -144,11 +168,13 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
                                     retry=retry)
         safe = redact(location)
         client_kwargs.setdefault("https", location.startswith("https://"))
+        # its version check warns on any unreachable server; call_with_retries below reports that in one line
+        client_kwargs.setdefault("check_compatibility", False)
         try:
             built = QdrantClient(url=location, api_key=api_key, timeout=timeout, **client_kwargs)
         except Exception as exc:  # its message quotes the URL, credentials included
-            raise ValueError(f"cannot use the server URL {safe!r} ({type(exc).__name__}); expected "
-                             "http(s)://host:port with a numeric port") from None
+            raise InvalidRequestError(f"cannot use the server URL {safe!r} ({type(exc).__name__}); expected "
+                                      "http(s)://host:port with a numeric port") from None
         try:
             call_with_retries(f"connect to the Qdrant server at {safe}", built.get_collections, retry)
         except BaseException:
@@ -156,7 +182,7 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
             raise
         return ClientCollection(built, name, location=safe, retry=retry, server=True)
     if api_key is not None:
-        raise ValueError(f"api_key is for Qdrant servers; {location!r} is a local folder")
+        raise InvalidRequestError(f"api_key is for Qdrant servers; {location!r} is a local folder")
     folder = os.path.abspath(location)
     if not os.path.isdir(folder):
         if os.path.exists(folder):
@@ -165,6 +191,12 @@ def open_collection(location: str | os.PathLike | None, name: str, *, engine: st
             raise CollectionNotFoundError(
                 f"there is no Qdrant folder at {folder}: nothing is created by a read. Ingest into it first.")
         os.makedirs(folder, exist_ok=True)
+    written_by = folder_engine(folder)
+    if written_by is not None and engine is not None and engine != written_by:
+        raise InvalidRequestError(
+            f"the folder {folder} was written by {ENGINE_NAMES[written_by]}, not {ENGINE_NAMES[engine]}: leave "
+            f"out engine (--engine) to open it with the engine that wrote it, or use another folder")
+    chosen = written_by or chosen
     if chosen == "edge":
         return EdgeCollection(folder, name)
     return ClientCollection(_open_local(folder, create_folder, client_kwargs), name, location=folder,

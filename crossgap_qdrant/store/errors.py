@@ -37,6 +37,10 @@ class StoreLockedError(CrossgapError, RuntimeError):
     """An embedded Qdrant folder is already open in another client (this process or another)."""
 
 
+class ReadOnlyStoreError(CrossgapError, PermissionError):
+    """An embedded Qdrant folder cannot be written, and its engine writes to its files even to read them."""
+
+
 class PointNotFoundError(CrossgapError, KeyError):
     """A point-id query names a point that is absent or lacks the vector the query needs."""
 
@@ -46,10 +50,6 @@ class PointNotFoundError(CrossgapError, KeyError):
 
 class IdConflictError(CrossgapError, ValueError):
     """A given point id already holds other content or another modality, and overwrite was not asked for."""
-
-
-class ReservedPayloadKeyError(CrossgapError, ValueError):
-    """A caller's payload sets a key the store writes itself (modality, content hash, hubness values, ...)."""
 
 
 class StorageFullError(CrossgapError, OSError):
@@ -72,3 +72,62 @@ class EngineError(CrossgapError, RuntimeError):
 
 class ModelMismatchError(SchemaMismatchError):
     """The stored vectors were not made by the model given (shown by re-encoding stored sources)."""
+
+
+class UntranslatableError(CrossgapError, ValueError):
+    """A qdrant-client request or filter uses something the Edge engine cannot run."""
+
+
+class QdrantServerError(CrossgapError, RuntimeError):
+    """A Qdrant server refused a request: the message gives the status and Qdrant's one-line reason, never the
+    response body.
+
+    Attributes:
+        status_code: the HTTP status.
+    """
+
+    def __init__(self, message: str, status_code: int):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class InvalidPointIdError(CrossgapError, ValueError):
+    """A point id is neither an int in [0, 2**64) nor a UUID."""
+
+
+class InvalidRequestError(CrossgapError, ValueError):
+    """A store call's arguments or settings do not fit the collection or each other (the message names which
+    and the fix)."""
+
+
+class ReservedPayloadKeyError(InvalidRequestError):
+    """A caller's payload sets a key the store writes itself (modality, content hash, hubness values, ...)."""
+
+
+class CollectionClosedError(CrossgapError, RuntimeError):
+    """A collection was used after :meth:`close`; open it again."""
+
+
+class WarmStartNotFoundError(CrossgapError, LookupError):
+    """A collection has no recorded warm start for a modality: fit one first."""
+
+
+class ServerUnreachableError(CrossgapError, ConnectionError):
+    """A Qdrant server gave no answer after every attempt or within the deadline."""
+
+
+class ServerAuthError(CrossgapError, PermissionError):
+    """A Qdrant server refused the credentials (401/403): check the api key."""
+
+
+class AdoptedCollectionError(CrossgapError, ValueError):
+    """A write or query an adopted collection cannot take: the user's points and source vector are never
+    written, and a collection with a companion plans fusion and filters per side (the message says how)."""
+
+
+class NoCompanionError(CrossgapError, TypeError):
+    """A companion collection was asked of an engine that has none (only Edge and qdrant-client collections)."""
+
+
+class NotFromStoredVectorsError(CrossgapError, ValueError):
+    """A transform that cannot be computed exactly from stored (normalised) vectors: it needs the raw inputs."""

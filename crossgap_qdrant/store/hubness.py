@@ -17,6 +17,8 @@ from qdrant_client import models
 from crossgap_qdrant.rivals.hubness import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, bank_sample, hub_values
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
+from crossgap_qdrant.store.errors import InvalidRequestError
+from crossgap_qdrant.store.request import DEFAULT_MODE, HubCorrection
 from crossgap_qdrant.store.schema import VectorNames, hub_key
 from crossgap_qdrant.store.search import mode_vectors
 
@@ -54,8 +56,8 @@ def fit_hubness(collection: Collection, names: VectorNames, derived: dict[str, A
     both = sorted({query_name, gallery_name})
     bank_ids = [r.id for page in collection.pages(_with(query_filter, *both), page_size=PAGE) for r in page]
     if len(bank_ids) < 2:
-        raise ValueError(f"hubness statistics for {modality} mode {mode!r} need at least 2 points holding the "
-                         f"{' and '.join(repr(n) for n in both)} vectors; found {len(bank_ids)}")
+        raise InvalidRequestError(f"hubness statistics for {modality} mode {mode!r} need at least 2 points holding the "
+                                  f"{' and '.join(repr(n) for n in both)} vectors; found {len(bank_ids)}")
     chosen = [bank_ids[i] for i in bank_sample(len(bank_ids), bank_size, seed).tolist()]
     records = {pid_lib.normalize_point_id(r.id): r for r in collection.retrieve(chosen, with_vectors=both)}
     bank = [records[pid_lib.normalize_point_id(i)].vector for i in chosen]
@@ -78,7 +80,7 @@ def fit_hubness(collection: Collection, names: VectorNames, derived: dict[str, A
 
 
 def hub_correction(record: dict[str, Any], modality: str, mode: str, hubness: bool | None):
-    """The :class:`~crossgap_qdrant.store.search.HubCorrection` a search applies, from the collection metadata.
+    """The :class:`~crossgap_qdrant.store.request.HubCorrection` a search applies, from the collection metadata.
 
     Args:
         record: the store's metadata record (``hubness``: fitted statistics per modality and mode;
@@ -89,8 +91,6 @@ def hub_correction(record: dict[str, Any], modality: str, mode: str, hubness: bo
     Raises:
         ValueError: hubness=True for a mode without fitted statistics.
     """
-    from crossgap_qdrant.store.search import DEFAULT_MODE, HubCorrection
-
     if hubness is False:
         return None
     fitted = ((record.get("hubness") or {}).get(modality) or {}).get(mode)
@@ -99,6 +99,8 @@ def hub_correction(record: dict[str, Any], modality: str, mode: str, hubness: bo
         if not (recommended and (record.get("default_hubness") or {}).get(modality) and fitted):
             return None
     elif not fitted:
-        raise ValueError(f"no hubness statistics for {modality} searches in mode {mode!r}: fit them first with "
-                         f"store.fit_hubness({modality!r}, {mode!r}) (CLI: crossgap-qdrant evaluate ... --apply)")
+        raise InvalidRequestError(f"no hubness statistics for {modality} searches in mode {mode!r}: fit them first "
+                                  "with "
+                                  f"store.fit_hubness({modality!r}, {mode!r}) (CLI: crossgap-qdrant evaluate ... "
+                                  "--apply)")
     return HubCorrection(fitted["key"], float(fitted["weight"]), float(fitted["default"]))

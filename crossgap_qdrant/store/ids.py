@@ -10,11 +10,15 @@ unless the caller asks to overwrite.
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from typing import Any, Union
 
 import numpy as np
 import torch
+from PIL import Image
+
+from crossgap_qdrant.store.errors import InvalidPointIdError
 
 ID_NAMESPACE = uuid.UUID("5b0f6c1e-3c55-4a43-9a55-6f2c0d7e9b11")  # fixed forever: point ids derive from it
 CONTENT_KEY = "content_sha256"  # payload field: "<modality>:<sha256 hex>" of the item's content
@@ -59,6 +63,22 @@ def pil_image_id(image) -> str:
     return content_id("image", pil_digest(image))
 
 
+def file_image_id(path: str) -> str:
+    """Point id of an image file stored from its path (:func:`image_bytes_id` of its bytes)."""
+    with open(path, "rb") as f:
+        return image_bytes_id(f.read())
+
+
+def decoded_image_id(data: bytes) -> str | None:
+    """Point id of the image in ``data`` stored as the PIL image opened from it (:func:`pil_image_id`); None when
+    PIL cannot decode it. With :func:`image_bytes_id` it names an image's point whichever way it was stored."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return pil_image_id(image)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def text_id(text: str) -> str:
     return content_id("text", text_digest(text))
 
@@ -71,10 +91,10 @@ def features_id(modality: str, features: torch.Tensor) -> str:
 def normalize_point_id(pid: Any) -> PointId:
     """Checks a point id: an int in [0, 2**64) or a UUID (returned as its canonical string)."""
     if isinstance(pid, bool):
-        raise ValueError(f"invalid point id {pid!r}: use a non-negative int or a UUID")
+        raise InvalidPointIdError(f"invalid point id {pid!r}: use a non-negative int or a UUID")
     if isinstance(pid, (int, np.integer)):
         if not 0 <= int(pid) <= MAX_INT_ID:
-            raise ValueError(f"invalid point id {pid!r}: integer ids must be in [0, 2**64)")
+            raise InvalidPointIdError(f"invalid point id {pid!r}: integer ids must be in [0, 2**64)")
         return int(pid)
     if isinstance(pid, uuid.UUID):
         return str(pid)
@@ -83,7 +103,7 @@ def normalize_point_id(pid: Any) -> PointId:
             return str(uuid.UUID(pid))
         except ValueError:
             pass
-    raise ValueError(f"invalid point id {pid!r}: Qdrant accepts ints in [0, 2**64) and UUIDs")
+    raise InvalidPointIdError(f"invalid point id {pid!r}: Qdrant accepts ints in [0, 2**64) and UUIDs")
 
 
 def is_point_id(value: Any) -> bool:

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from PIL import Image
 from qdrant_client import models
 
-from crossgap_qdrant.models import normalize_features
+from crossgap_qdrant.features import normalize_features
+from crossgap_qdrant.images import IMAGE_EXTENSIONS, list_image_files
+from crossgap_qdrant.progress import progress_bar
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.encoder import Encoder, checked_rows, unit_vectors
-from crossgap_qdrant.store.errors import IdConflictError, ReservedPayloadKeyError
+from crossgap_qdrant.store.errors import IdConflictError, InvalidRequestError, ReservedPayloadKeyError
 from crossgap_qdrant.store.ids import CONTENT_KEY, PointId
 from crossgap_qdrant.store.schema import VectorNames, reserved_payload_keys
 
@@ -95,10 +98,6 @@ class Item:
 # ------------------------------------------------------------------------------------------ building items
 def image_items(images: Any, dim: int) -> list[Item] | torch.Tensor:
     """Items from a folder, an image path, a list of paths or PIL images; or checked features [N, E]."""
-    from PIL import Image
-
-    from crossgap_qdrant.images import IMAGE_EXTENSIONS, list_image_files
-
     if isinstance(images, (torch.Tensor,)) or type(images).__module__ == "numpy":
         return checked_rows(images, dim, "image features")
     if isinstance(images, (str, os.PathLike)):
@@ -106,7 +105,7 @@ def image_items(images: Any, dim: int) -> list[Item] | torch.Tensor:
         if path.is_dir():
             files = list_image_files(path)
             if not files:
-                raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {path}")
+                raise InvalidRequestError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {path}")
             images = files
         elif path.is_file():
             images = [path]
@@ -138,8 +137,8 @@ def text_items(texts: Any, dim: int) -> list[Item] | torch.Tensor:
             for lineno, line in enumerate(f, 1):
                 text = line.rstrip("\r\n")
                 if text.strip():
-                    items.append(Item(len(items), text, raw=text, payload={"modality": "text", "text": text,
-                                                                           "source": os.path.abspath(path), "line": lineno}))
+                    payload = {"modality": "text", "text": text, "source": os.path.abspath(path), "line": lineno}
+                    items.append(Item(len(items), text, raw=text, payload=payload))
         return items
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings or a file path")
@@ -153,6 +152,7 @@ def _identify(modality: str, item: Item) -> None:
             item.digest = pid_lib.features_digest(item.features)
     elif modality == "text":
         if not isinstance(item.raw, str) or not item.raw.strip():
+            # an item's rejection, listed in the report as "ValueError: ..." (never raised to the caller)
             raise ValueError("empty text" if isinstance(item.raw, str) else f"not a string: {type(item.raw).__name__}")
         item.digest = pid_lib.text_digest(item.raw)
     elif isinstance(item.source, str):
@@ -199,7 +199,7 @@ class Ingestion:
     def run(self, items: list[Item] | torch.Tensor, payloads, ids, inverted_features, batch_size: int,
             progress: bool) -> IngestReport:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidRequestError(f"batch_size must be >= 1, got {batch_size}")
         self.invert = self.invert or inverted_features is not None  # given vectors are written, none computed
         if isinstance(items, torch.Tensor):  # features as given, validated as a whole already
             # ids hash the caller's rows: normalising unit rows again can change their last bits
@@ -209,10 +209,10 @@ class Ingestion:
         n = len(items)
         # every check of the caller's arguments happens here, before the first write
         if payloads is not None and len(payloads) != n:
-            raise ValueError(f"got {len(payloads)} payloads for {n} items")
+            raise InvalidRequestError(f"got {len(payloads)} payloads for {n} items")
         if ids is not None:
             if len(ids) != n:
-                raise ValueError(f"got {len(ids)} ids for {n} items")
+                raise InvalidRequestError(f"got {len(ids)} ids for {n} items")
             given = [pid_lib.normalize_point_id(pid) for pid in ids]
             repeated = sorted(str(p) for p, count in Counter(given).items() if count > 1)
             if repeated:
@@ -222,7 +222,7 @@ class Ingestion:
         if inverted_features is not None:
             inverted = unit_vectors(inverted_features, self.encoder.dim, "inverted features")
             if inverted.shape[0] != n:
-                raise ValueError(f"got {inverted.shape[0]} inverted features for {n} items")
+                raise InvalidRequestError(f"got {inverted.shape[0]} inverted features for {n} items")
             for item, row in zip(items, inverted):
                 item.inverted = row
         for i, item in enumerate(items):
@@ -241,9 +241,8 @@ class Ingestion:
 
         report = IngestReport(ids=[None] * n)
         seen: set = set()
-        from tqdm.auto import tqdm
 
-        with tqdm(total=n, desc=f"ingest {self.modality}s", disable=not progress, unit=self.modality) as bar:
+        with progress_bar(n, f"ingest {self.modality}s", self.modality, enabled=progress) as bar:
             for start in range(0, n, batch_size):
                 chunk = items[start : start + batch_size]
                 self._chunk(chunk, report, seen, bar, progress)
@@ -434,10 +433,9 @@ def invert_missing(collection: Collection, encoder: Encoder, names: VectorNames,
     with _Timer(report, "seconds_database"):
         total = collection.count(flt)
     offset = None
-    from tqdm.auto import tqdm
 
     # offset pagination in id order: points that get their inverted vector leave the filter behind the offset
-    with tqdm(total=total, desc=f"invert {modality}s", disable=not progress, unit=modality) as bar:
+    with progress_bar(total, f"invert {modality}s", modality, enabled=progress) as bar:
         while True:
             with _Timer(report, "seconds_database"):
                 records, offset = collection.scroll(scroll_filter=flt, limit=batch_size, offset=offset,

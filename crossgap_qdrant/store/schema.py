@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 import torch
 
 from crossgap_qdrant.store.collection import CollectionSchema
-from crossgap_qdrant.store.errors import SchemaMismatchError
+from crossgap_qdrant.store.errors import InvalidRequestError, SchemaMismatchError
 from crossgap_qdrant.store.ids import CONTENT_KEY
 
 METADATA_KEY = "crossgap"
@@ -64,7 +64,7 @@ def derived_gallery(vector: DerivedVector) -> str:
     attribute ``gallery`` of a derived vector."""
     side = getattr(vector, "gallery", "self")
     if side not in ("self", "native"):
-        raise ValueError(f"a derived vector's gallery must be 'self' or 'native', got {side!r}")
+        raise InvalidRequestError(f"a derived vector's gallery must be 'self' or 'native', got {side!r}")
     return side
 
 
@@ -87,7 +87,7 @@ one)."""
 def derived_payload_key(kind: str, *parts: str) -> str:
     """The payload key of a value of ``kind`` (one of :data:`DERIVED_KEY_KINDS`) the store derives."""
     if kind not in DERIVED_KEY_KINDS:
-        raise ValueError(f"unknown kind of derived payload value {kind!r}; add it to DERIVED_KEY_KINDS")
+        raise InvalidRequestError(f"unknown kind of derived payload value {kind!r}; add it to DERIVED_KEY_KINDS")
     return "_".join((kind,) + parts)
 
 
@@ -105,7 +105,7 @@ def reserved_payload_keys(keys: Iterable[str], written: Iterable[str] = ()) -> l
 
 def check_modality(modality: str) -> str:
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        raise InvalidRequestError(f"modality must be 'image' or 'text', got {modality!r}")
     return modality
 
 
@@ -113,16 +113,17 @@ def check_layout(names: VectorNames, derived: Mapping[str, DerivedVector]) -> No
     """Refuses vector names that clash and derived vectors that lack what the store needs."""
     all_names = list(names.all())
     if len(set(all_names)) != 4 or not all(isinstance(n, str) and n for n in all_names):
-        raise ValueError(f"vector names must be four distinct non-empty strings, got {names}")
+        raise InvalidRequestError(f"vector names must be four distinct non-empty strings, got {names}")
     for name, vector in derived.items():
         if name in all_names:
-            raise ValueError(f"derived vector {name!r} clashes with a vector name of {names}")
+            raise InvalidRequestError(f"derived vector {name!r} clashes with a vector name of {names}")
         if not isinstance(vector, DerivedVector):
             raise TypeError(f"derived vector {name!r} lacks modality, dim or compute()")
         if vector.modality not in MODALITIES:
-            raise ValueError(f"derived vector {name!r}: modality must be 'image' or 'text', got {vector.modality!r}")
+            raise InvalidRequestError(f"derived vector {name!r}: modality must be 'image' or 'text', got "
+                                      f"{vector.modality!r}")
         if not isinstance(vector.dim, int) or vector.dim <= 0:
-            raise ValueError(f"derived vector {name!r}: dim must be a positive int, got {vector.dim!r}")
+            raise InvalidRequestError(f"derived vector {name!r}: dim must be a positive int, got {vector.dim!r}")
         derived_gallery(vector)
 
 
@@ -176,7 +177,8 @@ def check_schema(schema: CollectionSchema, sizes: Mapping[str, int], model_id: s
     if schema.unnamed:
         raise SchemaMismatchError(
             f"{where} has a single unnamed vector; CrossModalStore needs named vectors "
-            f"({', '.join(sizes)}). Copy the points into a collection with named vectors."
+            f"({', '.join(sizes)}). Adopt it first: crossgap-qdrant adopt --collection NAME --vector '' --model M "
+            "(its added vectors then live in a companion collection)"
         )
     missing = {}
     for name, size in sizes.items():

@@ -20,9 +20,10 @@ Cross-modal search (text->image, image->text) is CLIP's own search: the native q
 other modality's native vectors (mode "native"). A query given as a point id reads the point's stored vectors
 (its inverted vector too, so query_inverted costs no optimisation) and is then searched by vector.
 
-Hubness correction (:class:`HubCorrection`, fitted by crossgap_qdrant.store.hubness) re-scores a cosine
-search's candidates with ``score - weight * payload[hub key]``: as a Formula query over a prefetch where the
-engine runs them (:attr:`Searcher.server_rescoring`), else on the client over the same candidates.
+Hubness correction (:class:`~crossgap_qdrant.store.request.HubCorrection`, fitted by
+crossgap_qdrant.store.hubness) re-scores a cosine search's candidates with ``score - weight * payload[hub key]``:
+as a Formula query over a prefetch where the engine runs them (:attr:`Searcher.server_rescoring`), else on the
+client over the same candidates.
 """
 
 from __future__ import annotations
@@ -34,21 +35,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from qdrant_client import models
 
+from crossgap_qdrant.features import normalize_features
 from crossgap_qdrant.store import ids as pid_lib
 from crossgap_qdrant.store.collection import Collection
 from crossgap_qdrant.store.coverage import CoverageCheck
-from crossgap_qdrant.models import normalize_features
 from crossgap_qdrant.store.encoder import Encoder, checked_rows
-from crossgap_qdrant.store.errors import PointNotFoundError, VectorsNotStoredError
+from crossgap_qdrant.store.errors import InvalidRequestError, PointNotFoundError, VectorsNotStoredError
+from crossgap_qdrant.store.request import SearchRequest
 from crossgap_qdrant.store.schema import VectorNames, derived_gallery
 
 logger = logging.getLogger(__name__)
-
-MODES = ("native", "gallery_inverted", "query_inverted", "fused")
-DEFAULT_MODE = "gallery_inverted"
-
 
 @dataclass
 class Query:
@@ -58,6 +57,7 @@ class Query:
     features: torch.Tensor | None = None  # [E] unit native feature
     raw: torch.Tensor | None = None  # [3, H, W] pixels or [L] token ids, when the query came raw
     exclude: pid_lib.PointId | None = None  # the query's own point id (content hash or the given id)
+    exclude_also: tuple = ()  # the ids its content has in another form (an image's file bytes and pixels)
     stored: dict[str, torch.Tensor] | None = None  # vectors read from a stored point
     pid: pid_lib.PointId | None = None  # set for point-id queries until their vectors are read
 
@@ -73,68 +73,7 @@ def mode_vectors(names: VectorNames, modality: str, mode: str, derived: dict[str
         return inverted, native
     if mode in derived:
         return mode, (native if derived_gallery(derived[mode]) == "native" else mode)
-    raise ValueError(f"mode {mode!r} does not compare one query vector with one gallery vector")
-
-
-@dataclass(frozen=True)
-class HubCorrection:
-    """Re-scoring of a search's candidates by a stored per-point statistic: ``score - weight * payload[key]``.
-
-    Attributes:
-        key: the payload key holding each point's hub value.
-        weight: how much of the hub value is subtracted (1: DBNorm's dual inverted softmax).
-        default: the value of points without one (ingested after the fit): the mean of the fitted values.
-    """
-
-    key: str
-    weight: float = 1.0
-    default: float = 0.0
-
-    def formula(self) -> models.FormulaQuery:
-        """The server-side form: $score - weight * key, over the prefetched candidates."""
-        return models.FormulaQuery(
-            formula=models.SumExpression(sum=["$score", models.MultExpression(mult=[-self.weight, self.key])]),
-            defaults={self.key: self.default})
-
-    def rescore(self, points: list[models.ScoredPoint], limit: int, with_payload: Any) -> list[models.ScoredPoint]:
-        """The client-side form over candidates fetched with :meth:`candidate_payload`: the same arithmetic,
-        best first, ``limit`` kept, the payload cut back to what the caller asked for."""
-        def value(p: models.ScoredPoint) -> float:
-            v = (p.payload or {}).get(self.key, self.default)
-            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else self.default
-
-        scored = sorted(((p.score - self.weight * value(p), i, p) for i, p in enumerate(points)),
-                        key=lambda t: (-t[0], t[1]))[:limit]
-        return [p.model_copy(update={"score": score, "payload": _selected(p.payload, with_payload)})
-                for score, _, p in scored]
-
-    def candidate_payload(self, with_payload: Any) -> Any:
-        """What to fetch with the candidates: the caller's selection plus the hub key."""
-        if with_payload is True or isinstance(with_payload, models.PayloadSelectorExclude):
-            return True
-        if isinstance(with_payload, models.PayloadSelectorInclude):
-            return list(with_payload.include) + [self.key]
-        if isinstance(with_payload, (list, tuple)):
-            return list(with_payload) + [self.key]
-        return [self.key]
-
-
-def _selected(payload: dict | None, with_payload: Any) -> dict | None:
-    """The part of a payload a ``with_payload`` selection asks for."""
-    if payload is None or with_payload is True:
-        return payload
-    if not with_payload:
-        return None
-    if isinstance(with_payload, models.PayloadSelectorExclude):
-        return {k: v for k, v in payload.items() if k not in set(with_payload.exclude)}
-    keys = set(with_payload.include if isinstance(with_payload, models.PayloadSelectorInclude) else with_payload)
-    return {k: v for k, v in payload.items() if k in keys}
-
-
-def check_limit(limit: Any, what: str = "limit") -> int:
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {limit!r}")
-    return int(limit)
+    raise InvalidRequestError(f"mode {mode!r} does not compare one query vector with one gallery vector")
 
 
 class Searcher:
@@ -161,8 +100,6 @@ class Searcher:
         An int or uuid.UUID is a point id; so is a string in UUID form, unless ``literal_text`` (the caller
         said text=...).
         """
-        from PIL import Image
-
         dim = self.encoder.dim
         if isinstance(query, (torch.Tensor, np.ndarray)):
             given = checked_rows(query, dim, f"{modality} query features", "")
@@ -171,19 +108,22 @@ class Searcher:
                     for i, u in enumerate(unit)], query.ndim == 2
         if isinstance(query, (list, tuple)):
             if not query:
-                raise ValueError("empty query batch")
+                raise InvalidRequestError("empty query batch")
             if all(isinstance(x, (float, np.floating)) for x in query):
                 return self.resolve(modality, torch.tensor(query, dtype=torch.float32))
             return [q for one in query for q in self.resolve(modality, one, literal_text)[0]], True
         if modality == "image":
             if isinstance(query, Image.Image):
+                source = getattr(query, "filename", "")  # opened from a file: stored from that file, maybe
+                also = (pid_lib.file_image_id(source),) if source and os.path.isfile(source) else ()
                 return [Query(modality, raw=self.encoder.pixels(query, name="the query image"),
-                              exclude=pid_lib.pil_image_id(query))], False
+                              exclude=pid_lib.pil_image_id(query), exclude_also=also)], False
             if isinstance(query, (str, os.PathLike)) and os.path.isfile(query):
                 with open(query, "rb") as f:
                     data = f.read()
-                return [Query(modality, raw=self.encoder.pixels(data, name=str(query)),
-                              exclude=pid_lib.image_bytes_id(data))], False
+                raw = self.encoder.pixels(data, name=str(query))
+                return [Query(modality, raw=raw, exclude=pid_lib.image_bytes_id(data),
+                              exclude_also=(pid_lib.decoded_image_id(data),))], False
             if pid_lib.is_point_id(query):
                 return [Query(modality, pid=pid_lib.normalize_point_id(query))], False
             if isinstance(query, (str, os.PathLike)):
@@ -194,7 +134,7 @@ class Searcher:
                 return [Query(modality, pid=pid_lib.normalize_point_id(query))], False
             if isinstance(query, str):
                 if not query.strip():
-                    raise ValueError("empty text query")
+                    raise InvalidRequestError("empty text query")
                 return [Query(modality, raw=self.encoder.tokens([query])[0], exclude=pid_lib.text_id(query))], False
         raise TypeError(f"unsupported {modality} query of type {type(query).__name__}")
 
@@ -251,55 +191,40 @@ class Searcher:
         return out
 
     # ------------------------------------------------------------------------------------------- running
-    def search(self, query_modality: str, gallery_modality: str, query: Any, *, mode: str, limit: Any,
-               query_filter: models.Filter | None, exclude_query: bool, with_payload, with_vectors,
-               prefetch_limit: int | None, search_params: models.SearchParams | None, literal_text: bool = False,
-               hubness: HubCorrection | None = None, strict: bool = False):
+    def search(self, request: SearchRequest):
         """Runs one search (see the module docstring); returns a list of points, or one list per query.
 
-        With ``hubness`` the candidates (``prefetch_limit`` per query) are re-scored by the correction. A mode
-        whose gallery vectors only some points hold warns (PartialCoverageWarning), or with ``strict`` raises
-        PartialCoverageError.
+        With ``request.hubness`` the candidates (``request.prefetch_limit`` per query) are re-scored by the
+        correction. A same-modality mode whose gallery vectors only some points hold warns
+        (PartialCoverageWarning), or with ``request.strict`` raises PartialCoverageError.
         """
-        cross = query_modality != gallery_modality
+        query_modality, gallery_modality, mode = request.query_modality, request.gallery_modality, request.mode
+        cross = request.cross
         derived = self.encoder.derived_for(gallery_modality)
-        if cross and mode != "native":
-            raise ValueError(f"{query_modality}->{gallery_modality} search compares native vectors (CLIP's own "
-                             f"search): mode must be 'native', got {mode!r}")
-        if mode not in MODES and mode not in derived:
-            raise ValueError(f"mode must be one of {', '.join(MODES)} or a derived {gallery_modality} vector "
-                             f"({', '.join(sorted(derived)) or 'none stored'}), got {mode!r}")
-        limit = check_limit(limit)
-        prefetch_limit = check_limit(prefetch_limit, "prefetch_limit") if prefetch_limit is not None else max(
-            4 * limit, 40)
-        if hubness is not None and (cross or mode == "fused"):
-            raise ValueError("hubness correction re-scores the cosine similarities of a same-modality search; "
-                             f"mode {mode!r} of a {query_modality}->{gallery_modality} search has none to correct")
-        queries, batch = self.resolve(query_modality, query, literal_text)
+        queries, batch = self.resolve(query_modality, request.query, request.literal_text)
         self._read_points(queries, mode, cross)
         if mode in derived:
             for q in queries:
                 if q.raw is None and mode not in (q.stored or {}):
-                    raise ValueError(f"mode {mode!r} (a derived vector) needs the query as raw input or a point "
-                                     "id, not features")
+                    raise InvalidRequestError(f"mode {mode!r} (a derived vector) needs the query as raw input or "
+                                              "a point id, not features")
         else:
             self._encode(queries)
         inverted = self._invert(queries) if mode in ("query_inverted", "fused") else [None] * len(queries)
-        params = search_params if search_params is not None else self.search_params
-        requests = [self._request(gallery_modality, q, inv, mode, limit, query_filter, exclude_query, with_payload,
-                                  with_vectors, prefetch_limit, params) for q, inv in zip(queries, inverted)]
-        if hubness is not None:
-            requests = [self._rescoring(r, hubness, limit, prefetch_limit) for r in requests]
+        params = request.search_params if request.search_params is not None else self.search_params
+        requests = [self._request(request, q, inv, params) for q, inv in zip(queries, inverted)]
+        if request.hubness is not None:
+            requests = [self._rescoring(r, request) for r in requests]
         results = self.collection.query(requests)
         logger.debug("%s->%s search, mode %s: %d quer%s, %d hits", query_modality, gallery_modality, mode,
                      len(requests), "y" if len(requests) == 1 else "ies", sum(map(len, results)))
-        if hubness is not None and not self.server_rescoring:
-            results = [hubness.rescore(points, limit, with_payload) for points in results]
-        if not any(results) and query_filter is None:
+        if request.hubness is not None and not self.server_rescoring:
+            results = [request.hubness.rescore(points, request.limit, request.with_payload) for points in results]
+        if not any(results) and request.query_filter is None:
             self._explain_empty(gallery_modality, mode, cross)
         if not cross:
-            self.coverage.check(gallery_modality, mode, self._gallery_vector(gallery_modality, mode), query_filter,
-                                strict)
+            self.coverage.check(gallery_modality, mode, self._gallery_vector(gallery_modality, mode),
+                                request.query_filter, request.strict)
         return results if batch else results[0]
 
     def _gallery_vector(self, modality: str, mode: str) -> str:
@@ -333,14 +258,19 @@ class Searcher:
             f"{self.collection.name!r} has one yet: {fix}, or search with mode 'native'"
         )
 
-    def _request(self, modality: str, q: Query, inverted, mode, limit, query_filter, exclude_query, with_payload,
-                 with_vectors, prefetch_limit, params) -> models.QueryRequest:
+    def _request(self, request: SearchRequest, q: Query, inverted: torch.Tensor | None,
+                 params: models.SearchParams | None) -> models.QueryRequest:
+        """The Qdrant request of one resolved query (its inverted vector given for query_inverted and fused)."""
+        modality, mode, query_filter = request.gallery_modality, request.mode, request.query_filter
+        prefetch_limit = request.prefetch_limit
         flt = query_filter
-        if exclude_query and q.exclude is not None:
+        if request.exclude_query and q.exclude is not None:
+            own = [q.exclude, *(pid for pid in q.exclude_also if pid is not None and pid != q.exclude)]
             flt = models.Filter(must=[query_filter] if query_filter is not None else None,
-                                must_not=[models.HasIdCondition(has_id=[q.exclude])])
+                                must_not=[models.HasIdCondition(has_id=own)])
         native, inverted_name = self.names.native(modality), self.names.inverted(modality)
-        common = {"filter": flt, "limit": limit, "with_payload": with_payload, "with_vector": with_vectors}
+        common = {"filter": flt, "limit": request.limit, "with_payload": request.with_payload,
+                  "with_vector": request.with_vectors}
         if mode == "fused":
             prefetch = [models.Prefetch(query=_vector_list(q.features), using=inverted_name, filter=flt,
                                         params=params, limit=prefetch_limit),
@@ -358,12 +288,11 @@ class Searcher:
             vector = q.features
         return models.QueryRequest(query=_vector_list(vector), using=using, params=params, **common)
 
-
-    def _rescoring(self, base: models.QueryRequest, hub: HubCorrection, limit: int,
-                   prefetch_limit: int) -> models.QueryRequest:
+    def _rescoring(self, base: models.QueryRequest, request: SearchRequest) -> models.QueryRequest:
         """The request of a hub-corrected search: a Formula over the cosine candidates, or (client side) the
         candidates themselves with the hub key in their payload."""
-        candidates = max(prefetch_limit, limit)
+        hub, limit = request.hubness, request.limit
+        candidates = max(request.prefetch_limit, limit)
         if not self.server_rescoring:
             return base.model_copy(update={"limit": candidates,
                                            "with_payload": hub.candidate_payload(base.with_payload)})

@@ -12,10 +12,12 @@ from typing import Any, Callable
 
 from qdrant_client import models
 
+from crossgap_qdrant.inversion.warm_start_fit import fit_warm_start
 from crossgap_qdrant.store import hubness as hubness_lib
 from crossgap_qdrant.store import warm as warm_lib
+from crossgap_qdrant.store.errors import InvalidRequestError, WarmStartNotFoundError
+from crossgap_qdrant.store.request import DEFAULT_MODE, MODES
 from crossgap_qdrant.store.schema import METADATA_KEY, check_modality
-from crossgap_qdrant.store.search import DEFAULT_MODE, MODES
 
 
 class RecordedSettings:
@@ -37,7 +39,7 @@ class RecordedSettings:
         and whether they apply hubness correction (fit it first: :meth:`fit_hubness`)."""
         check_modality(modality)
         if mode is not None and mode not in MODES and mode not in self.encoder.derived_for(modality):
-            raise ValueError(f"unknown {modality} mode {mode!r}")
+            raise InvalidRequestError(f"unknown {modality} mode {mode!r}")
 
         def changes(record: dict[str, Any]) -> dict[str, Any]:
             if hubness:
@@ -93,19 +95,17 @@ class RecordedSettings:
             sample: stored native vectors inverted exactly as the distillation set.
             steps: exact steps after the warm start's prediction in later inversions; default the fit's
                 recommendation (the fewest steps that bring the held-out features as close to the exact ones
-                as two exact runs are to each other; see :class:`crossgap_qdrant.warm_start.WarmStartFit`).
+                as two exact runs are to each other; see :class:`crossgap_qdrant.inversion.WarmStartFit`).
             path: where the file goes; default the collection's own folder (embedded engines; required for a
                 server or ":memory:", which keep no files).
-            options: passed to :func:`crossgap_qdrant.warm_start.fit_warm_start` (hidden, epochs, ...).
+            options: passed to :func:`crossgap_qdrant.inversion.fit_warm_start` (hidden, epochs, ...).
 
         Returns:
-            The fit's report (:class:`crossgap_qdrant.warm_start.WarmStartFit`).
+            The fit's report (:class:`crossgap_qdrant.inversion.WarmStartFit`).
         """
-        from crossgap_qdrant.warm_start import fit_warm_start
-
         modality = check_modality(modality)
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-            raise ValueError(f"steps must be an int >= 0 (or None: the fit's recommendation), got {steps!r}")
+            raise InvalidRequestError(f"steps must be an int >= 0 (or None: the fit's recommendation), got {steps!r}")
         target = warm_lib.file_path(self.collection, modality, path)
         features = warm_lib.sample_native(self.collection, self.names, modality, sample)
         warm, fit = fit_warm_start(self.clip, features, warm_lib.KIND[modality], self._exact_config(modality),
@@ -124,7 +124,9 @@ class RecordedSettings:
     def use_warm_start(self, modality: str | None = None, steps: int | None = None) -> None:
         """Inverts with the collection's recorded warm start from now on: query-side inversion (query_inverted,
         fused), ingestion and backfills take ``steps`` exact steps (default: the recorded budget, at the
-        recorded learning rate) after its prediction, instead of the published 150 (OTI) or 1000 (OVI).
+        recorded learning rate) after its prediction, instead of the published 150 (OTI) or 1000 (OVI). Text
+        (OVI) steps run in bf16 on CUDA and on CPUs with bf16 hardware (precision "auto"), else in float32,
+        unless ``ovi_config`` asked for another reduced precision.
 
         Args:
             modality: "image", "text", or None for every modality that has one.
@@ -137,8 +139,9 @@ class RecordedSettings:
         wanted = [check_modality(modality)] if modality is not None else sorted(recorded)
         if not wanted or any(m not in recorded for m in wanted):
             missing = modality or "image or text"
-            raise LookupError(f"collection {self.collection.name!r} has no {missing} warm start: fit one first "
-                              f"(store.fit_warm_start, CLI: crossgap-qdrant fit-warm-start)")
+            raise WarmStartNotFoundError(f"collection {self.collection.name!r} has no {missing} warm start: fit one "
+                                         "first "
+                                         f"(store.fit_warm_start, CLI: crossgap-qdrant fit-warm-start)")
         for m in wanted:
             warm = warm_lib.load_recorded(self.collection, m, recorded[m], self.clip.device)
             lr = recorded[m].get("lr", self._exact_config(m).lr)
@@ -149,6 +152,9 @@ class RecordedSettings:
 
     def _attach_warm_start(self, modality: str, warm, steps: int, lr: float) -> None:
         config = dataclasses.replace(self._exact_config(modality), warm_start=warm, steps=steps, lr=lr)
+        if modality == "text" and config.precision == "fp32":
+            # A text inversion's steps are full vision-tower passes: bf16 where the hardware has it
+            config = dataclasses.replace(config, precision="auto")
         if modality == "image":
             self.encoder.oti_config = config
         else:
@@ -157,7 +163,8 @@ class RecordedSettings:
     def _record(self, changes: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         """Merges ``changes(record)`` into the collection's metadata record, read as stored now (another store on
         the same collection may have changed it since this one opened; this store's copy where nothing is
-        stored yet), and updates this store's copy."""
+        stored yet), and updates this store's copy. A missing collection is created (a write)."""
+        self._create_pending()
         schema = self.collection.schema()
         current = schema.metadata.get(METADATA_KEY) or self._metadata[METADATA_KEY]
         record = {**current, **changes(current)}

@@ -8,21 +8,36 @@ resumable ingestion and the id policy.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from qdrant_client import models
 
+from crossgap_qdrant.images import WHITE
+from crossgap_qdrant.inversion import OTIConfig, OVIConfig
+from crossgap_qdrant.models import ClipModel
+from crossgap_qdrant.models.towers import embed_dim
 from crossgap_qdrant.store import ingest as ingest_lib
 from crossgap_qdrant.store import warm as warm_lib
-from crossgap_qdrant.store.collection import Collection, CollectionSchema, close_keeping
+from crossgap_qdrant.store.adopt import adopt as adopt_collection
+from crossgap_qdrant.store.adopt import adoption_layout
+from crossgap_qdrant.store.collection import close_keeping
 from crossgap_qdrant.store.connection import RetryPolicy
 from crossgap_qdrant.store.encoder import Encoder
+from crossgap_qdrant.store.engines import open_collection
+from crossgap_qdrant.store.errors import CollectionNotFoundError, InvalidRequestError, PointNotFoundError
 from crossgap_qdrant.store.identity import check_model_identity
-from crossgap_qdrant.store.errors import CollectionNotFoundError, PointNotFoundError
-from crossgap_qdrant.store.ingest import IngestReport, Ingestion
+from crossgap_qdrant.store.ids import normalize_point_id
+from crossgap_qdrant.store.ingest import Ingestion, IngestReport
+from crossgap_qdrant.store.opening import (
+    as_collection,
+    describe_collection,
+    display_name,
+    model_handle,
+    recorded_derived,
+)
+from crossgap_qdrant.store.request import SearchRequest
 from crossgap_qdrant.store.schema import (
     METADATA_KEY,
     DerivedVector,
@@ -39,34 +54,16 @@ from crossgap_qdrant.store.settings import RecordedSettings
 logger = logging.getLogger(__name__)
 
 
-def describe_collection(collection: Collection) -> dict[str, Any]:
-    """:meth:`Collection.info` with the model the store recorded (name, id, width, vector names, derived
-    vectors, default modes) in place of the raw metadata."""
-    info = collection.info()
-    recorded = info.pop("metadata").get(METADATA_KEY) or {}
-    return {
-        **{k: info[k] for k in ("collection", "engine", "location")},
-        "model": recorded.get("model"),
-        "model_id": recorded.get("model_id"),
-        "embed_dim": recorded.get("embed_dim"),
-        "vector_names": recorded.get("vector_names"),
-        "derived_vectors": recorded.get("derived", {}),
-        "default_modes": recorded.get("default_modes", {}),
-        "hubness": recorded.get("hubness", {}),
-        "warm_start": recorded.get("warm_start", {}),
-        **{k: info[k] for k in ("points", "vectors", "quantization")},
-    }
-
-
 class CrossModalStore(RecordedSettings):
     """A Qdrant collection of images and texts with native, inverted and derived named vectors.
 
     Args:
         client: a QdrantClient (server, ":memory:", local folder) or a Collection from
             :func:`crossgap_qdrant.store.open_collection`; :meth:`open` builds one from a location.
-        collection_name: created when missing (unless ``create=False``), validated otherwise.
-        model: the model handle from :func:`crossgap_qdrant.models.load_model`, or a bare open_clip model
-            with ``tokenizer`` and ``preprocess`` given by keyword.
+        collection_name: created when missing (see ``create``), validated otherwise.
+        clip: the model handle from :func:`crossgap_qdrant.models.load_model` (or ``ClipModel.from_parts``);
+            a bare open_clip model with ``tokenizer=`` and ``preprocess=`` still works in this release and warns
+            once.
         model_id: overrides the handle's content fingerprint recorded in the collection (a collection is
             never mixed across models).
         vector_names: names of the four named vectors.
@@ -76,21 +73,23 @@ class CrossModalStore(RecordedSettings):
         rescore, oversampling: quantized search settings.
         retry: retries and total deadline of server calls; None disables retries.
         upsert_batch_size: points per write request.
-        create: create a missing collection; False raises CollectionNotFoundError (reading never writes).
+        create: what happens to a missing collection: True creates it now; "on_write" (what :meth:`open`
+            does) creates it on the first write (an ingest, a recorded setting), so reads never create it and
+            an ingest that writes nothing removes it again; False raises CollectionNotFoundError.
         image_background: RGB (or one grey level) that transparent image pixels are flattened onto, at
             ingestion and for image queries; white by default, as CLIP-style models saw line art.
         warm_start: invert with the collection's recorded warm starts (:meth:`fit_warm_start`,
             :meth:`use_warm_start`): a few exact steps from a learned prediction instead of the published budget.
 
     Attributes:
-        created: this store created its collection (it did not exist before).
+        created: this store created its collection (it did not exist before, and a write made it).
     """
 
     def __init__(
         self,
         client: Any,
         collection_name: str,
-        model: Any,
+        clip: ClipModel,
         *,
         tokenizer: Callable | None = None,
         preprocess: Callable | None = None,
@@ -107,22 +106,19 @@ class CrossModalStore(RecordedSettings):
         oversampling: float | None = None,
         retry: RetryPolicy | None = RetryPolicy(),
         upsert_batch_size: int = 256,
-        create: bool = True,
-        image_background: int | tuple[int, int, int] = (255, 255, 255),
+        create: bool | str = True,
+        image_background: int | tuple[int, int, int] = WHITE,
         warm_start: bool = False,
     ):
-        from crossgap_qdrant.inversion import OTIConfig, OVIConfig
-        from crossgap_qdrant.models import as_clip_model
-        from crossgap_qdrant.towers import embed_dim
 
-        self.clip = _handle(model, tokenizer, preprocess, as_clip_model)
+        self.clip = model_handle(clip, tokenizer, preprocess)
         self.model_id = model_id if model_id is not None else self.clip.model_id
         if not self.model_id or not isinstance(self.model_id, str):
-            raise ValueError("model_id must be a non-empty string naming the model's weights")
-        self.collection = _collection(client, collection_name, retry)
+            raise InvalidRequestError("model_id must be a non-empty string naming the model's weights")
+        self.collection = as_collection(client, collection_name, retry)
         self.collection_name = self.collection.name
-        self.names = vector_names
         schema = self.collection.schema() if self.collection.exists() else None  # None: not created yet
+        self.collection, schema, self.names = adoption_layout(self.collection, schema, vector_names)
         self.derived = {**recorded_derived(self.collection.name, schema, self.clip.model),
                         **dict(derived_vectors or {})}
         self.oti_config = oti_config if oti_config is not None else OTIConfig()
@@ -133,8 +129,9 @@ class CrossModalStore(RecordedSettings):
         check_layout(self.names, self.derived)
         self.encoder = Encoder(self.clip, self.dim, self.oti_config, self.ovi_config, self.derived,
                                image_background)
-        self._metadata = metadata(self.model_id, _display_name(self.clip), self.dim, self.names, self.derived)
-        self.created = schema is None
+        self._metadata = metadata(self.model_id, display_name(self.clip), self.dim, self.names, self.derived)
+        self.created = False
+        self._pending: dict[str, Any] | None = None  # how to create a missing collection on the first write
         quantized = self._ensure_collection(schema, create, shard_number, replication_factor, quantization_config,
                                             on_disk)
         params = None
@@ -154,7 +151,7 @@ class CrossModalStore(RecordedSettings):
         cls,
         location: str = "./qdrant_data",
         collection_name: str = "crossgap",
-        model: Any = None,
+        clip: ClipModel | None = None,
         *,
         engine: str | None = None,
         create: bool = True,
@@ -169,23 +166,31 @@ class CrossModalStore(RecordedSettings):
         Args:
             location: a folder (Qdrant's engine embedded, qdrant-edge), ":memory:", or "http(s)://host:port".
             engine: None (by location), "edge", "local" (qdrant-client's local mode for a folder), "client".
-            create: create the folder and collection when missing; False: CollectionNotFoundError instead.
+            create: True: a missing collection is created on the first write; False: CollectionNotFoundError.
             timeout: seconds per server request.
             kwargs: the store's keyword arguments (tokenizer, preprocess, model_id, ...).
         """
-        from crossgap_qdrant.store.engines import open_collection
-
-        if model is None:
-            raise TypeError("open() needs a model (see crossgap_qdrant.models.load_model)")
+        if clip is None:
+            raise TypeError("open() needs a model handle (see crossgap_qdrant.models.load_model)")
         collection = open_collection(location, collection_name, engine=engine, api_key=api_key, timeout=timeout,
                                      retry=retry, client_kwargs=client_kwargs, create_folder=create)
         try:
-            store = cls(collection, collection_name, model, retry=retry, create=create, **kwargs)
+            store = cls(collection, collection_name, clip, retry=retry, create="on_write" if create else False,
+                        **kwargs)
         except BaseException as exc:
             close_keeping(collection, exc)
             raise
         store._owns_collection = True
         return store
+
+    @classmethod
+    def adopt(cls, location_or_client: Any, collection_name: str, model: Any, *, native_vector: str,
+              modality: str = "image", **kwargs: Any) -> "CrossModalStore":
+        """Adopts a collection another tool built (crossgap_qdrant.store.adopt): ``native_vector`` ("" for a
+        single unnamed vector) holds ``modality`` embeddings of ``model``; nothing of the user's points is
+        rewritten. Returns the store over it; fill its inverted vectors with crossgap_qdrant.store.backfill."""
+        return adopt_collection(cls, location_or_client, collection_name, model, native_vector=native_vector,
+                     modality=modality, **kwargs)
 
     def close(self) -> None:
         """Closes the collection when this store opened it (:meth:`open`); releases a folder's lock."""
@@ -213,12 +218,12 @@ class CrossModalStore(RecordedSettings):
         where = f"collection {self.collection.name!r} at {self.collection.location}"
         if schema is None:
             if not create:
-                raise CollectionNotFoundError(
-                    f"no {where}: ingest something first (crossgap-qdrant ingest ... --collection "
-                    f"{self.collection.name}), or check --collection and --location"
-                )
-            self.collection.create(sizes, self._metadata, on_disk=on_disk, quantization_config=quantization_config,
-                                   shard_number=shard_number, replication_factor=replication_factor)
+                raise CollectionNotFoundError(f"no {where}: ingest something first (crossgap-qdrant ingest ... "
+                                              f"--collection {self.collection.name}), or check the name and location")
+            self._pending = dict(vectors=sizes, on_disk=on_disk, quantization_config=quantization_config,
+                                 shard_number=shard_number, replication_factor=replication_factor)
+            if create != "on_write":
+                self._create_pending()
             return quantization_config is not None
         missing = check_schema(schema, sizes, self.model_id, where)
         recorded = schema.metadata.get(METADATA_KEY) or {}
@@ -236,6 +241,21 @@ class CrossModalStore(RecordedSettings):
         if missing or recorded != wanted:
             self.collection.set_metadata({**schema.metadata, **self._metadata})
         return schema.quantized
+
+    def _create_pending(self) -> bool:
+        """Creates the missing collection before a write; True when this call created it."""
+        if self._pending is None:
+            return False
+        self.collection.create(self._pending["vectors"], self._metadata,
+                               **{k: v for k, v in self._pending.items() if k != "vectors"})
+        self._pending, self.created = None, True
+        return True
+
+    def _require_collection(self) -> None:
+        if self._pending is not None:
+            raise CollectionNotFoundError(
+                f"no collection {self.collection.name!r} at {self.collection.location}: nothing is created by a "
+                "read. Ingest into it first, or check the collection name and location.")
 
     # ------------------------------------------------------------------------------------------ ingestion
     def ingest_images(self, images: Any, *, payloads: Sequence[Mapping[str, Any] | None] | None = None,
@@ -285,7 +305,19 @@ class CrossModalStore(RecordedSettings):
     def _ingest(self, modality, items, payloads, ids, invert, inverted_features, batch_size, progress, overwrite):
         run = Ingestion(self.collection, self.encoder, self.names, modality, invert=invert, overwrite=overwrite,
                         write_batch=self.upsert_batch_size)
-        return run.run(items, payloads, ids, inverted_features, batch_size, progress)
+        pending = self._pending
+        made = self._create_pending()
+        try:
+            return run.run(items, payloads, ids, inverted_features, batch_size, progress)
+        finally:
+            if made:
+                self._drop_if_empty(pending)
+
+    def _drop_if_empty(self, pending: dict[str, Any]) -> None:
+        """Removes the collection an ingest created when nothing went in (a failed or empty ingest)."""
+        if self.collection.count() == 0:
+            self.collection.drop()
+            self._pending, self.created = pending, False
 
     def invert_missing(self, modality: str = "image", *, batch_size: int = 64, progress: bool = True,
                        query_filter: models.Filter | None = None) -> IngestReport:
@@ -299,6 +331,7 @@ class CrossModalStore(RecordedSettings):
             modality: "image" (OTI) or "text" (OVI).
             query_filter: restricts the backfill to matching points.
         """
+        self._require_collection()
         return ingest_lib.invert_missing(self.collection, self.encoder, self.names, check_modality(modality),
                                          batch_size=batch_size, progress=progress, query_filter=query_filter)
 
@@ -363,12 +396,15 @@ class CrossModalStore(RecordedSettings):
         if query_modality == gallery:
             hub = self.hub_correction(gallery, mode, hubness)
         elif hubness:
-            raise ValueError(f"hubness correction applies to {gallery}->{gallery} searches, not {query_modality}->"
-                             f"{gallery}")
-        return self.searcher.search(query_modality, gallery, value, mode=mode, limit=limit, query_filter=query_filter,
-                                    exclude_query=exclude_query, with_payload=with_payload, with_vectors=with_vectors,
-                                    prefetch_limit=prefetch_limit, search_params=search_params,
-                                    literal_text=name == "text", hubness=hub, strict=strict)
+            raise InvalidRequestError(f"hubness correction applies to {gallery}->{gallery} searches, not "
+                                      f"{query_modality}->{gallery}")
+        request = SearchRequest.build(query_modality, gallery, value, mode=mode, limit=limit,
+                                      derived=self.encoder.derived_for(gallery), prefetch_limit=prefetch_limit,
+                                      hubness=hub, query_filter=query_filter, exclude_query=exclude_query,
+                                      with_payload=with_payload, with_vectors=with_vectors,
+                                      search_params=search_params, literal_text=name == "text", strict=strict)
+        self._require_collection()
+        return self.searcher.search(request)
 
     # ---------------------------------------------------------------------------------------- inspection
     def modality_of(self, point_id: Any) -> str:
@@ -377,9 +413,8 @@ class CrossModalStore(RecordedSettings):
         Raises:
             PointNotFoundError: no such point, or it holds neither native vector.
         """
-        from crossgap_qdrant.store.ids import normalize_point_id
-
         pid = normalize_point_id(point_id)
+        self._require_collection()
         names = [self.names.native("image"), self.names.native("text")]
         records = self.collection.retrieve([pid], with_vectors=names)
         if not records:
@@ -395,72 +430,15 @@ class CrossModalStore(RecordedSettings):
         """Number of points (all, or those holding the native vector of ``modality``)."""
         flt = None
         if modality is not None:
-            flt = models.Filter(must=[models.HasVectorCondition(has_vector=self.names.native(check_modality(modality)))])
-        return self.collection.count(flt)
+            native = self.names.native(check_modality(modality))
+            flt = models.Filter(must=[models.HasVectorCondition(has_vector=native)])
+        return 0 if self._pending is not None else self.collection.count(flt)  # not created: nothing written
 
     def info(self) -> dict[str, Any]:
-        """Engine, collection, location, model, vector names and sizes, and point counts per vector."""
+        """Engine, collection, location, model, vector names and sizes, and point counts per vector.
+
+        Raises:
+            CollectionNotFoundError: the collection was not created yet (nothing was written).
+        """
+        self._require_collection()
         return describe_collection(self.collection)
-
-
-def recorded_derived(collection_name: str, schema: CollectionSchema | None, model: Any) -> dict[str, DerivedVector]:
-    """The derived vectors a collection's schema records with their parameters (e.g. a rival representation
-    applied by ``evaluate --apply``), rebuilt for ``model``; {} for a collection not created yet (None)."""
-    if schema is None:
-        return {}
-    from crossgap_qdrant.rivals import vector_from_record
-
-    out = {}
-    for name, entry in ((schema.metadata.get(METADATA_KEY) or {}).get("derived") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("transform"), dict):
-            try:
-                out[name] = vector_from_record(model, entry["transform"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"collection {collection_name!r} records derived vector {name!r}, which cannot be "
-                                 f"rebuilt for this model: {exc}") from None
-    return out
-
-
-def _handle(model, tokenizer, preprocess, as_clip_model):
-    """The model handle, from a handle or a bare model with tokenizer= and preprocess=."""
-    if tokenizer is None and preprocess is None:
-        clip = as_clip_model(model)
-        _check_tokenizer(clip)
-        return clip
-    if tokenizer is None or preprocess is None:
-        raise TypeError("a bare model needs both tokenizer= and preprocess= (or pass the handle from load_model)")
-    clip = as_clip_model((model, preprocess, tokenizer))
-    _check_tokenizer(clip)
-    return clip
-
-
-def _display_name(clip) -> str:
-    """"ViT-B-32 (openai)": the architecture and its tag or checkpoint file name, never a path."""
-    tag = clip.pretrained
-    return f"{clip.name} ({os.path.basename(str(tag))})" if tag else f"{clip.name} (random weights)"
-
-
-def _check_tokenizer(clip) -> None:
-    """Catches a tokenizer and a preprocess passed the wrong way round before anything is ingested."""
-    try:
-        ids = clip.tokenizer(["a photo"])
-    except Exception as exc:
-        raise TypeError(f"the tokenizer failed on ['a photo'] ({type(exc).__name__}: {exc}); were tokenizer and "
-                        "preprocess swapped? load_model returns (model, preprocess, tokenizer)") from None
-    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dim() != 2:
-        raise TypeError("the tokenizer must map a list of strings to integer token ids [N, L]; were tokenizer and "
-                        "preprocess swapped? load_model returns (model, preprocess, tokenizer)")
-
-
-def _collection(client: Any, name: str, retry: RetryPolicy | None) -> Collection:
-    if isinstance(client, Collection):
-        if name and name != client.name:
-            raise ValueError(f"collection_name {name!r} differs from the collection given ({client.name!r})")
-        return client
-    from qdrant_client import QdrantClient
-
-    if isinstance(client, QdrantClient) or hasattr(client, "query_batch_points"):
-        from crossgap_qdrant.store.engines import open_collection
-
-        return open_collection(None, name, client=client, retry=retry)
-    raise TypeError(f"client must be a QdrantClient or a Collection, got {type(client).__name__}")

@@ -46,8 +46,8 @@ def check_scores(collection: Collection, requests: Sequence[models.QueryRequest]
 
 def verify_collection(collection: Collection, page_size: int = 256) -> dict[str, Any]:
     """Reads every point and checks: the point count against the scan, every point holding a vector, every vector
-    finite, unit and of its declared size, each named vector's count against the scan, and the recorded model layout against the
-    vectors.
+    finite, unit and of its declared size, each named vector's count against the scan, and the recorded model
+    layout against the vectors.
 
     Returns:
         {"collection", "location", "points" (counted), "scanned", "vectors": {name: {"size", "counted", "scanned",

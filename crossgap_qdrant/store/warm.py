@@ -1,7 +1,7 @@
 """Warm starts kept with a collection: fitted from its stored native vectors, recorded in its metadata.
 
-A warm start (crossgap_qdrant.warm_start) turns query-side inversion and backfills from 150 (OTI) or 1000 (OVI)
-exact steps into a few. The file goes into the collection's own folder on embedded engines
+A warm start (crossgap_qdrant.inversion.warm_start) turns query-side inversion and backfills from 150 (OTI)
+or 1000 (OVI) exact steps into a few. The file goes into the collection's own folder on embedded engines
 (``Collection.files_folder``); a server keeps no files, so there the caller names a path. The metadata records,
 per modality, the file (relative to the collection's folder when inside it), its SHA-256, the step budget and
 learning rate to use with it (the fit's measured recommendation unless given), and how the fit went.
@@ -18,7 +18,9 @@ from typing import Any, Callable
 import torch
 from qdrant_client import models
 
+from crossgap_qdrant.inversion.warm_start import WarmStart
 from crossgap_qdrant.store.collection import Collection
+from crossgap_qdrant.store.errors import InvalidRequestError
 from crossgap_qdrant.store.schema import VectorNames
 
 WARM_KEY = "warm_start"
@@ -33,8 +35,9 @@ def sample_native(collection: Collection, names: VectorNames, modality: str, sam
     rows = [r.vector[native] for page in collection.pages(has, limit=sample, with_vectors=[native])
             for r in page if native in (r.vector or {})]
     if len(rows) < 2:
-        raise ValueError(f"collection {collection.name!r} holds {len(rows)} {modality} vector(s): a warm start needs "
-                         f"at least 2 to fit; ingest {modality}s first")
+        raise InvalidRequestError(f"collection {collection.name!r} holds {len(rows)} {modality} vector(s): a warm "
+                                  "start needs "
+                                  f"at least 2 to fit; ingest {modality}s first")
     return torch.tensor(rows, dtype=torch.float32)
 
 
@@ -48,20 +51,21 @@ def file_path(collection: Collection, modality: str, path: str | os.PathLike | N
             _confined(collection, modality, target)
         return target
     if folder is None:
-        raise ValueError(f"collection {collection.name!r} lives on {collection.location}, which keeps no files: pass "
-                         "path= (CLI: fit-warm-start --file PATH) to say where the warm start is written")
+        raise InvalidRequestError(f"collection {collection.name!r} lives on {collection.location}, which keeps no "
+                                  "files: pass "
+                                  "path= (CLI: fit-warm-start --file PATH) to say where the warm start is written")
     return os.path.join(folder, f"warm_start_{KIND[modality]}.pt")
 
 
 def _confined(collection: Collection, modality: str, path: str) -> str:
-    """``path`` when it lies inside the collection's folder; ValueError otherwise (a record naming ../../x.pt or
-    another absolute path is not followed)."""
+    """``path`` when it lies inside the collection's folder; InvalidRequestError otherwise (a record naming
+    ../../x.pt or another absolute path is not followed)."""
     folder = os.path.realpath(collection.files_folder)
     real = os.path.realpath(path)
     if os.path.commonpath([folder, real]) != folder or real == folder:
-        raise ValueError(f"the {modality} warm start of collection {collection.name!r} must lie in the collection's "
-                         f"folder {folder}, not at {path}: fit it again without a path (crossgap-qdrant "
-                         "fit-warm-start)")
+        raise InvalidRequestError(f"the {modality} warm start of collection {collection.name!r} must lie in the "
+                                  f"collection's folder {folder}, not at {path}: fit it again without a path "
+                                  "(crossgap-qdrant fit-warm-start)")
     return real
 
 
@@ -194,8 +198,6 @@ def settle(collection: Collection, recorded: dict[str, Any]) -> None:
 
 def load_recorded(collection: Collection, modality: str, record: dict[str, Any], device: Any = "cpu"):
     """The warm start a metadata entry names, checked against its recorded SHA-256, on ``device``."""
-    from crossgap_qdrant.warm_start import WarmStart
-
     path = record["file"]
     folder = collection.files_folder
     if not os.path.isabs(path):
@@ -214,6 +216,6 @@ def load_recorded(collection: Collection, modality: str, record: dict[str, Any],
     with open(path, "rb") as f:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-        raise ValueError(f"the {modality} warm start file {path} is not the one recorded for collection "
-                         f"{collection.name!r} (its SHA-256 differs): fit it again")
+        raise InvalidRequestError(f"the {modality} warm start file {path} is not the one recorded for collection "
+                                  f"{collection.name!r} (its SHA-256 differs): fit it again")
     return WarmStart.load(io.BytesIO(data), map_location=device, name=path)

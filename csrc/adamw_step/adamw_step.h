@@ -22,6 +22,8 @@
 
 #include <torch/types.h>
 
+#include "common.h"
+
 namespace crossgap {
 
 struct AdamWHyper {
@@ -32,9 +34,30 @@ struct AdamWHyper {
   double weight_decay;
 };
 
-void check_adamw_step_args(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
-                           const at::Tensor& exp_avg_sq, const at::Tensor& step,
-                           const at::Tensor& active, const AdamWHyper& h);
+// Raises, naming the argument, unless the shapes, dtypes, devices and hyperparameters above hold.
+inline void check_adamw_step_args(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                                  const at::Tensor& exp_avg_sq, const at::Tensor& step,
+                                  const at::Tensor& active, const AdamWHyper& h) {
+  constexpr const char* op = "adamw_step";
+  TORCH_CHECK(param.dim() >= 1, "adamw_step: param must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(param.scalar_type() == at::kFloat || param.scalar_type() == at::kDouble,
+              "adamw_step: param must be float32 or float64, got ", param.scalar_type());
+  check_like(op, grad, "grad", param, "param");
+  check_like(op, exp_avg, "exp_avg", param, "param");
+  check_like(op, exp_avg_sq, "exp_avg_sq", param, "param");
+  const int64_t B = param.size(0);
+  check_vector_of(op, step, "step", B);
+  TORCH_CHECK(step.scalar_type() == at::kLong, "adamw_step: step must be int64, got ", step.scalar_type());
+  check_same_device(op, step, "step", param, "param");
+  check_vector_of(op, active, "active", B);
+  TORCH_CHECK(active.scalar_type() == at::kBool, "adamw_step: active must be bool, got ", active.scalar_type());
+  check_same_device(op, active, "active", param, "param");
+  TORCH_CHECK(h.lr >= 0, "adamw_step: lr must be >= 0, got ", h.lr);
+  TORCH_CHECK(h.beta1 >= 0 && h.beta1 < 1, "adamw_step: beta1 must be in [0, 1), got ", h.beta1);
+  TORCH_CHECK(h.beta2 >= 0 && h.beta2 < 1, "adamw_step: beta2 must be in [0, 1), got ", h.beta2);
+  TORCH_CHECK(h.eps >= 0, "adamw_step: eps must be >= 0, got ", h.eps);
+  TORCH_CHECK(h.weight_decay >= 0, "adamw_step: weight_decay must be >= 0, got ", h.weight_decay);
+}
 
 void adamw_step_cpu(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                     const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& active, double lr,

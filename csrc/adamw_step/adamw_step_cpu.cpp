@@ -9,43 +9,6 @@
 
 namespace crossgap {
 
-void check_adamw_step_args(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
-                           const at::Tensor& exp_avg_sq, const at::Tensor& step,
-                           const at::Tensor& active, const AdamWHyper& h) {
-  TORCH_CHECK(param.dim() >= 1, "adamw_step: param must have a batch dimension, got a 0-d tensor");
-  TORCH_CHECK(param.scalar_type() == at::kFloat || param.scalar_type() == at::kDouble,
-              "adamw_step: param must be float32 or float64, got ", param.scalar_type());
-  const auto check_like_param = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.sizes() == param.sizes(), "adamw_step: ", name, " shape ", t.sizes(),
-                " does not match param shape ", param.sizes());
-    TORCH_CHECK(t.scalar_type() == param.scalar_type(), "adamw_step: ", name, " dtype ",
-                t.scalar_type(), " does not match param dtype ", param.scalar_type());
-    TORCH_CHECK(t.device() == param.device(), "adamw_step: ", name, " is on ", t.device(),
-                " but param is on ", param.device());
-  };
-  check_like_param(grad, "grad");
-  check_like_param(exp_avg, "exp_avg");
-  check_like_param(exp_avg_sq, "exp_avg_sq");
-  const int64_t B = param.size(0);
-  TORCH_CHECK(step.dim() == 1 && step.size(0) == B, "adamw_step: step must have shape [", B,
-              "], got ", step.sizes());
-  TORCH_CHECK(step.scalar_type() == at::kLong, "adamw_step: step must be int64, got ",
-              step.scalar_type());
-  TORCH_CHECK(step.device() == param.device(), "adamw_step: step is on ", step.device(),
-              " but param is on ", param.device());
-  TORCH_CHECK(active.dim() == 1 && active.size(0) == B, "adamw_step: active must have shape [", B,
-              "], got ", active.sizes());
-  TORCH_CHECK(active.scalar_type() == at::kBool, "adamw_step: active must be bool, got ",
-              active.scalar_type());
-  TORCH_CHECK(active.device() == param.device(), "adamw_step: active is on ", active.device(),
-              " but param is on ", param.device());
-  TORCH_CHECK(h.lr >= 0, "adamw_step: lr must be >= 0, got ", h.lr);
-  TORCH_CHECK(h.beta1 >= 0 && h.beta1 < 1, "adamw_step: beta1 must be in [0, 1), got ", h.beta1);
-  TORCH_CHECK(h.beta2 >= 0 && h.beta2 < 1, "adamw_step: beta2 must be in [0, 1), got ", h.beta2);
-  TORCH_CHECK(h.eps >= 0, "adamw_step: eps must be >= 0, got ", h.eps);
-  TORCH_CHECK(h.weight_decay >= 0, "adamw_step: weight_decay must be >= 0, got ", h.weight_decay);
-}
-
 namespace {
 
 // Builtins rather than std::fma/std::sqrt, which are out-of-line library calls that block vectorisation.

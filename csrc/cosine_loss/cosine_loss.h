@@ -17,13 +17,37 @@
 
 #include <torch/types.h>
 
+#include "common.h"
+
 namespace crossgap {
 
 constexpr double kCosineEps = 1e-8;
 
-// Validates arguments and returns the dtype of the loss.
-void check_cosine_loss_args(const at::Tensor& y, const at::Tensor& target);
-at::ScalarType cosine_loss_dtype(const at::Tensor& y);
+// Raises, naming the argument, unless y and target have the shapes, dtypes and device above.
+inline void check_cosine_loss_args(const at::Tensor& y, const at::Tensor& target) {
+  TORCH_CHECK(y.dim() == 2, "cosine_loss: y must be 2-D [B, E], got shape ", y.sizes());
+  TORCH_CHECK(target.dim() == 2, "cosine_loss: target must be 2-D [B, E], got shape ", target.sizes());
+  TORCH_CHECK(y.sizes() == target.sizes(), "cosine_loss: target shape ", target.sizes(),
+              " does not match y shape ", y.sizes());
+  TORCH_CHECK(at::isFloatingType(y.scalar_type()),
+              "cosine_loss: y must be float32, float64, bfloat16 or float16, got ", y.scalar_type());
+  TORCH_CHECK(at::isFloatingType(target.scalar_type()),
+              "cosine_loss: target must be a floating tensor, got ", target.scalar_type());
+  check_same_device("cosine_loss", target, "target", y, "y");
+}
+
+// The backward's checks: those of the forward, and grad_loss [B] on y's device.
+inline void check_cosine_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& y,
+                                            const at::Tensor& target) {
+  check_cosine_loss_args(y, target);
+  check_vector_of("cosine_loss_backward", grad_loss, "grad_loss", y.size(0));
+  check_same_device("cosine_loss_backward", grad_loss, "grad_loss", y, "y");
+}
+
+// The dtype of the loss (and of grad_loss): float64 for float64 y, else float32.
+inline at::ScalarType cosine_loss_dtype(const at::Tensor& y) {
+  return y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 at::Tensor cosine_loss_cpu(const at::Tensor& y, const at::Tensor& target);
 at::Tensor cosine_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& y,

@@ -10,23 +10,6 @@
 
 namespace crossgap {
 
-void check_cosine_loss_args(const at::Tensor& y, const at::Tensor& target) {
-  TORCH_CHECK(y.dim() == 2, "cosine_loss: y must be 2-D [B, E], got shape ", y.sizes());
-  TORCH_CHECK(target.dim() == 2, "cosine_loss: target must be 2-D [B, E], got shape ", target.sizes());
-  TORCH_CHECK(y.sizes() == target.sizes(), "cosine_loss: target shape ", target.sizes(),
-              " does not match y shape ", y.sizes());
-  TORCH_CHECK(at::isFloatingType(y.scalar_type()),
-              "cosine_loss: y must be float32, float64, bfloat16 or float16, got ", y.scalar_type());
-  TORCH_CHECK(at::isFloatingType(target.scalar_type()),
-              "cosine_loss: target must be a floating tensor, got ", target.scalar_type());
-  TORCH_CHECK(y.device() == target.device(), "cosine_loss: target is on ", target.device(),
-              " but y is on ", y.device());
-}
-
-at::ScalarType cosine_loss_dtype(const at::Tensor& y) {
-  return y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 namespace {
 
 // Sums <y, t>, |y|^2 and |t|^2 of one row in acc_t.
@@ -77,13 +60,8 @@ at::Tensor cosine_loss_cpu(const at::Tensor& y, const at::Tensor& target) {
 
 at::Tensor cosine_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& y,
                                     const at::Tensor& target) {
-  check_cosine_loss_args(y, target);
+  check_cosine_loss_backward_args(grad_loss, y, target);
   const auto loss_dtype = cosine_loss_dtype(y);
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == y.size(0),
-              "cosine_loss_backward: grad_loss must have shape [", y.size(0), "], got ",
-              grad_loss.sizes());
-  TORCH_CHECK(grad_loss.device() == y.device(), "cosine_loss_backward: grad_loss is on ",
-              grad_loss.device(), " but y is on ", y.device());
   const int64_t B = y.size(0);
   const int64_t E = y.size(1);
   auto grad_y = at::empty({B, E}, y.options().memory_format(at::MemoryFormat::Contiguous));

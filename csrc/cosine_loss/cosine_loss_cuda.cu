@@ -117,12 +117,7 @@ at::Tensor cosine_loss_cuda(const at::Tensor& y, const at::Tensor& target) {
 
 at::Tensor cosine_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& y,
                                      const at::Tensor& target) {
-  check_cosine_loss_args(y, target);
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == y.size(0),
-              "cosine_loss_backward: grad_loss must have shape [", y.size(0), "], got ",
-              grad_loss.sizes());
-  TORCH_CHECK(grad_loss.device() == y.device(), "cosine_loss_backward: grad_loss is on ",
-              grad_loss.device(), " but y is on ", y.device());
+  check_cosine_loss_backward_args(grad_loss, y, target);
   const c10::cuda::CUDAGuard guard(y.device());
   auto grad_y = at::empty({y.size(0), y.size(1)}, y.options());
   at::Tensor unused;

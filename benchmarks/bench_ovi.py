@@ -1,0 +1,265 @@
+"""OVI (text -> image space) quality against cost: the ``ovi`` section of bench_query.py's JSON.
+
+quality  the committed demo model on the held-out openclipart captions (one per distinct text, the held-out
+         images' captions, in a fixed shuffled order so that any prefix mixes the categories), text->text with
+         the captions' top-level categories as classes. ONE exact 1000-step run (the published OVI) keeps the
+         features after K in KS_EXACT steps (snapshots); a warm start is cross-fitted (2 folds: fitted on the
+         exact results of one half, measured on the other, so no caption is measured by a warm start that saw
+         it) and run for max(KS_WARM) steps from its prediction, keeping KS_WARM. For every row: cosine to the
+         1000-step features (mean, 5th percentile), mAP of query_inverted (OVI of the query vs the native text
+         gallery) and gallery_inverted (native query vs the OVI gallery) with bootstrap 95% CIs and the paired
+         difference to the 1000-step run; native text->text mAP for reference. ``chosen``: the larger of the
+         two fits' recommended budgets (each measured on the fit's own held-out tenth), used for the cost part.
+cost     OpenCLIP ViT-B-32 with random weights (pretrained weights cost the same), one thread: the OVI step at
+         batch 1 and 8; backfill throughput in texts/s of exact 1000-step OVI (measured over ``exact_steps``
+         steps, the rest of the 1000 at the measured per-step cost: a step costs the same at every step) and of
+         the warm start at the chosen budget (measured whole); per-query text->text latency per mode end to end
+         (encode the query text, invert, search an embedded Qdrant collection). Times are wall clock and, beside
+         them, the process's CPU time (``cpu``): on a shared machine the CPU time is what one free core takes.
+
+    python benchmarks/bench_query.py --ovi-only [--quick]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timing import median_wall_cpu_ms, timed_wall_cpu
+
+from crossgap_qdrant import load_model, ops
+from crossgap_qdrant.datasets import demo_subset, load_or_build_manifest
+from crossgap_qdrant.inversion import (
+    OVIConfig,
+    StoppingRule,
+    WarmStart,
+    fit_warm_start,
+    ovi_encoder,
+    ovi_invert,
+)
+from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
+from crossgap_qdrant.models import vision_tower
+from crossgap_qdrant.store import CrossModalStore
+
+KS_EXACT = (10, 25, 50, 100, 250, 500, 1000)
+KS_WARM = (0, 5, 10, 25, 50)
+FOLDS = 2
+
+
+def caption_sets(per_category: int, fit_samples: int = 0, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """(held-out rows with distinct captions, shuffled by ``seed + 1``; up to ``fit_samples`` distinct
+    training-split captions that are not held-out captions)."""
+    rows = load_or_build_manifest(None)
+    held, seen = [], set()
+    for row in demo_subset(rows, per_category=per_category, seed=seed):
+        if row["caption"] not in seen:
+            seen.add(row["caption"])
+            held.append(row)
+    random.Random(seed + 1).shuffle(held)
+    train = sorted({r["caption"] for r in rows if r["split"] == "train"} - seen)
+    random.Random(seed).shuffle(train)
+    return held, train[:fit_samples]
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
+    c = (a * b).sum(-1)
+    return {"mean": round(float(c.mean()), 4), "p5": round(float(c.quantile(0.05)), 4)}
+
+
+def per_query_ap(query: torch.Tensor, gallery: torch.Tensor, labels) -> np.ndarray:
+    """Per-query AP of full rankings (the query's own item removed), of the queries that have a relevant item
+    (which ones depends on the labels only, so rows of two representations pair up)."""
+    sim = (query @ gallery.T).numpy()
+    ap = per_query(retrieval_metrics(sim, labels, labels, exclude=np.arange(len(labels))), len(labels))
+    return ap[np.isfinite(ap)]
+
+
+def with_ci(ap: np.ndarray, base: np.ndarray | None, seed: int = 0) -> dict:
+    lo, hi = bootstrap_ci(ap, n=1000, seed=seed)
+    out = {"mAP": round(100 * float(ap.mean()), 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)]}
+    if base is not None:
+        diff, dlo, dhi = paired_bootstrap_ci(ap, base, n=1000, seed=seed)
+        out |= {"diff_vs_1000": round(100 * diff, 2), "diff_ci95": [round(100 * dlo, 2), round(100 * dhi, 2)]}
+    return out
+
+
+def subset(result, index: torch.Tensor):
+    """The rows ``index`` of an InversionResult (snapshots dropped)."""
+    return dataclasses.replace(result, features=result.features[index], tokens=result.tokens[index],
+                               loss=result.loss[index], steps=result.steps[index], snapshots={})
+
+
+def cross_fitted_warm(clip, texts: torch.Tensor, exact, batch_size: int, fit_options: dict,
+                      stopping=None) -> tuple[dict[int, torch.Tensor], list, dict]:
+    """Warm-started OVI features after each K in KS_WARM for every text, from a warm start fitted (by
+    distillation from ``exact``) on the other folds.
+
+    Returns:
+        ({K: [N, E] features}, the fits, {"steps_mean", "seconds"} of a run at the chosen budget with
+        ``stopping`` when given).
+    """
+    n = texts.shape[0]
+    fold_of = torch.arange(n) % FOLDS
+    out = {k: torch.empty_like(exact.features) for k in KS_WARM}
+    fits, warms = [], []
+    for fold in range(FOLDS):
+        test, train = (fold_of == fold).nonzero().flatten(), (fold_of != fold).nonzero().flatten()
+        config = OVIConfig(steps=max(KS_EXACT), batch_size=batch_size)
+        warm, fit = fit_warm_start(clip, texts[train], "ovi", config, exact=subset(exact, train), **fit_options)
+        run = OVIConfig(steps=max(KS_WARM), lr=fit.lr, batch_size=batch_size, warm_start=warm)
+        snaps = ovi_invert(clip, texts[test], run, progress=False, snapshots=KS_WARM).snapshots
+        for k in KS_WARM:
+            out[k][test] = snaps[k]
+        fits.append(fit)
+        warms.append((warm, test))
+    stopped = {}
+    if stopping is not None:
+        chosen = max(f.steps for f in fits)
+        features, steps, seconds = torch.empty_like(exact.features), torch.empty(n), 0.0
+        for (warm, test), fit in zip(warms, fits):
+            run = OVIConfig(steps=chosen, lr=fit.lr, batch_size=batch_size, warm_start=warm, stopping=stopping)
+            res = ovi_invert(clip, texts[test], run, progress=False)
+            features[test], steps[test], seconds = res.features, res.steps.float(), seconds + res.seconds
+        stopped = {"features": features, "steps_mean": round(float(steps.mean()), 1), "seconds": seconds}
+    return out, fits, stopped
+
+
+def quality_rows(texts: torch.Tensor, labels, exact, warm: dict[int, torch.Tensor], extra=None) -> dict:
+    """The quality table: a row per exact K and per warm K (and ``extra``: name -> features)."""
+    reference = exact.snapshots[max(KS_EXACT)]
+    base_q, base_g = per_query_ap(reference, texts, labels), per_query_ap(texts, reference, labels)
+
+    def row(features):
+        return {"cosine_to_1000": cosines(features, reference),
+                "query_inverted": with_ci(per_query_ap(features, texts, labels), base_q),
+                "gallery_inverted": with_ci(per_query_ap(texts, features, labels), base_g)}
+
+    table = {"native": {"text_to_text": with_ci(per_query_ap(texts, texts, labels), None)}}
+    table |= {f"exact_{k}": row(exact.snapshots[k]) for k in KS_EXACT}
+    table |= {f"warm_{k}": row(warm[k]) for k in sorted(warm)}
+    table |= {name: row(features) for name, features in (extra or {}).items()}
+    return table
+
+
+def ovi_quality(args) -> dict:
+    clip = load_model("crossgap-demo", device="cpu")
+    held, _ = caption_sets(args.ovi_per_category)
+    held = held[: args.ovi_captions] if args.ovi_captions else held
+    texts, labels = [r["caption"] for r in held], [r["category"] for r in held]
+    feats = clip.encode_texts(texts)
+    wall, cpu = time.perf_counter(), time.process_time()
+    exact = ovi_invert(clip, feats, OVIConfig(steps=max(KS_EXACT), batch_size=args.ovi_batch), progress=False,
+                       snapshots=KS_EXACT)
+    exact_s = {"wall": round(time.perf_counter() - wall, 1), "cpu": round(time.process_time() - cpu, 1)}
+    rule = StoppingRule(min_delta=args.ovi_stop_delta, patience=args.ovi_stop_patience)
+    warm, fits, stopped = cross_fitted_warm(clip, feats, exact, args.ovi_batch, {"epochs": args.ovi_epochs}, rule)
+    chosen = max(fits, key=lambda f: f.steps)
+    table = quality_rows(feats, labels, exact, warm, {f"warm_{chosen.steps}_early_stopping": stopped["features"]})
+    return {"model": clip.display_name, "captions": len(texts), "categories": len(set(labels)),
+            "exact_seconds": exact_s, "folds": FOLDS, "fits": [_strict(f.to_dict()) for f in fits],
+            "chosen": {"steps": chosen.steps, "lr": chosen.lr},
+            "early_stopping": {"rule": dataclasses.asdict(rule), "steps_mean": stopped["steps_mean"],
+                               "budget": chosen.steps},
+            "table": table}
+
+
+def _strict(record: dict) -> dict:
+    """NaN (a token R^2 of a one-sample held-out part) as null: strict JSON."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in record.items()}
+
+
+def ovi_cost(args, chosen: dict) -> dict:
+    torch.manual_seed(0)
+    clip = load_model("ViT-B-32", device="cpu", allow_random=True)
+    k, lr = chosen["steps"], chosen["lr"]
+    width = vision_tower(clip.model).width
+    # the fitted network's size with untrained weights: its cost does not depend on its weights
+    warm = WarmStart("ovi", clip.embed_dim, 1, width, model_id=clip.model_id).eval().requires_grad_(False)
+    encode = ovi_encoder(clip.model, torch.float32)
+    out = {"model": "ViT-B-32 (random weights)", "warm_k": k, "warm_lr": lr, "step_ms": {}}
+    for b in (1, 8):
+        target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
+        tokens = torch.randn(b, 1, width) * 0.02
+
+        def step():
+            p = tokens.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(ops.cosine_loss(encode(p), target).sum(), p)
+
+        out["step_ms"][f"batch_{b}"] = median_wall_cpu_ms(step, args.ovi_step_repeat)
+
+    n = args.ovi_backfill
+    feats = F.normalize(torch.randn(n, clip.embed_dim), dim=-1)
+    s = args.ovi_exact_steps
+    zero = timed_wall_cpu(lambda: ovi_invert(clip, feats, OVIConfig(steps=0), progress=False))
+    some = timed_wall_cpu(lambda: ovi_invert(clip, feats, OVIConfig(steps=s), progress=False))
+    exact = [z + (1000 / s) * (x - z) for x, z in zip(some, zero)]  # fixed cost + 1000 steps at the measured rate
+    warm_config = OVIConfig(steps=k, lr=lr, warm_start=warm)
+    warm_run = timed_wall_cpu(lambda: ovi_invert(clip, feats, warm_config, progress=False))
+    out["backfill_texts_per_s"] = {
+        "texts": n, "batch": min(64, n), "exact_steps_measured": s,
+        "exact": {"wall": round(n / exact[0], 4), "cpu": round(n / exact[1], 4)},
+        "warm": {"wall": round(n / warm_run[0], 3), "cpu": round(n / warm_run[1], 3)},
+        "speedup": {"wall": round(exact[0] / warm_run[0], 1), "cpu": round(exact[1] / warm_run[1], 1)}}
+
+    gallery = F.normalize(torch.randn(args.gallery, clip.embed_dim), dim=-1)
+    latency = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CrossModalStore.open(tmp, "bench", clip)
+        try:
+            store.ingest_texts(gallery, inverted_features=F.normalize(torch.randn_like(gallery), dim=-1),
+                               progress=False)
+            query = "a drawing of a red bicycle leaning against a tree"
+
+            def search(mode):
+                return lambda: store.search_texts(text=query, mode=mode, limit=10)
+
+            for mode in ("native", "gallery_inverted"):
+                latency[mode] = median_wall_cpu_ms(search(mode), 5)
+            exact_cfg = store.encoder.ovi_config
+            store.encoder.ovi_config = OVIConfig(steps=s)
+            few = median_wall_cpu_ms(search("query_inverted"), 1, 0)
+            store.encoder.ovi_config = OVIConfig(steps=0)
+            none = median_wall_cpu_ms(search("query_inverted"), 3)
+            latency["query_inverted_exact_1000"] = {  # the same extrapolation as the backfill's
+                key: round(none[key] + (1000 / s) * (few[key] - none[key]), 1) for key in few}
+            for label, config in ((f"warm_{k}", OVIConfig(steps=k, lr=lr, warm_start=warm)),
+                                  ("warm_0", OVIConfig(steps=0, warm_start=warm))):
+                store.encoder.ovi_config = config
+                latency[f"query_inverted_{label}"] = median_wall_cpu_ms(search("query_inverted"), 3)
+            store.encoder.ovi_config = OVIConfig(steps=k, lr=lr, warm_start=warm)
+            latency[f"fused_warm_{k}"] = median_wall_cpu_ms(search("fused"), 3)
+            store.encoder.ovi_config = exact_cfg
+        finally:
+            store.close()
+    out["query_latency_ms"] = latency
+    return out
+
+
+def ovi_section(args) -> dict:
+    """The ``ovi`` section: quality on the demo model, then cost on ViT-B-32 at the chosen budget."""
+    quality = ovi_quality(args)
+    return {"quality": quality, "cost": ovi_cost(args, quality["chosen"])}
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("ovi")
+    g.add_argument("--ovi-only", action="store_true", help="print only the ovi section")
+    g.add_argument("--ovi-per-category", type=int, default=10, help="held-out captions per category")
+    g.add_argument("--ovi-captions", type=int, default=64,
+                   help="of those, the first N (0: all; exact OVI costs 1000 steps per caption)")
+    g.add_argument("--ovi-batch", type=int, default=16, help="texts per inversion batch")
+    g.add_argument("--ovi-epochs", type=int, default=300, help="training epochs of each cross-fitted warm start")
+    g.add_argument("--ovi-stop-delta", type=float, default=1e-3, help="early stopping measured: min_delta")
+    g.add_argument("--ovi-stop-patience", type=int, default=3, help="early stopping measured: patience")
+    g.add_argument("--ovi-backfill", type=int, default=16, help="texts inverted for the backfill throughput")
+    g.add_argument("--ovi-exact-steps", type=int, default=5, help="exact steps measured for the 1000-step cost")
+    g.add_argument("--ovi-step-repeat", type=int, default=5)
+
+
+def apply_quick(args) -> None:
+    args.ovi_captions, args.ovi_epochs, args.ovi_backfill, args.ovi_exact_steps = 16, 100, 4, 2
