@@ -27,14 +27,25 @@ def readme_blocks(language: str) -> list[str]:
     return [body for lang, body, _, _ in fenced_blocks() if lang == language and "crossgap-demo" in body]
 
 
+#: The README's section whose commands run here as written (the others need a server, a cluster or hours).
+FIRST_HOUR = "## A first hour with the command line"
+
+
 def cli_examples() -> list[tuple[list[str], str | None]]:
-    """(commands, the output shown right after them or None) of every bash block of crossgap-qdrant commands."""
+    """(commands, the output shown right after them or None) of every bash block of crossgap-qdrant commands in
+    the first-hour section; ``serve`` (which runs until stopped) is tested by tests/test_serve_*.py."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(FIRST_HOUR)
+    end_of_section = text.find("\n## ", start + len(FIRST_HOUR))
     blocks = fenced_blocks()
     out = []
-    for i, (lang, body, _, end) in enumerate(blocks):
+    for i, (lang, body, begin, end) in enumerate(blocks):
         cmds = commands(body)
+        if not start <= begin < (end_of_section if end_of_section >= 0 else len(text)):
+            continue
         if lang != "bash" or not cmds or not all(c.startswith("crossgap-qdrant ") for c in cmds):
+            continue
+        if any(c.split()[1] == "serve" for c in cmds):
             continue
         shown = None
         if i + 1 < len(blocks) and blocks[i + 1][0] == "text" and not text[end:blocks[i + 1][2]].strip():
@@ -86,7 +97,8 @@ def test_the_readme_has_demo_examples_for_the_cli_and_python():
     assert any("search" in c and "--text" in c for cmds, _ in examples for c in cmds)
     shown = [cmds[0].split()[1] for cmds, out in examples if out is not None]
     assert {"ingest", "search", "info", "evaluate"} <= set(shown), shown  # each first-hour command shows its output
-    assert "<!-- serve screenshot -->" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "](docs/serve.png)" in (ROOT / "README.md").read_text(encoding="utf-8")  # the browser test's screenshot
+    assert (ROOT / "docs" / "serve.png").is_file()
 
 
 def test_same_output_ignores_timings_and_last_digits_only():

@@ -79,12 +79,12 @@ def test_header_line_names_query_mode_gallery_hubness_and_exclusion(capsys, coll
     code, out, err = run(capsys, "search", images[0], *MODEL, *loc, "--limit", "2", "--mode", "fused")
     assert code == EXIT_OK, err
     lines = out.splitlines()
-    assert lines[0] == (f"query: {str(images[0])!r} (image, image) | gallery: images | mode: fused (rrf) | "
+    assert lines[0] == (f"query: {str(images[0])!r} (image) | gallery: images | mode: fused (rrf) | "
                         "hubness: off | query excluded")
     assert lines[1].split() == ["rank", "score", "id", "item", "label"] and len(lines) == 5
     code, out, err = run(capsys, "search", "a blue square", "--text", *MODEL, *loc, "--limit", "2")
     assert code == EXIT_OK, err
-    assert out.splitlines()[0] == ("query: 'a blue square' (text, text) | gallery: images | mode: native (cosine) | "
+    assert out.splitlines()[0] == ("query: 'a blue square' (text) | gallery: images | mode: native (cosine) | "
                                    "hubness: off")
     # a stored text searched among the texts is left out of its own results
     code, out, err = run(capsys, "search", "a blue square", "--text", "--gallery", "texts", *MODEL, *loc, "--json")
@@ -128,7 +128,7 @@ def test_contact_sheet_escapes_payload_text():
     page = render_contact_sheet([result], collection="<c>")
     assert "<script>alert" not in page and "&lt;script&gt;" in page and "<b>q</b>" not in page
     assert "<img" not in page  # texts have no thumbnail
-    assert header_line([result]).startswith("query: '<b>q</b>' (text, text) | gallery: texts")
+    assert header_line([result]).startswith("query: '<b>q</b>' (text) | gallery: texts")
 
 
 def test_html_of_a_stored_id_shows_the_stored_image_as_the_query(capsys, collection, tmp_path):
@@ -139,6 +139,6 @@ def test_html_of_a_stored_id_shows_the_stored_image_as_the_query(capsys, collect
     sheet = tmp_path / "sheet.html"
     code, out, err = run(capsys, "search", pid, *MODEL, *loc, "--limit", "2", "--html", sheet)
     assert code == EXIT_OK, err
-    assert out.splitlines()[0].startswith(f"query: '{pid}' (id, image: {stored}) | gallery: images")
+    assert out.splitlines()[0].startswith(f"query: '{pid}' (stored image: {stored}) | gallery: images")
     page = sheet.read_text()
     assert len(img_sources(page, "query")) == 1 and len(img_sources(page, "hit")) == 2

@@ -234,9 +234,6 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="largest uploaded query image, in MiB (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=25_000_000,
-                   help="most pixels of an uploaded query image; larger ones are refused before decoding "
-                        "(default: %(default)s)")
     p.add_argument("--max-limit", type=int, default=100, help="most results one search may ask for "
                                                              "(default: %(default)s)")
     model_flags(p, image_limit=False)

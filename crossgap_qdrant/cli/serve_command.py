@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from crossgap_qdrant.cli.common import EXIT_OK, PROG, UsageError
-from crossgap_qdrant.cli.resources import load_handle, open_store
+from crossgap_qdrant.cli.resources import apply_image_limit, load_handle, open_store
 from crossgap_qdrant.errors import MissingDependencyError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -20,9 +20,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
     if not args.max_upload_mb > 0:
         raise UsageError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    for flag, value in (("--max-pixels", args.max_pixels), ("--max-limit", args.max_limit)):
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.max_limit < 1:
+        raise UsageError(f"--max-limit must be >= 1, got {args.max_limit}")
+    apply_image_limit(args)  # --max-pixels: uploads and every image the service reads
     if args.location == ":memory:":
         raise UsageError("--location :memory: would serve an empty collection; give the folder or server URL that "
                          "holds it")
@@ -33,8 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MissingDependencyError(f"serve needs FastAPI and uvicorn ({exc}); install them with: pip install "
                           "'crossgap-qdrant[serve]'") from None
-    limits = ServiceLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                           max_limit=args.max_limit)
+    limits = ServiceLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_limit=args.max_limit,
+                           max_pixels=args.max_pixels or ServiceLimits.max_pixels)
     clip = load_handle(args)
     with open_store(args, clip, create=False) as store:
         app = create_app(store, limits=limits)

@@ -128,7 +128,8 @@ def header_line(results: list[SearchResult]) -> str:
     first = results[0]
     modes = ", ".join(f"{r.mode} ({r.score_kind})" for r in results)
     item = f": {first.query_item}" if first.query_item and first.query_item != first.query else ""
-    parts = [f"query: {first.query!r} ({first.query_kind}, {first.query_modality}{item})",
+    what = f"stored {first.query_modality}" if first.query_kind == "id" else first.query_modality
+    parts = [f"query: {first.query!r} ({what}{item})",
              f"gallery: {first.gallery}", f"mode{'s' if len(results) > 1 else ''}: {modes}",
              f"hubness: {'on' if any(r.hubness for r in results) else 'off'}"]
     if first.query_excluded:
