@@ -48,8 +48,7 @@ def location_flags(parser: argparse.ArgumentParser, location_default: str = "./q
                    help="retries of a server call on transient errors (default: %(default)s)")
 
 
-def model_flags(parser: argparse.ArgumentParser, image_limit: bool = True) -> None:
-    """--model and what loads and feeds it; with ``image_limit`` --max-pixels too (serve has its own)."""
+def model_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=None,
                    help="crossgap-demo (the bundled demo model), an open_clip architecture such as ViT-B-32 (with "
@@ -71,10 +70,9 @@ def model_flags(parser: argparse.ArgumentParser, image_limit: bool = True) -> No
                         "(default: %(default)s)")
     g.add_argument("--isoclip", default=None, metavar="TOP,BOTTOM",
                    help="add the IsoCLIP vector (<modality>_isoclip) with these singular-direction cuts")
-    if image_limit:
-        g.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                       help="refuse images of more pixels as possible decompression bombs; raise it for trusted "
-                            "large images (default: PIL's limit, 89478485)")
+    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images of more pixels as possible decompression bombs; raise it for trusted "
+                        "large images (default: PIL's limit, 89478485)")
 
 
 
@@ -236,7 +234,7 @@ def add_serve_parser(sub) -> None:
                    help="largest uploaded query image, in MiB (default: %(default)s)")
     p.add_argument("--max-limit", type=int, default=100, help="most results one search may ask for "
                                                              "(default: %(default)s)")
-    model_flags(p, image_limit=False)
+    model_flags(p)
     warm_flags(p)
     location_flags(p)
     output_flags(p)
