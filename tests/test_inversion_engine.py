@@ -8,12 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from crossgap_qdrant import progress
 from crossgap_qdrant.inversion import (
     BATCH_COSINE_BOUND,
     BATCH_INVARIANCE_BOUND,
     OTIConfig,
     OVIConfig,
     StoppingRule,
+    engine,
     oti_invert,
     ovi_invert,
     seeded_initial_tokens,
@@ -48,14 +50,24 @@ def test_oti_early_stopping_saves_steps_and_meets_target(tiny_clip):
     assert torch.isfinite(res.features).all() and res.features.shape == (10, 32)
 
 
-def test_progress_moves_with_every_step(tiny_clip, capsys):
-    model, _, tok = tiny_clip
+def test_progress_moves_with_every_step(tiny_clip, monkeypatch):
+    bars = []
+
+    def recording_bar(total, desc, unit="it", enabled=True, stream=None):
+        bar = progress.SilentProgress(total)
+        bar.desc, updates = desc, []
+        bar.update = lambda n=1: (updates.append(n), setattr(bar, "n", bar.n + n))
+        bar.updates = updates
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(engine, "progress_bar", recording_bar)
     oti_invert(tiny_clip, torch.randn(3, 32), OTIConfig(steps=4, batch_size=2), progress=True)
-    err = capsys.readouterr().err
-    assert "OTI (3 samples x 4 steps)" in err and "12/12" in err
+    assert bars[-1].desc == "OTI (3 samples x 4 steps)" and bars[-1].n == bars[-1].total == 12
+    assert len(bars[-1].updates) >= 8  # moved on every step of both batches, not once per batch
     oti_invert(tiny_clip, torch.randn(3, 32), OTIConfig(steps=4, stopping=StoppingRule(target_loss=2.0)),
                progress=True)
-    assert "12/12" in capsys.readouterr().err  # samples that stop early complete the bar
+    assert bars[-1].n == 12  # samples that stop early complete the bar
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -81,7 +81,7 @@ def test_header_line_names_query_mode_gallery_hubness_and_exclusion(capsys, coll
     lines = out.splitlines()
     assert lines[0] == (f"query: {str(images[0])!r} (image) | gallery: images | mode: fused (rrf) | "
                         "hubness: off | query excluded")
-    assert lines[1].split() == ["rank", "score", "id", "item", "label"] and len(lines) == 5
+    assert lines[1].split() == ["rank", "rrf", "id", "item"] and len(lines) == 6  # and a line naming the score
     code, out, err = run(capsys, "search", "a blue square", "--text", *MODEL, *loc, "--limit", "2")
     assert code == EXIT_OK, err
     assert out.splitlines()[0] == ("query: 'a blue square' (text) | gallery: images | mode: native (cosine) | "

@@ -60,7 +60,7 @@ def test_serve_warns_when_listening_beyond_this_machine(location, monkeypatch, c
     (["--port", "0"], "--port must be in 1..65535"),
     (["--max-upload-mb", "0"], "--max-upload-mb must be > 0"),
     (["--max-pixels", "0"], "--max-pixels must be >= 1"),
-    (["--location", ":memory:"], "would serve an empty collection"),
+    (["--location", ":memory:"], "--location :memory: keeps nothing"),
 ])
 def test_serve_usage_errors(location, flags, words, capsys):
     assert main(["serve", *MODEL, *location, *flags]) == EXIT_USAGE

@@ -263,15 +263,15 @@ def add_adopt_parsers(sub) -> None:
                                    "the new vectors only (update_vectors). Run the same command again after any "
                                    "crash: it resumes.")
     p.add_argument("--modality", choices=("image", "text"), default="image",
-                   help="which stored vectors to invert (default: %(default)s)")
+                   help="fill the inverted vectors of the images (OTI) or the texts (OVI) (default: %(default)s)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray Data: a local cluster (no ADDRESS) or the cluster at ADDRESS ('auto', "
                         "'ray://host:10001')")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="parallel workers (Ray actors, one model each; in-process: parts run in turn; default: "
-                        "%(default)s)")
+                   help="parallel workers (Ray actors, one model each; in-process: parts run in turn) "
+                        "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64,
-                   help="stored vectors inverted and written per batch (default: %(default)s)")
+                   help="points inverted and written together (default: %(default)s)")
     p.add_argument("--transform", action="append", default=[], metavar="KIND",
                    help="also add a rival vector computed from the stored vectors (no image read): "
                         "isoclip:TOP,BOTTOM (<modality>_isoclip) or pca (<modality>_pca, the bundled vocabulary); "

@@ -23,9 +23,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_limit < 1:
         raise UsageError(f"--max-limit must be >= 1, got {args.max_limit}")
     apply_image_limit(args)  # --max-pixels: uploads and every image the service reads
-    if args.location == ":memory:":
-        raise UsageError("--location :memory: would serve an empty collection; give the folder or server URL that "
-                         "holds it")
     try:
         import uvicorn
 

@@ -246,7 +246,7 @@ def _representations(feats: _Features, methods: Sequence[str], config: Evaluatio
 
 def evaluate(
     clip: ClipModel,
-    data: LabelledSet,
+    data: LabelledSet | None = None,
     config: EvaluationConfig | None = None,
     *parts: Any,
     model_id: str | None = None,
