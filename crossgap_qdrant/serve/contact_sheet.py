@@ -8,7 +8,7 @@ import html
 import logging
 from typing import Callable, Sequence
 
-from crossgap_qdrant.serve.results import Hit, SearchResult
+from crossgap_qdrant.serve.results import Hit, SearchResult, query_what
 from crossgap_qdrant.serve.thumbnails import data_uri, file_thumbnail
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def render_contact_sheet(results: Sequence[SearchResult], *, collection: str = "
         raise ValueError("a contact sheet needs at least one result")
     first = results[0]
     esc = html.escape
-    shown = esc(first.query) + f" <small>({esc(first.query_kind)}, {esc(first.query_modality)})</small>"
+    shown = esc(first.query) + f" <small>({esc(query_what(first))})</small>"
     if first.query_item and first.query_item != first.query:
         shown += f"<br><small>{esc(first.query_item)}</small>"
     about = [("query", shown),

@@ -122,14 +122,18 @@ class SearchResult:
                 "query_excluded": self.query_excluded, "query_item": self.query_item, "hits": hits}
 
 
+def query_what(result: SearchResult) -> str:
+    """What the query was, in words: "text", "image", or "stored image" / "stored text" for a point id."""
+    return f"stored {result.query_modality}" if result.query_kind == "id" else result.query_modality
+
+
 def header_line(results: list[SearchResult]) -> str:
     """One line naming a search (or a comparison of modes): query, mode(s) with their score kinds, gallery,
     hubness, and "query excluded" when it was."""
     first = results[0]
     modes = ", ".join(f"{r.mode} ({r.score_kind})" for r in results)
     item = f": {first.query_item}" if first.query_item and first.query_item != first.query else ""
-    what = f"stored {first.query_modality}" if first.query_kind == "id" else first.query_modality
-    parts = [f"query: {first.query!r} ({what}{item})",
+    parts = [f"query: {first.query!r} ({query_what(first)}{item})",
              f"gallery: {first.gallery}", f"mode{'s' if len(results) > 1 else ''}: {modes}",
              f"hubness: {'on' if any(r.hubness for r in results) else 'off'}"]
     if first.query_excluded:
