@@ -159,6 +159,38 @@ def suffix_block_backward(grad_out, x, x1, qkv, probs, u, stats, prefix_k, prefi
                                                     params, activation)
 
 
+# -------------------------------------------------------------------------------------------- few_rows
+def few_rows_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for x [M, K] and weight [N, K] float32 on CPU, reading the weight once (not
+    differentiable: the suffix-block ops call it inside their own backward). See csrc/few_rows/few_rows.h."""
+    require_library()
+    return torch.ops.crossgap.few_rows_product(x, weight)
+
+
+def few_rows_product_backward(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad @ weight`` for grad [M, N] and weight [N, K] float32 on CPU, reading the weight once."""
+    require_library()
+    return torch.ops.crossgap.few_rows_product_backward(grad, weight)
+
+
+def few_rows_isa(cap: str | None = None) -> str:
+    """The instruction set the few-rows kernels use: "avx512", "avx2" or "baseline" (the widest the CPU runs).
+    ``cap`` switches them to that one for this process, e.g. to time AVX2 on an AVX-512 CPU; it must be one the
+    CPU runs (RuntimeError naming those otherwise)."""
+    require_library()
+    return torch.ops.crossgap.few_rows_isa(cap or "")
+
+
+def few_rows_product_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch ``few_rows_product``."""
+    return x @ weight.T
+
+
+def few_rows_product_backward_reference(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch ``few_rows_product_backward``."""
+    return grad @ weight
+
+
 # ------------------------------------------------------------------ Python parts of the compiled ops
 def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
@@ -192,6 +224,14 @@ def _adamw_step_fake(param, grad, exp_avg, exp_avg_sq, step, active, lr, beta1, 
     return None
 
 
+def _few_rows_product_fake(x, weight):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _few_rows_product_backward_fake(grad, weight):
+    return grad.new_empty((grad.shape[0], weight.shape[1]))
+
+
 def _register_python_parts() -> None:
     """Fake kernels (torch.compile, opcheck) and autograd; the ops must be loaded first."""
     torch.library.register_fake("crossgap::cosine_loss", _cosine_loss_fake)
@@ -200,5 +240,8 @@ def _register_python_parts() -> None:
         "crossgap::cosine_loss", _cosine_loss_backward, setup_context=_cosine_loss_setup_context
     )
     torch.library.register_fake("crossgap::adamw_step", _adamw_step_fake)
+    if _has_kernel("crossgap::few_rows_product", "CPU"):
+        torch.library.register_fake("crossgap::few_rows_product", _few_rows_product_fake)
+        torch.library.register_fake("crossgap::few_rows_product_backward", _few_rows_product_backward_fake)
     if _has_kernel("crossgap::suffix_block_forward", "CPU"):
         suffix_block.register_python_parts()

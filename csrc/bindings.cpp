@@ -3,6 +3,7 @@
 
 #include "adamw_step/adamw_step.h"
 #include "cosine_loss/cosine_loss.h"
+#include "few_rows/few_rows.h"
 #include "suffix_block/suffix_block.h"
 
 TORCH_LIBRARY(crossgap, m) {
@@ -18,6 +19,9 @@ TORCH_LIBRARY(crossgap, m) {
   m.def(
       "suffix_block_backward(Tensor grad_out, Tensor x, Tensor x1, Tensor qkv, Tensor probs, Tensor u, "
       "Tensor stats, Tensor prefix_k, Tensor prefix_v, Tensor[] params, str activation) -> Tensor");
+  m.def("few_rows_product(Tensor x, Tensor weight) -> Tensor");
+  m.def("few_rows_product_backward(Tensor grad, Tensor weight) -> Tensor");
+  m.def("few_rows_isa(str cap) -> str", &crossgap::few_rows_isa);
 }
 
 TORCH_LIBRARY_IMPL(crossgap, CPU, m) {
@@ -26,6 +30,8 @@ TORCH_LIBRARY_IMPL(crossgap, CPU, m) {
   m.impl("adamw_step", &crossgap::adamw_step_cpu);
   m.impl("suffix_block_forward", &crossgap::suffix_block_forward_cpu);
   m.impl("suffix_block_backward", &crossgap::suffix_block_backward_cpu);
+  m.impl("few_rows_product", &crossgap::few_rows_product_cpu);
+  m.impl("few_rows_product_backward", &crossgap::few_rows_product_backward_cpu);
 }
 
 #ifdef WITH_CUDA

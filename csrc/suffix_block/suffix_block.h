@@ -38,9 +38,9 @@
 //   grad_out   [B, S, W]       T, gradient in out; x, x1, qkv, probs, u, stats as the forward gave them
 //   grad_x     [B, S, W]       T, gradient in x
 //
-// Matrix products go to ATen (BLAS); with few rows they take the W x^T form, which streams a row-major
-// weight fastest, and everything between them (layer norms, attention, activation, residuals) is fused
-// here. Arithmetic accumulates in acc.
+// Matrix products of up to kFewRows float32 rows go to the few-rows kernels (csrc/few_rows: the weight read
+// once), the others to BLAS (CPU) or cuBLAS; everything between them (layer norms, attention, activation,
+// residuals) is fused here. Arithmetic accumulates in acc.
 #pragma once
 
 #include <torch/types.h>

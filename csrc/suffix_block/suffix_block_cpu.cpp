@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "few_rows/few_rows.h"
 #include "suffix_block.h"
 #include "suffix_block_math.h"
 
@@ -26,12 +27,6 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace crossgap {
 
 namespace {
-
-// An [M, N] matrix product result: element (m, n) at data[m * sm + n * sn].
-struct Product {
-  at::Tensor data;
-  int64_t sm, sn;
-};
 
 // Column-major C (m x n, ldc) = op(A) op(B) through the BLAS ATen itself calls, when PyTorch exports it.
 template <typename scalar_t>
@@ -54,22 +49,25 @@ bool blas_gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const scalar_t
   return false;
 }
 
-// x W^T for x [M, K] and W [N, K], both contiguous. With few rows it is formed as W x^T (x^T column-major),
-// which streams the row-major weight fastest; BLAS is called directly, which spares the per-call work of
-// at::mm (dispatch, checks, views) that adds up over a step's hundred products.
+// x W^T for x [M, K] and W [N, K], both contiguous -> [M, N] contiguous. Few float32 rows go to the few-rows kernel (which reads the
+// weight once at any row count); otherwise BLAS is called directly, which spares the per-call work of at::mm
+// (dispatch, checks, views) that adds up over a step's hundred products.
 template <typename scalar_t>
-Product product(const at::Tensor& x, const at::Tensor& w) {
+at::Tensor product(const at::Tensor& x, const at::Tensor& w) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* wp = w.const_data_ptr<scalar_t>();
-  if (M <= 8) {
-    auto out = at::empty({N, M}, x.options());
-    if (blas_gemm<scalar_t>('T', 'N', M, N, K, xp, K, wp, K, out.mutable_data_ptr<scalar_t>(), M)) return {out, 1, M};
-    return {at::mm(w, x.t()), 1, M};
-  }
   auto out = at::empty({M, N}, x.options());
-  if (blas_gemm<scalar_t>('T', 'N', N, M, K, wp, K, xp, K, out.mutable_data_ptr<scalar_t>(), N)) return {out, N, 1};
-  return {at::mm(x, w.t()), N, 1};
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (M <= kFewRows) {
+      few_rows_product(x.const_data_ptr<float>(), w.const_data_ptr<float>(), out.mutable_data_ptr<float>(), M, N,
+                       K);
+      return out;
+    }
+  }
+  if (blas_gemm<scalar_t>('T', 'N', N, M, K, w.const_data_ptr<scalar_t>(), K, x.const_data_ptr<scalar_t>(), K,
+                          out.mutable_data_ptr<scalar_t>(), N)) {
+    return out;
+  }
+  return at::mm(x, w.t());
 }
 
 // g W for g [M, N] and W [N, K], both contiguous -> [M, K] contiguous.
@@ -77,6 +75,13 @@ template <typename scalar_t>
 at::Tensor product_backward(const at::Tensor& g, const at::Tensor& w) {
   const int64_t M = g.size(0), N = g.size(1), K = w.size(1);
   auto out = at::empty({M, K}, g.options());
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (M <= kFewRows) {
+      few_rows_product_backward(g.const_data_ptr<float>(), w.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                M, N, K);
+      return out;
+    }
+  }
   if (blas_gemm<scalar_t>('N', 'N', K, M, N, w.const_data_ptr<scalar_t>(), K, g.const_data_ptr<scalar_t>(), N,
                           out.mutable_data_ptr<scalar_t>(), K)) {
     return out;
@@ -248,16 +253,15 @@ void attention_backward(const KeyValues<scalar_t>& kv, const acc_t* probs, const
   });
 }
 
-// out[m, n] = y[m, n] + bias[n] (+ residual[m, n]), y an [M, N] view with strides.
+// out[m, n] = y[m, n] + bias[n] (+ residual[m, n]), y [M, N] contiguous.
 template <typename scalar_t, typename acc_t>
-void add_bias_rows(const Product& y, const scalar_t* bias, const scalar_t* residual, int64_t M, int64_t N,
+void add_bias_rows(const at::Tensor& y, const scalar_t* bias, const scalar_t* residual, int64_t M, int64_t N,
                    scalar_t* out) {
-  const scalar_t* yp = y.data.const_data_ptr<scalar_t>();
-  const int64_t sm = y.sm, sn = y.sn;
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
   for (const auto m : c10::irange(M)) {
     for (const auto n : c10::irange(N)) {
       // Rounded to the dtype before the residual, as a linear layer's output is.
-      const scalar_t lin = static_cast<scalar_t>(static_cast<acc_t>(yp[m * sm + n * sn]) + static_cast<acc_t>(bias[n]));
+      const scalar_t lin = static_cast<scalar_t>(static_cast<acc_t>(yp[m * N + n]) + static_cast<acc_t>(bias[n]));
       out[m * N + n] = residual ? static_cast<scalar_t>(static_cast<acc_t>(residual[m * N + n]) + static_cast<acc_t>(lin))
                                 : lin;
     }
