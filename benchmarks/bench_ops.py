@@ -1,7 +1,10 @@
 """The fused operators against plain PyTorch, same machine, same run; prints one JSON object.
 
 cosine_loss (forward + backward) is compared with the composition of torch ops it replaces; adamw_step with
-torch.optim.AdamW (single-tensor, foreach and fused implementations) on the same [B, R, D] tokens.
+torch.optim.AdamW (single-tensor, foreach and fused implementations) on the same [B, R, D] tokens; few_rows
+(CPU) with BLAS on the products of a batch-1 step (the weight matrices of a ViT-B-32-sized text tower, 151 MB,
+each multiplied by M rows forward, then each by M rows backward in reverse), for every instruction set the CPU
+runs, beside the time to read those weights in the same order with nothing else done (sums).
 
     python benchmarks/bench_ops.py
     python benchmarks/bench_ops.py --batches 64 1024 --dims 512 --repeat 5
@@ -71,6 +74,31 @@ def bench_adamw(b: int, r: int, d: int, repeat: int) -> dict:
     return out
 
 
+def bench_few_rows(rows: list[int], repeat: int) -> dict:
+    gen = torch.Generator().manual_seed(2)
+    w = 512  # ViT-B-32's text width: 12 blocks of in-projection, out-projection and the MLP's two matrices
+    weights = [torch.randn(n, k, generator=gen) * k**-0.5 for n, k in [(3 * w, w), (w, w), (4 * w, w), (w, 4 * w)] * 12]
+    out = {"weights_mb": round(sum(t.numel() * 4 for t in weights) / 1e6, 1), "isa_default": ops.few_rows_isa(),
+           "read_ms": median_ms(lambda: ([t.sum() for t in weights], [t.sum() for t in reversed(weights)]), repeat)}
+    isas = ["avx512", "avx2", "baseline"]
+    isas = isas[isas.index(out["isa_default"]):] if out["isa_default"] in isas else [out["isa_default"]]
+    for m in rows:
+        xs = [torch.randn(m, t.shape[1], generator=gen) for t in weights]
+        gs = [torch.randn(m, t.shape[0], generator=gen) for t in weights]
+        row = {"blas_ms": median_ms(lambda: ([F.linear(x, t) for x, t in zip(xs, weights)],
+                                             [g @ t for g, t in zip(reversed(gs), reversed(weights))]), repeat)}
+        for isa in isas:
+            ops.few_rows_isa(isa)
+            row[f"few_rows_{isa}_ms"] = median_ms(lambda: (
+                [ops.few_rows_product(x, t) for x, t in zip(xs, weights)],
+                [ops.few_rows_product_backward(g, t) for g, t in zip(reversed(gs), reversed(weights))]), repeat)
+        ops.few_rows_isa(out["isa_default"])
+        best = row[f"few_rows_{out['isa_default']}_ms"]
+        row |= {"speedup_vs_blas": round(row["blas_ms"] / best, 2), "vs_read": round(best / out["read_ms"], 2)}
+        out[f"M{m}"] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024, 16384])
@@ -78,6 +106,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8], help="few_rows: rows per product")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +123,8 @@ def main() -> None:
                 for dt in (torch.float32, torch.bfloat16)
             }
             report["adamw_step"][f"B{b}_R1_D{d}"] = bench_adamw(b, 1, d, args.repeat)
+    if DEVICE.type == "cpu":
+        report["few_rows"] = bench_few_rows(args.rows, max(5, args.repeat // 2))
     print(json.dumps(report, indent=2))
 
 

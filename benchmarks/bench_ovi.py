@@ -2,20 +2,26 @@
 
 quality  the committed demo model on the held-out openclipart captions (one per distinct text, the held-out
          images' captions, in a fixed shuffled order so that any prefix mixes the categories), text->text with
-         the captions' top-level categories as classes. ONE exact 1000-step run (the published OVI) keeps the
+         the captions' top-level categories as classes. One exact 1000-step run (the published OVI) keeps the
          features after K in KS_EXACT steps (snapshots); a warm start is cross-fitted (2 folds: fitted on the
          exact results of one half, measured on the other, so no caption is measured by a warm start that saw
-         it) and run for max(KS_WARM) steps from its prediction, keeping KS_WARM. For every row: cosine to the
+         it) and run for max(KS_WARM) steps from its prediction, keeping KS_WARM; warm-started runs use the
+         precision the store gives them ("auto": bf16 on CPUs with bf16 hardware, else float32; the exact run is
+         float32, the published OVI). For every row: cosine to the
          1000-step features (mean, 5th percentile), mAP of query_inverted (OVI of the query vs the native text
          gallery) and gallery_inverted (native query vs the OVI gallery) with bootstrap 95% CIs and the paired
          difference to the 1000-step run; native text->text mAP for reference. ``chosen``: the larger of the
          two fits' recommended budgets (each measured on the fit's own held-out tenth), used for the cost part.
+         ``backfill_texts_per_s``: every caption inverted by the exact run and by the warm starts at the chosen
+         budget (without and with early stopping), each timed whole: the measured speedup of a text backfill.
 cost     OpenCLIP ViT-B-32 with random weights (pretrained weights cost the same), one thread: the OVI step at
-         batch 1 and 8; backfill throughput in texts/s of exact 1000-step OVI (measured over ``exact_steps``
-         steps, the rest of the 1000 at the measured per-step cost: a step costs the same at every step) and of
-         the warm start at the chosen budget (measured whole); per-query text->text latency per mode end to end
-         (encode the query text, invert, search an embedded Qdrant collection). Times are wall clock and, beside
-         them, the process's CPU time (``cpu``): on a shared machine the CPU time is what one free core takes.
+         batch 1 and 8 in float32 and in the warm-started runs' precision; backfill throughput in texts/s of
+         exact 1000-step OVI (measured over ``exact_steps`` steps, the rest of the 1000 at the measured per-step
+         cost: a step costs the same at every step) and of the warm start at the chosen budget (measured whole);
+         per-query text->text latency per mode end to end (encode the query text, invert, search an embedded
+         Qdrant collection), query_inverted at every warm budget of the quality table. Times are wall clock and,
+         beside them, the process's CPU time (``cpu``): on a shared machine the CPU time is what one free core
+         takes.
 
     python benchmarks/bench_query.py --ovi-only [--quick]
 """
@@ -30,7 +36,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timing import median_wall_cpu_ms, timed_wall_cpu
+from timing import median_wall_cpu_ms, threads, timed_wall_cpu
 
 from crossgap_qdrant import load_model, ops
 from crossgap_qdrant.datasets import demo_subset, load_or_build_manifest
@@ -42,12 +48,15 @@ from crossgap_qdrant.inversion import (
     ovi_encoder,
     ovi_invert,
 )
+from crossgap_qdrant.inversion.config import check_precision
 from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
 from crossgap_qdrant.models import vision_tower
 from crossgap_qdrant.store import CrossModalStore
 
 KS_EXACT = (10, 25, 50, 100, 250, 500, 1000)
 KS_WARM = (0, 5, 10, 25, 50)
+# A warm-started text inversion runs as the store runs it (store/settings.py): bf16 where the hardware has it.
+WARM_PRECISION = "auto"
 FOLDS = 2
 
 
@@ -94,14 +103,22 @@ def subset(result, index: torch.Tensor):
                                loss=result.loss[index], steps=result.steps[index], snapshots={})
 
 
+def _timed_result(fn):
+    """(fn(), (wall seconds, CPU seconds))."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, (time.perf_counter() - wall, time.process_time() - cpu)
+
+
 def cross_fitted_warm(clip, texts: torch.Tensor, exact, batch_size: int, fit_options: dict,
-                      stopping=None) -> tuple[dict[int, torch.Tensor], list, dict]:
+                      stopping) -> tuple[dict[int, torch.Tensor], list, dict]:
     """Warm-started OVI features after each K in KS_WARM for every text, from a warm start fitted (by
     distillation from ``exact``) on the other folds.
 
     Returns:
-        ({K: [N, E] features}, the fits, {"steps_mean", "seconds"} of a run at the chosen budget with
-        ``stopping`` when given).
+        ({K: [N, E] features}, the fits, {"budget": ..., "early_stopping": ...}: the features, mean steps and
+        seconds of a warm-started run of every text at the chosen budget (the larger of the fits'), without and
+        with ``stopping``: a backfill with the warm start, timed whole).
     """
     n = texts.shape[0]
     fold_of = torch.arange(n) % FOLDS
@@ -111,22 +128,25 @@ def cross_fitted_warm(clip, texts: torch.Tensor, exact, batch_size: int, fit_opt
         test, train = (fold_of == fold).nonzero().flatten(), (fold_of != fold).nonzero().flatten()
         config = OVIConfig(steps=max(KS_EXACT), batch_size=batch_size)
         warm, fit = fit_warm_start(clip, texts[train], "ovi", config, exact=subset(exact, train), **fit_options)
-        run = OVIConfig(steps=max(KS_WARM), lr=fit.lr, batch_size=batch_size, warm_start=warm)
+        run = OVIConfig(steps=max(KS_WARM), lr=fit.lr, batch_size=batch_size, warm_start=warm,
+                        precision=WARM_PRECISION)
         snaps = ovi_invert(clip, texts[test], run, progress=False, snapshots=KS_WARM).snapshots
         for k in KS_WARM:
             out[k][test] = snaps[k]
         fits.append(fit)
         warms.append((warm, test))
-    stopped = {}
-    if stopping is not None:
-        chosen = max(f.steps for f in fits)
-        features, steps, seconds = torch.empty_like(exact.features), torch.empty(n), 0.0
+    chosen = max(f.steps for f in fits)
+    runs = {}
+    for name, rule in (("budget", None), ("early_stopping", stopping)):
+        features, steps, wall, cpu = torch.empty_like(exact.features), torch.empty(n), 0.0, 0.0
         for (warm, test), fit in zip(warms, fits):
-            run = OVIConfig(steps=chosen, lr=fit.lr, batch_size=batch_size, warm_start=warm, stopping=stopping)
-            res = ovi_invert(clip, texts[test], run, progress=False)
-            features[test], steps[test], seconds = res.features, res.steps.float(), seconds + res.seconds
-        stopped = {"features": features, "steps_mean": round(float(steps.mean()), 1), "seconds": seconds}
-    return out, fits, stopped
+            run = OVIConfig(steps=chosen, lr=fit.lr, batch_size=batch_size, warm_start=warm, stopping=rule,
+                            precision=WARM_PRECISION)
+            (res, (w, c)) = _timed_result(lambda: ovi_invert(clip, texts[test], run, progress=False))
+            features[test], steps[test], wall, cpu = res.features, res.steps.float(), wall + w, cpu + c
+        runs[name] = {"features": features, "steps_mean": round(float(steps.mean()), 1),
+                      "seconds": {"wall": round(wall, 1), "cpu": round(cpu, 1)}}
+    return out, fits, runs
 
 
 def quality_rows(texts: torch.Tensor, labels, exact, warm: dict[int, torch.Tensor], extra=None) -> dict:
@@ -152,19 +172,26 @@ def ovi_quality(args) -> dict:
     held = held[: args.ovi_captions] if args.ovi_captions else held
     texts, labels = [r["caption"] for r in held], [r["category"] for r in held]
     feats = clip.encode_texts(texts)
-    wall, cpu = time.perf_counter(), time.process_time()
-    exact = ovi_invert(clip, feats, OVIConfig(steps=max(KS_EXACT), batch_size=args.ovi_batch), progress=False,
-                       snapshots=KS_EXACT)
-    exact_s = {"wall": round(time.perf_counter() - wall, 1), "cpu": round(time.process_time() - cpu, 1)}
+    exact, (wall, cpu) = _timed_result(lambda: ovi_invert(
+        clip, feats, OVIConfig(steps=max(KS_EXACT), batch_size=args.ovi_batch), progress=False, snapshots=KS_EXACT))
+    exact_s = {"wall": round(wall, 1), "cpu": round(cpu, 1)}
     rule = StoppingRule(min_delta=args.ovi_stop_delta, patience=args.ovi_stop_patience)
-    warm, fits, stopped = cross_fitted_warm(clip, feats, exact, args.ovi_batch, {"epochs": args.ovi_epochs}, rule)
+    warm, fits, runs = cross_fitted_warm(clip, feats, exact, args.ovi_batch, {"epochs": args.ovi_epochs}, rule)
     chosen = max(fits, key=lambda f: f.steps)
+    stopped = runs["early_stopping"]
     table = quality_rows(feats, labels, exact, warm, {f"warm_{chosen.steps}_early_stopping": stopped["features"]})
-    return {"model": clip.display_name, "captions": len(texts), "categories": len(set(labels)),
+    n = len(texts)
+    backfill = {"texts": n, "batch": min(args.ovi_batch, n),
+                "exact_1000": {key: round(n / exact_s[key], 3) for key in exact_s}}
+    for name, run in (("warm", runs["budget"]), ("warm_early_stopping", stopped)):
+        backfill[name] = {key: round(n / run["seconds"][key], 3) for key in run["seconds"]}
+        backfill[f"{name}_speedup"] = {key: round(exact_s[key] / run["seconds"][key], 1) for key in exact_s}
+    return {"model": clip.display_name, "captions": n, "categories": len(set(labels)),
             "exact_seconds": exact_s, "folds": FOLDS, "fits": [_strict(f.to_dict()) for f in fits],
             "chosen": {"steps": chosen.steps, "lr": chosen.lr},
             "early_stopping": {"rule": dataclasses.asdict(rule), "steps_mean": stopped["steps_mean"],
                                "budget": chosen.steps},
+            "backfill_texts_per_s": backfill,
             "table": table}
 
 
@@ -180,17 +207,21 @@ def ovi_cost(args, chosen: dict) -> dict:
     width = vision_tower(clip.model).width
     # the fitted network's size with untrained weights: its cost does not depend on its weights
     warm = WarmStart("ovi", clip.embed_dim, 1, width, model_id=clip.model_id).eval().requires_grad_(False)
-    encode = ovi_encoder(clip.model, torch.float32)
-    out = {"model": "ViT-B-32 (random weights)", "warm_k": k, "warm_lr": lr, "step_ms": {}}
-    for b in (1, 8):
-        target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
-        tokens = torch.randn(b, 1, width) * 0.02
+    warm_dtype = check_precision(WARM_PRECISION, torch.device("cpu"))
+    out = {"model": "ViT-B-32 (random weights)", "warm_k": k, "warm_lr": lr,
+           "warm_precision": str(warm_dtype).replace("torch.", ""), "step_ms": {}}
+    for dtype in dict.fromkeys((torch.float32, warm_dtype)):
+        encode = ovi_encoder(clip.model, dtype)
+        for b in (1, 8):
+            target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
+            tokens = torch.randn(b, 1, width, dtype=dtype) * 0.02
 
-        def step():
-            p = tokens.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(ops.cosine_loss(encode(p), target).sum(), p)
+            def step():
+                p = tokens.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(ops.cosine_loss(encode(p), target).sum(), p)
 
-        out["step_ms"][f"batch_{b}"] = median_wall_cpu_ms(step, args.ovi_step_repeat)
+            out["step_ms"][f"{str(dtype).replace('torch.', '')}_batch_{b}"] = median_wall_cpu_ms(
+                step, args.ovi_step_repeat)
 
     n = args.ovi_backfill
     feats = F.normalize(torch.randn(n, clip.embed_dim), dim=-1)
@@ -198,7 +229,7 @@ def ovi_cost(args, chosen: dict) -> dict:
     zero = timed_wall_cpu(lambda: ovi_invert(clip, feats, OVIConfig(steps=0), progress=False))
     some = timed_wall_cpu(lambda: ovi_invert(clip, feats, OVIConfig(steps=s), progress=False))
     exact = [z + (1000 / s) * (x - z) for x, z in zip(some, zero)]  # fixed cost + 1000 steps at the measured rate
-    warm_config = OVIConfig(steps=k, lr=lr, warm_start=warm)
+    warm_config = OVIConfig(steps=k, lr=lr, warm_start=warm, precision=WARM_PRECISION)
     warm_run = timed_wall_cpu(lambda: ovi_invert(clip, feats, warm_config, progress=False))
     out["backfill_texts_per_s"] = {
         "texts": n, "batch": min(64, n), "exact_steps_measured": s,
@@ -227,11 +258,10 @@ def ovi_cost(args, chosen: dict) -> dict:
             none = median_wall_cpu_ms(search("query_inverted"), 3)
             latency["query_inverted_exact_1000"] = {  # the same extrapolation as the backfill's
                 key: round(none[key] + (1000 / s) * (few[key] - none[key]), 1) for key in few}
-            for label, config in ((f"warm_{k}", OVIConfig(steps=k, lr=lr, warm_start=warm)),
-                                  ("warm_0", OVIConfig(steps=0, warm_start=warm))):
-                store.encoder.ovi_config = config
-                latency[f"query_inverted_{label}"] = median_wall_cpu_ms(search("query_inverted"), 3)
-            store.encoder.ovi_config = OVIConfig(steps=k, lr=lr, warm_start=warm)
+            for steps in sorted(set(KS_WARM) | {k}):  # which budgets fit a latency, beside their quality rows
+                store.encoder.ovi_config = OVIConfig(steps=steps, lr=lr, warm_start=warm, precision=WARM_PRECISION)
+                latency[f"query_inverted_warm_{steps}"] = median_wall_cpu_ms(search("query_inverted"), 3)
+            store.encoder.ovi_config = warm_config
             latency[f"fused_warm_{k}"] = median_wall_cpu_ms(search("fused"), 3)
             store.encoder.ovi_config = exact_cfg
         finally:
@@ -241,16 +271,20 @@ def ovi_cost(args, chosen: dict) -> dict:
 
 
 def ovi_section(args) -> dict:
-    """The ``ovi`` section: quality on the demo model, then cost on ViT-B-32 at the chosen budget."""
-    quality = ovi_quality(args)
-    return {"quality": quality, "cost": ovi_cost(args, quality["chosen"])}
+    """The ``ovi`` section: quality on the demo model (``--quality-threads``), then cost on ViT-B-32 at the
+    chosen budget (``--threads``)."""
+    with threads(args.quality_threads):
+        quality = ovi_quality(args)
+    with threads(args.threads):
+        cost = ovi_cost(args, quality["chosen"])
+    return {"quality": quality, "cost": cost}
 
 
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("ovi")
     g.add_argument("--ovi-only", action="store_true", help="print only the ovi section")
     g.add_argument("--ovi-per-category", type=int, default=10, help="held-out captions per category")
-    g.add_argument("--ovi-captions", type=int, default=64,
+    g.add_argument("--ovi-captions", type=int, default=0,
                    help="of those, the first N (0: all; exact OVI costs 1000 steps per caption)")
     g.add_argument("--ovi-batch", type=int, default=16, help="texts per inversion batch")
     g.add_argument("--ovi-epochs", type=int, default=300, help="training epochs of each cross-fitted warm start")

@@ -20,7 +20,7 @@ cost       OpenCLIP ViT-B-32 with random weights (the cost of pretrained weights
            exact OTI against the warm start at the chosen budget. The warm start used for cost has the fitted
            network's size with untrained weights: its cost does not depend on its weights.
 ovi        OVI (text -> image space) quality against steps and the text warm start's cost: benchmarks/bench_ovi.py.
-machine    CPU, threads, torch version.
+machine    CPU model, threads of the cost and quality parts, torch version, the few-rows kernels' instruction set.
 
     python benchmarks/bench_query.py                 # about 15 minutes on one core
     python benchmarks/bench_query.py --quick         # smaller sets, a few minutes
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timing import interleaved_ms, median_ms, timed
+from timing import interleaved_ms, median_ms, threads, timed
 
 from crossgap_qdrant import load_model, ops
 from crossgap_qdrant.datasets import demo_subset, flatten_to_folder, load_or_build_manifest
@@ -76,6 +76,18 @@ def _ci(ap: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
         diff, dlo, dhi = paired_bootstrap_ci(ap, base, n=1000, seed=seed)
         out |= {"diff_vs_exact": round(100 * diff, 2), "diff_ci95": [round(100 * dlo, 2), round(100 * dhi, 2)]}
     return out
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def quality(args) -> dict:
@@ -127,8 +139,7 @@ def step_costs(clip) -> dict:
               "read_by_one_row_products": lambda: (
                   [F.linear(x, w) for (x, _), w in zip(rows, weights)],
                   [g @ w for (_, g), w in zip(reversed(rows), reversed(weights))])}
-    out = {"weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 1e6, 1),
-           "few_rows_isa": ops.few_rows_isa()}
+    out = {"weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 1e6, 1)}
     for b in (1, 8):
         target = F.normalize(torch.randn(b, clip.embed_dim), dim=-1)
         tokens = torch.randn(b, 1, text_tower(model).width) * 0.02
@@ -207,7 +218,10 @@ def cost(args, chosen: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the cost parts (timed)")
+    parser.add_argument("--quality-threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads of the quality parts (default: all cores; their timings are ratios "
+                             "within the part)")
     parser.add_argument("--fit-samples", type=int, default=2000, help="training images the warm start is fitted on")
     parser.add_argument("--per-category", type=int, default=30, help="held-out images per category (the main job's)")
     parser.add_argument("--gallery", type=int, default=1000, help="points in the latency benchmark's collection")
@@ -224,8 +238,9 @@ def main() -> None:
         args.fit_samples, args.per_category, args.backfill = 500, 10, 16
         bench_ovi.apply_quick(args)
     torch.set_num_threads(args.threads)
-    report = {"benchmark": "query", "machine": {"cpu": platform.processor() or platform.machine(),
-                                                "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    report = {"benchmark": "query", "machine": {"cpu": cpu_name(), "threads": args.threads,
+                                                "quality_threads": args.quality_threads, "torch": torch.__version__,
+                                                "few_rows_isa": ops.few_rows_isa()}}
     if args.step_only:
         torch.manual_seed(0)
         clip = load_model("ViT-B-32", device="cpu", allow_random=True)
@@ -239,7 +254,8 @@ def main() -> None:
     if args.cost_only:
         chosen = {"steps": args.warm_steps, "lr": args.warm_lr}
     else:
-        report["quality"] = quality(args)
+        with threads(args.quality_threads):
+            report["quality"] = quality(args)
         chosen = report["quality"]["chosen"]
     report["cost"] = cost(args, chosen)
     report["ovi"] = bench_ovi.ovi_section(args)

@@ -5,10 +5,11 @@ Imported by the bench_*.py scripts beside it (``python3 benchmarks/bench_x.py`` 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def sync() -> None:
@@ -75,3 +76,15 @@ def median_wall_cpu_ms(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> d
     runs = [timed_wall_cpu(fn) for _ in range(repeat)]
     return {"wall": round(statistics.median(r[0] for r in runs) * 1e3, 1),
             "cpu": round(statistics.median(r[1] for r in runs) * 1e3, 1)}
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Runs the block with ``n`` torch threads, then restores the number before it."""
+    torch = sys.modules["torch"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -17,4 +17,12 @@ class MissingDependencyError(CrossgapError, ImportError):
     """An optional dependency a feature needs is not installed (the message names the extra that brings it)."""
 
 
-__all__ = ["CrossgapError", "MissingDependencyError"]
+class InvalidArgumentError(CrossgapError, ValueError):
+    """An argument or setting outside what it may be (a config value, a kind, a template, a shape)."""
+
+
+class InvalidArgumentTypeError(CrossgapError, TypeError):
+    """An argument of the wrong type (the message names the type expected and how to make one)."""
+
+
+__all__ = ["CrossgapError", "InvalidArgumentError", "InvalidArgumentTypeError", "MissingDependencyError"]

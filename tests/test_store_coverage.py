@@ -29,7 +29,8 @@ def test_a_partly_inverted_gallery_warns_with_the_counts_and_the_fix(stores):
     store.ingest_images(pil[4:], invert=False, progress=False)
     for mode in ("gallery_inverted", "fused"):
         with pytest.warns(PartialCoverageWarning, match=r"4 of the 10 images .* other 6 cannot be found.*"
-                                                        r"crossgap-qdrant invert --modality image"):
+                                                        r"`crossgap-qdrant backfill`.*crossgap-qdrant invert "
+                                                        r"--modality image"):
             hits = store.search_images(image=pil[0], mode=mode, limit=10)
         assert len(hits) <= 4 if mode == "gallery_inverted" else len(hits) > 0
         with pytest.raises(PartialCoverageError, match="4 of the 10 images"):
@@ -63,7 +64,7 @@ def test_the_cli_warns_in_one_line_and_refuses_with_strict(tmp_path):
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert lines[0].startswith("crossgap-qdrant: warning: mode 'gallery_inverted' searches the 'image_oti' "
                                "vectors, which 2 of the 6 images")
-    assert "crossgap-qdrant invert --modality image" in lines[0]
+    assert "crossgap-qdrant invert --modality image" in lines[0] and "`crossgap-qdrant backfill`" in lines[0]
     done = subprocess.run([*base, "search", query, *common, "--strict"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("crossgap-qdrant: error: mode")

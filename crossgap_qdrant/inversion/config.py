@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from crossgap_qdrant.errors import InvalidArgumentError, InvalidArgumentTypeError
 from crossgap_qdrant.inversion.warm_start import WarmStart
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,9 +62,9 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         precision = fast_precision(device)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS) + ['auto']}, got {precision!r}")
+        raise InvalidArgumentError(f"precision must be one of {sorted(PRECISIONS) + ['auto']}, got {precision!r}")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is for CUDA; use precision='bf16' on CPU")
+        raise InvalidArgumentError("fp16 is for CUDA; use precision='bf16' on CPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         warnings.warn(SlowPrecisionWarning(
             "precision='bf16' on a CPU without bf16 hardware (no AVX512-BF16, no AMX) runs many times slower than "
@@ -89,11 +90,11 @@ class StoppingRule:
         for name in ("target_loss", "min_delta"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and value >= 0):
-                raise ValueError(f"StoppingRule.{name} must be a number >= 0 or None, got {value!r}")
+                raise InvalidArgumentError(f"StoppingRule.{name} must be a number >= 0 or None, got {value!r}")
         if not _is_int(self.patience) or self.patience < 1:
-            raise ValueError(f"StoppingRule.patience must be an int >= 1, got {self.patience!r}")
+            raise InvalidArgumentError(f"StoppingRule.patience must be an int >= 1, got {self.patience!r}")
         if not _is_int(self.min_steps) or self.min_steps < 0:
-            raise ValueError(f"StoppingRule.min_steps must be an int >= 0, got {self.min_steps!r}")
+            raise InvalidArgumentError(f"StoppingRule.min_steps must be an int >= 0, got {self.min_steps!r}")
 
 
 def _is_int(value: Any) -> bool:
@@ -139,24 +140,25 @@ class InversionConfig:
 
     def __post_init__(self):
         if not _is_int(self.steps) or self.steps < 0:
-            raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
+            raise InvalidArgumentError(f"steps must be an int >= 0, got {self.steps!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         for name in ("lr", "weight_decay", "eps", "init_std"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+                raise InvalidArgumentError(f"{name} must be a number >= 0, got {value!r}")
         betas = self.betas
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2
                 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+            raise InvalidArgumentError(f"betas must be two numbers in [0, 1), got {betas!r}")
         num_tokens = getattr(self, "num_tokens", 1)
         if num_tokens is not None and (not _is_int(num_tokens) or num_tokens < 1):
-            raise ValueError(f"num_tokens must be an int >= 1, got {num_tokens!r}")
+            raise InvalidArgumentError(f"num_tokens must be an int >= 1, got {num_tokens!r}")
         if self.stopping is not None and not isinstance(self.stopping, StoppingRule):
-            raise TypeError(f"stopping must be a StoppingRule or None, got {type(self.stopping).__name__}")
+            raise InvalidArgumentTypeError(
+                f"stopping must be a StoppingRule or None, got {type(self.stopping).__name__}")
         if self.warm_start is not None and not isinstance(self.warm_start, WarmStart):
-            raise TypeError(f"warm_start must be a WarmStart (WarmStart.load(path)) or None, got "
+            raise InvalidArgumentTypeError(f"warm_start must be a WarmStart (WarmStart.load(path)) or None, got "
                             f"{type(self.warm_start).__name__}")
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from crossgap_qdrant import ops
+from crossgap_qdrant.errors import InvalidArgumentError
 from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, StoppingRule
 from crossgap_qdrant.progress import format_seconds, progress_bar
 
@@ -128,9 +129,9 @@ def check_snapshots(snapshots, config: InversionConfig) -> tuple[int, ...]:
     if not out:
         return out
     if any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= config.steps for k in out):
-        raise ValueError(f"snapshots must be step counts in [0, steps={config.steps}], got {list(snapshots)}")
+        raise InvalidArgumentError(f"snapshots must be step counts in [0, steps={config.steps}], got {list(snapshots)}")
     if config.stopping is not None:
-        raise ValueError("snapshots need a fixed budget: use stopping=None (samples that stop early have no "
+        raise InvalidArgumentError("snapshots need a fixed budget: use stopping=None (samples that stop early have no "
                          "tokens at later steps)")
     return out
 

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from crossgap_qdrant.errors import InvalidArgumentError
 from crossgap_qdrant.inversion.config import InversionConfig, OVIConfig
 from crossgap_qdrant.models.checkpoints import weights_digest
 
@@ -74,7 +75,7 @@ def choose_initial_tokens(kind: str, model: nn.Module, targets: torch.Tensor, co
     if init_tokens is None:
         init_tokens = initial_tokens(targets.shape[0], num_tokens, width, config.init_std, config.seed)
     if tuple(init_tokens.shape) != expected:
-        raise ValueError(f"init_tokens must have shape {expected}, got {tuple(init_tokens.shape)}")
+        raise InvalidArgumentError(f"init_tokens must have shape {expected}, got {tuple(init_tokens.shape)}")
     return init_tokens.float().cpu()
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from crossgap_qdrant import ops
+from crossgap_qdrant.errors import InvalidArgumentError
 from crossgap_qdrant.inversion.config import InversionResult, OTIConfig, OVIConfig, check_precision
 from crossgap_qdrant.inversion.engine import run_engine
 from crossgap_qdrant.inversion.problem import oti_setup, ovi_setup
@@ -93,7 +94,7 @@ def oti_invert(
     device, targets, init = oti_setup(clip, image_features, config, init_tokens)
     dtype = check_precision(config.precision, device)
     if config.step not in STEP_CHOICES:
-        raise ValueError(f"step must be one of {STEP_CHOICES}, got {config.step!r}")
+        raise InvalidArgumentError(f"step must be one of {STEP_CHOICES}, got {config.step!r}")
     def build(dtype: torch.dtype):
         return oti_encoder(model, tokenizer, config.template, config.num_tokens, dtype, config.prefix_cache)
 

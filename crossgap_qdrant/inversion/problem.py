@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from crossgap_qdrant.errors import InvalidArgumentTypeError
 from crossgap_qdrant.features import check_features, normalize_features
 from crossgap_qdrant.inversion.config import OTIConfig, OVIConfig
 from crossgap_qdrant.inversion.init_tokens import choose_initial_tokens, ovi_num_tokens
@@ -22,7 +23,7 @@ def unit_targets(features: Any, dim: int, what: str, device: torch.device) -> to
 def check_config(config: Any, kind: type) -> None:
     """Raises TypeError unless ``config`` is a ``kind`` (OTIConfig or OVIConfig)."""
     if not isinstance(config, kind):
-        raise TypeError(f"config must be an {kind.__name__}, got {type(config).__name__}")
+        raise InvalidArgumentTypeError(f"config must be an {kind.__name__}, got {type(config).__name__}")
 
 
 def oti_setup(clip: ClipModel, image_features: Any, config: OTIConfig, init_tokens: torch.Tensor | None
@@ -30,7 +31,7 @@ def oti_setup(clip: ClipModel, image_features: Any, config: OTIConfig, init_toke
     """(device, unit targets [N, E] on it, initial pseudo words [N, R, W] float32 CPU) of an OTI."""
     check_config(config, OTIConfig)
     if clip.tokenizer is None:
-        raise TypeError("OTI needs the tokenizer, and this ClipModel has none: make it with "
+        raise InvalidArgumentTypeError("OTI needs the tokenizer, and this ClipModel has none: make it with "
                         "ClipModel.from_parts(model, preprocess, tokenizer)")
     model = clip.model
     device = model_device(model)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from crossgap_qdrant.errors import InvalidArgumentError
 from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, OTIConfig, OVIConfig
 from crossgap_qdrant.inversion.engine import final_features
 from crossgap_qdrant.inversion.problem import oti_setup, ovi_setup
@@ -28,7 +29,7 @@ PLACEHOLDER = "£"  # the published code's placeholder word: a single token in C
 def placeholder_template(template: str, num_tokens: int) -> str:
     """Formats the template with ``num_tokens`` placeholder words, as the published code does."""
     if template.count("{}") != 1:
-        raise ValueError(f"the template must contain exactly one '{{}}', got {template!r}")
+        raise InvalidArgumentError(f"the template must contain exactly one '{{}}', got {template!r}")
     return template.format(f" {PLACEHOLDER} " * num_tokens)
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossgap_qdrant.errors import CrossgapError
+from crossgap_qdrant.errors import CrossgapError, InvalidArgumentError
 
 KINDS = ("oti", "ovi")
 FORMAT = "crossgap-warm-start/1"
@@ -53,7 +53,7 @@ class WarmStart(nn.Module):
                  dropout: float = 0.1, model_id: str = "", template: str | None = None):
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            raise InvalidArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.embed_dim, self.num_tokens, self.width = kind, embed_dim, num_tokens, width
         self.hidden, self.dropout, self.model_id, self.template = hidden, dropout, model_id, template
         self.net = nn.Sequential(
@@ -122,10 +122,11 @@ class WarmStart(nn.Module):
         except FileNotFoundError:
             raise FileNotFoundError(f"warm start file not found: {name}") from None
         except Exception as exc:
-            raise ValueError(f"cannot read warm start file {name} ({type(exc).__name__}: {exc})") from None
+            raise InvalidArgumentError(f"cannot read warm start file {name} ({type(exc).__name__}: {exc})") from None
         meta = data.get("meta", {}) if isinstance(data, dict) else {}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{name} is not a crossgap-qdrant warm start file (format {meta.get('format')!r})")
+            raise InvalidArgumentError(
+                f"{name} is not a crossgap-qdrant warm start file (format {meta.get('format')!r})")
         warm = cls(meta["kind"], meta["embed_dim"], meta["num_tokens"], meta["width"], hidden=meta["hidden"],
                    dropout=meta["dropout"], model_id=meta["model_id"], template=meta["template"])
         warm.load_state_dict(data["state"])

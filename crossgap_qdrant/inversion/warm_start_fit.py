@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from crossgap_qdrant.errors import InvalidArgumentError
 from crossgap_qdrant.inversion.config import InversionConfig, InversionResult, OTIConfig, OVIConfig
 from crossgap_qdrant.inversion.invert import oti_encoder, oti_invert, ovi_encoder, ovi_invert
 from crossgap_qdrant.inversion.warm_start import KINDS, WarmStart
@@ -131,21 +132,22 @@ def fit_warm_start(
         The warm start (eval mode, frozen) and the fit's report.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InvalidArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
     if epochs < 0 or feature_epochs < 0 or not 0 < validation < 1:
-        raise ValueError(f"epochs and feature_epochs must be >= 0 and validation in (0, 1), got {epochs}, "
+        raise InvalidArgumentError(f"epochs and feature_epochs must be >= 0 and validation in (0, 1), got {epochs}, "
                          f"{feature_epochs}, {validation}")
     clip = as_clip_model(clip)
     config = config if config is not None else (OTIConfig() if kind == "oti" else OVIConfig())
     features = F.normalize(torch.as_tensor(features).float(), dim=-1)
     n = features.shape[0]
     if n < 2:
-        raise ValueError(f"a warm start needs at least 2 features to fit, got {n}")
+        raise InvalidArgumentError(f"a warm start needs at least 2 features to fit, got {n}")
     start = time.perf_counter()
     if exact is None:
         exact = invert_exact(clip, features, kind, config, progress)
     elif tuple(exact.features.shape) != tuple(features.shape):
-        raise ValueError(f"exact holds {tuple(exact.features.shape)} features for {tuple(features.shape)} inputs")
+        raise InvalidArgumentError(
+            f"exact holds {tuple(exact.features.shape)} features for {tuple(features.shape)} inputs")
     seconds_exact = time.perf_counter() - start
     num_tokens, width = exact.tokens.shape[1:]
     template = config.template if kind == "oti" else None

@@ -85,8 +85,9 @@ class CoverageCheck:
         have, total = counts
         query_filter = _scope(query_filter)
         if using == self.names.inverted(gallery):
-            fix = (f"`crossgap-qdrant invert --modality {gallery}` (store.invert_missing({gallery!r})) computes the "
-                   f"{total - have} missing")
+            fix = (f"`crossgap-qdrant backfill` (resumable, for large or adopted collections; or `crossgap-qdrant "
+                   f"invert --modality {gallery}`, store.invert_missing({gallery!r})) computes the {total - have} "
+                   "missing")
         else:
             fix = ("rerun what added this derived vector (crossgap-qdrant evaluate ... --apply, or an ingest with "
                    "it) to fill the missing")

@@ -252,7 +252,8 @@ class Searcher:
                 f"collection {self.collection.name!r} holds no {modality}s yet: ingest some first ({how})"
             )
         fix = (f"compute them with store.invert_missing({modality!r}) (CLI: crossgap-qdrant invert "
-               f"--modality {modality})") if using == inverted else "re-ingest with this derived vector"
+               f"--modality {modality}, or crossgap-qdrant backfill for large or adopted collections)"
+               ) if using == inverted else "re-ingest with this derived vector"
         raise VectorsNotStoredError(
             f"mode {mode!r} searches the {using!r} vectors, but none of the {natives} {modality}s in collection "
             f"{self.collection.name!r} has one yet: {fix}, or search with mode 'native'"
