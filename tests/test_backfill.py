@@ -17,8 +17,8 @@ from crossgap_qdrant.cli import main
 from crossgap_qdrant.inversion import OTIConfig
 from crossgap_qdrant.models import load_model
 from crossgap_qdrant.store import CrossModalStore
-from crossgap_qdrant.store.backfill import backfill, missing_count
-from crossgap_qdrant.store.backfill_ray import backfill_on_ray
+from crossgap_qdrant.store.backfill import BackfillWorker, backfill, missing_count
+from crossgap_qdrant.store.backfill_ray import IN_FLIGHT_PER_WORKER, backfill_on_ray
 from tests.support.adopt import NAME, STEPS, demo_features, make_foreign, snapshot, write_images
 
 ray = pytest.importorskip("ray")
@@ -61,6 +61,31 @@ def test_ray_backfill_matches_in_process(tmp_path, demo):
     for key in want:
         np.testing.assert_allclose(got[key], want[key], atol=1e-4)
     assert snapshot(on_ray) == before
+
+
+@pytest.mark.ray
+def test_an_embedded_backfill_on_ray_streams_its_pages(tmp_path, demo, monkeypatch):
+    foreign = make_foreign(tmp_path, demo, "edge", "", "int", n=10)
+    read, read_at_write = [], []
+    pending = BackfillWorker.pending
+
+    def counted(self, *args, **kwargs):
+        for page in pending(self, *args, **kwargs):
+            read.append(len(page[0]))
+            yield page
+
+    monkeypatch.setattr(BackfillWorker, "pending", counted)
+    try:
+        with adopted(foreign, demo) as store:
+            report = backfill_on_ray(store.collection, store.encoder, store.names, workers=1, batch_size=1,
+                                     progress=False, on_written=lambda n: read_at_write.append(len(read)))
+    finally:
+        ray.shutdown()
+    assert report.written == 10 and sum(read) == 10
+    # the driver holds the pages in flight (IN_FLIGHT_PER_WORKER per actor) and the one it just read, not the
+    # whole backlog: memory bounded whatever the collection's size
+    assert read_at_write[0] <= IN_FLIGHT_PER_WORKER + 1 < 10
+    assert all(n - i <= IN_FLIGHT_PER_WORKER + 1 for i, n in enumerate(read_at_write))
 
 
 # ------------------------------------------------------------------------------------------ crashes (slow)

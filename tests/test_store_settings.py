@@ -8,6 +8,7 @@ from qdrant_client import QdrantClient
 
 from crossgap_qdrant.models import encode_pixels
 from crossgap_qdrant.store import CrossModalStore
+from crossgap_qdrant.store import warm as warm_lib
 from crossgap_qdrant.store.schema import METADATA_KEY
 from tests.support.store import FAST, Stores, images
 
@@ -76,3 +77,19 @@ def test_a_failed_record_keeps_the_previous_warm_start(tiny_clip, tmp_path, monk
     reopened = stores.make(warm_start=True)  # the recorded warm start still loads (its SHA-256 matches)
     assert reopened.encoder.oti_config.warm_start is not None and reopened.encoder.oti_config.steps == 1
     stores.close()
+
+
+@pytest.mark.parametrize("modality,default", [("image", 2000), ("text", 200)])
+def test_a_fit_samples_fewer_texts_than_images_by_default(tiny_clip, monkeypatch, modality, default):
+    # an exact text inversion is 1000 vision-tower steps: the text default must not mean hours of fitting
+    asked = []
+
+    def sample_native(collection, names, modality, sample):
+        asked.append(sample)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(warm_lib, "sample_native", sample_native)
+    store = CrossModalStore(QdrantClient(":memory:"), "g", tiny_clip, **FAST)
+    with pytest.raises(RuntimeError, match="stop here"):
+        store.fit_warm_start(modality, progress=False)
+    assert asked == [default]

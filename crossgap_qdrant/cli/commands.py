@@ -173,7 +173,7 @@ def compact(value: Any, longest: int = 200) -> Any:
 
 
 def cmd_fit_warm_start(args) -> int:
-    if args.sample < 2:
+    if args.sample is not None and args.sample < 2:
         raise UsageError(f"--sample must be >= 2, got {args.sample}")
     if args.warm_steps is not None and args.warm_steps < 0:
         raise UsageError(f"--warm-steps must be >= 0, got {args.warm_steps}")

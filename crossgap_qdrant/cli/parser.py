@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "folder, or --file for a server) and used with --warm-start.")
     p.add_argument("--modality", choices=("image", "text"), default="image",
                    help="image (OTI warm start) or text (OVI) (default: %(default)s)")
-    p.add_argument("--sample", type=int, default=2000, help="stored vectors inverted exactly (default: %(default)s)")
+    p.add_argument("--sample", type=int, default=None,
+                   help="stored vectors inverted exactly (default: 2000 images, 200 texts: an exact text inversion "
+                        "costs 1000 vision-tower steps)")
     p.add_argument("--epochs", type=int, default=300, help="training epochs of the network (default: %(default)s)")
     p.add_argument("--file", default=None, help="where the warm start is written (needed for a server location)")
     model_flags(p)

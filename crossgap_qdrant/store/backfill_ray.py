@@ -7,12 +7,14 @@ Two shapes, by where the collection lives:
   server itself. A part that dies with its actor is retried by Ray on a restarted actor and resumes from what
   is already written.
 - **an embedded folder** (Edge, qdrant-client local mode): one process may open it, so the driver reads the
-  points lacking the vector (into Ray's object store, which spills to disk past its memory), the actors
-  invert the streamed batches, and the driver writes each result as it arrives.
+  points lacking the vector page by page and hands each page to a free actor (Ray Core's actor pool, at most
+  IN_FLIGHT_PER_WORKER pages per actor queued), and writes each result as it arrives: memory stays bounded by
+  the pages in flight, whatever the backlog.
 
 Actors take one GPU each where the cluster has GPUs, else one CPU and ``threads`` PyTorch threads. Ray gets one
 logical CPU more than there are actors on a local cluster, so the dataset's read tasks are never starved by the
-actor pool. Tasks are retried and actors restarted without limit (Ray Data's defaults for an actor pool);
+actor pool. Tasks are retried and actors restarted without limit (Ray Data's defaults for an actor pool, and
+set so on the embedded folder's actors);
 since every write is an ``update_vectors`` of the vector a point lacks, a batch written twice is harmless and
 a rerun after the driver dies resumes.
 """
@@ -20,7 +22,6 @@ a rerun after the driver dies resumes.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -49,6 +50,10 @@ logger = logging.getLogger(__name__)
 PARTS_PER_WORKER = 4
 """Parts per actor on a server: small parts spread the work evenly and lose little when an actor dies."""
 
+IN_FLIGHT_PER_WORKER = 2
+"""Pages queued per actor on an embedded folder: one inverting, one waiting, so an actor never idles while the
+driver reads or writes, and the driver holds at most this many pages per actor."""
+
 
 @dataclass(frozen=True)
 class ServerSpec:
@@ -71,8 +76,9 @@ def _require_ray():
 
 
 class _Inverter:
-    """A Ray actor: the model loaded once; batches of (id, native vector) in, (id, inverted vector) out; with a
-    server, whole parts read, inverted and written here."""
+    """A Ray actor with the model loaded once. On a server (Ray Data's actor pool, ``__call__``): whole parts
+    read, inverted and written here. On an embedded folder (Ray Core's actor pool, ``invert_page``): pages of
+    native vectors in, inverted vectors out, written by the driver."""
 
     def __init__(self, shared: Any, server: ServerSpec | None = None):
         ray = _require_ray()
@@ -93,21 +99,25 @@ class _Inverter:
                                          batch_size=self.batch_size, slices=setup["slices"])
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        if self.worker is not None:  # parts: read, invert and write here, one output row per written page
-            for part in batch["part"].tolist():
-                for ids, feats in self.worker.pending(int(part), int(batch["total"][0])):
-                    self.worker.write(ids, self.worker.invert(ids, feats))
-                    yield {"written": np.array([len(ids)]), "ready_at": np.array([self.ready_at])}
-            return
-        ids = [_point_id(i) for i in batch["id"].tolist()]
-        feats = torch.from_numpy(np.array(batch["vector"], dtype=np.float32))
-        out = self.encoder.invert(self.modality, feats, [str(p) for p in ids])
-        yield {"id": batch["id"], "vector": out.numpy(), "ready_at": np.full(len(ids), self.ready_at)}
+        """Parts of a server's collection: read, inverted and written here, one output row per written page."""
+        for part in batch["part"].tolist():
+            for ids, feats in self.worker.pending(int(part), int(batch["total"][0])):
+                self.worker.write(ids, self.worker.invert(ids, feats))
+                yield {"written": np.array([len(ids)]), "ready_at": np.array([self.ready_at])}
+
+    def invert_page(self, ids: list[Any], feats: np.ndarray) -> tuple[list[Any], np.ndarray, float]:
+        """(ids, [B, E] inverted vectors, when this actor had loaded the model) of one page of native vectors."""
+        out = self.encoder.invert(self.modality, torch.from_numpy(feats), [str(p) for p in ids])
+        return ids, out.numpy(), self.ready_at
 
 
-def _point_id(text: str) -> Any:
-    """A point id carried as text: digits are an integer id, anything else a UUID."""
-    return int(text) if text.isdigit() else text
+def _actor_pool(ray, shared: Any, workers: int, gpus: int):
+    """``workers`` inverter actors (restarted, and their calls retried, without limit) in a Ray Core pool."""
+    from ray.util import ActorPool  # noqa: PLC0415 - optional dependency (the `ray` extra)
+
+    remote = ray.remote(_Inverter).options(num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=-1,
+                                           max_task_retries=-1)
+    return ActorPool([remote.remote(shared) for _ in range(workers)])
 
 
 def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality: str = "image", *,
@@ -149,8 +159,6 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
     shared = ray.put({"clip": encoder.clip, "dim": encoder.dim, "oti": encoder.oti_config, "ovi": encoder.ovi_config,
                       "names": names, "modality": modality, "batch_size": batch_size, "threads": threads,
                       "slices": worker.slices})
-    # Ray Data restarts the pool's actors and retries their tasks without limit by default
-    options = {"compute": ray.data.ActorPoolStrategy(size=workers), "num_cpus": 0 if gpus else 1, "num_gpus": gpus}
     report = BackfillReport(partition="slice" if worker.slices else "id-hash")
     desc = f"backfill {modality}s on Ray ({workers} worker{'s' * (workers > 1)})"
     ready: list[float] = []  # when the actors that sent each batch had loaded the model
@@ -161,8 +169,10 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                 parts = workers * PARTS_PER_WORKER
                 ds = ray.data.from_items([{"part": p, "total": parts} for p in range(parts)],
                                          override_num_blocks=parts)
+                # Ray Data restarts the pool's actors and retries their tasks without limit by default
                 out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared, "server": server},
-                                     batch_size=1, **options)
+                                     batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
+                                     num_cpus=0 if gpus else 1, num_gpus=gpus)
                 with deferred_index(getattr(collection, "companion", collection), names.inverted(modality)):
                     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
                         ready.append(float(batch["ready_at"].min()))
@@ -172,20 +182,27 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                         if on_written is not None:
                             on_written(written)
             else:
-                rows = [{"id": str(pid), "vector": row.numpy()}
-                        for ids, feats in worker.pending(0, 1, report) for pid, row in zip(ids, feats)]
-                if rows:
-                    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
-                    out = ds.map_batches(_Inverter, fn_constructor_kwargs={"shared": shared}, batch_size=batch_size,
-                                         **options)
-                    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-                        ready.append(float(batch["ready_at"].min()))
-                        ids = [_point_id(i) for i in batch["id"].tolist()]
-                        worker.write(ids, torch.from_numpy(np.array(batch["vector"], dtype=np.float32)))
-                        report.written += len(ids)
-                        bar.update(len(ids))
-                        if on_written is not None:
-                            on_written(len(ids))
+                pool = _actor_pool(ray, shared, workers, gpus)
+                limit = workers * IN_FLIGHT_PER_WORKER
+
+                def write(result) -> None:
+                    ids, vectors, ready_at = result
+                    ready.append(ready_at)
+                    worker.write(ids, torch.from_numpy(vectors))
+                    report.written += len(ids)
+                    bar.update(len(ids))
+                    if on_written is not None:
+                        on_written(len(ids))
+
+                in_flight = 0
+                for ids, feats in worker.pending(0, 1, report):
+                    if in_flight >= limit:
+                        write(pool.get_next_unordered())
+                        in_flight -= 1
+                    pool.submit(lambda actor, page: actor.invert_page.remote(*page), (ids, feats.numpy()))
+                    in_flight += 1
+                while pool.has_next():
+                    write(pool.get_next_unordered())
     finally:
         if owns_ray:  # the cluster (or connection) this call started ends with it
             ray.shutdown()

@@ -83,7 +83,7 @@ class RecordedSettings:
         return hubness_lib.hub_correction(self._metadata[METADATA_KEY], check_modality(modality), mode, hubness)
 
     # ----------------------------------------------------------------------------------------- warm starts
-    def fit_warm_start(self, modality: str = "image", *, sample: int = 2000, steps: int | None = None,
+    def fit_warm_start(self, modality: str = "image", *, sample: int | None = None, steps: int | None = None,
                        path: str | os.PathLike | None = None, progress: bool = True, **options: Any):
         """Fits a warm start for inverting ``modality`` from up to ``sample`` stored native vectors, keeps it
         with the collection, and uses it from now on (:meth:`use_warm_start`).
@@ -92,7 +92,8 @@ class RecordedSettings:
 
         Args:
             modality: "image" (OTI) or "text" (OVI).
-            sample: stored native vectors inverted exactly as the distillation set.
+            sample: stored native vectors inverted exactly as the distillation set (default 2000 images or 200
+                texts: an exact text inversion costs 1000 full vision-tower steps).
             steps: exact steps after the warm start's prediction in later inversions; default the fit's
                 recommendation (the fewest steps that bring the held-out features as close to the exact ones
                 as two exact runs are to each other; see :class:`crossgap_qdrant.inversion.WarmStartFit`).
@@ -107,6 +108,7 @@ class RecordedSettings:
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise InvalidRequestError(f"steps must be an int >= 0 (or None: the fit's recommendation), got {steps!r}")
         target = warm_lib.file_path(self.collection, modality, path)
+        sample = warm_lib.DEFAULT_SAMPLE[modality] if sample is None else sample
         features = warm_lib.sample_native(self.collection, self.names, modality, sample)
         warm, fit = fit_warm_start(self.clip, features, warm_lib.KIND[modality], self._exact_config(modality),
                                    progress=progress, **options)
