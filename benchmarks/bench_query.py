@@ -132,8 +132,8 @@ def step_costs(clip) -> dict:
     # once in reverse (a step must finish the forward of every layer before its backward starts), with no other
     # work: as plain sums, and as one-row BLAS products (which stream at the memory's speed); the faster is
     # weight_read_ms.
-    weights = [m.weight for m in model.transformer.modules() if isinstance(m, torch.nn.Linear)]
-    weights += [blk.attn.in_proj_weight for blk in model.transformer.resblocks]
+    weights = [w for blk in model.transformer.resblocks  # in the order a step's forward reads them
+               for w in (blk.attn.in_proj_weight, blk.attn.out_proj.weight, blk.mlp.c_fc.weight, blk.mlp.c_proj.weight)]
     rows = [(torch.randn(1, w.shape[1]), torch.randn(1, w.shape[0])) for w in weights]
     floors = {"read_by_sums": lambda: ([w.sum() for w in weights], [w.sum() for w in reversed(weights)]),
               "read_by_one_row_products": lambda: (

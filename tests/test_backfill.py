@@ -79,6 +79,8 @@ def test_an_embedded_backfill_on_ray_streams_its_pages(tmp_path, demo, monkeypat
         with adopted(foreign, demo) as store:
             report = backfill_on_ray(store.collection, store.encoder, store.names, workers=1, batch_size=1,
                                      progress=False, on_written=lambda n: read_at_write.append(len(read)))
+            assert missing_count(store.collection, store.names, "image") == 0
+            assert sorted(inverted(store, foreign.ids)) == sorted(map(str, foreign.ids))  # each point once
     finally:
         ray.shutdown()
     assert report.written == 10 and sum(read) == 10

@@ -36,8 +36,9 @@ def _close_to_float64(got, want64, want32):
 
 
 # Row counts across the fixed-size kernels (1..8) and the chunking past them; K and N with and without a
-# vector tail (16 lanes) and a row-group tail (4 rows); the tower's shapes.
-SHAPES = [(1536, 512), (512, 2048), (7, 33), (4, 16), (5, 1), (1, 17), (2304, 768)]
+# vector tail (16 lanes) and a row-group tail (4 rows); several backward column blocks with a ragged last one
+# (K = 1043); the tower's shapes.
+SHAPES = [(1536, 512), (512, 2048), (7, 33), (4, 16), (5, 1), (1, 17), (2304, 768), (9, 1043)]
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 17])

@@ -80,7 +80,7 @@ def test_a_failed_record_keeps_the_previous_warm_start(tiny_clip, tmp_path, monk
 
 
 @pytest.mark.parametrize("modality,default", [("image", 2000), ("text", 200)])
-def test_a_fit_samples_fewer_texts_than_images_by_default(tiny_clip, monkeypatch, modality, default):
+def test_a_fit_samples_fewer_texts_than_images_by_default(tiny_clip, monkeypatch, tmp_path, modality, default):
     # an exact text inversion is 1000 vision-tower steps: the text default must not mean hours of fitting
     asked = []
 
@@ -91,5 +91,5 @@ def test_a_fit_samples_fewer_texts_than_images_by_default(tiny_clip, monkeypatch
     monkeypatch.setattr(warm_lib, "sample_native", sample_native)
     store = CrossModalStore(QdrantClient(":memory:"), "g", tiny_clip, **FAST)
     with pytest.raises(RuntimeError, match="stop here"):
-        store.fit_warm_start(modality, progress=False)
+        store.fit_warm_start(modality, path=tmp_path / "warm.pt", progress=False)
     assert asked == [default]

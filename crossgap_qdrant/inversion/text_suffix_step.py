@@ -12,9 +12,11 @@ When the compiled library has them, each residual block runs as one fused op pai
 the same arithmetic without a few dozen small ATen calls per block. The ATen path below stays the reference the
 fused one is tested against, and the fallback for libraries built without those ops.
 
-Small matrices: with a handful of rows, ``W @ x^T`` reads the weight faster than ``x @ W^T`` with MKL on CPU,
-so :func:`linear` picks the form by row count. At batch 1 a step is bound by reading the weights twice
-(forward, then backward) from memory, not by arithmetic.
+Small matrices: at batch 1 a step is bound by reading the weights twice (forward, then backward) from memory,
+not by arithmetic, and how fast BLAS reads a weight for a handful of rows depends on the CPU and on the form of
+the product: with MKL, ``W @ x^T`` was the faster form on an AVX2 EPYC and half as fast as ``x @ W^T`` at two
+rows on an AVX-512 Xeon. The ATen path here keeps the EPYC's choice (:func:`linear`); the fused ops send few
+rows to their own kernels (csrc/few_rows), which read each weight once on either.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ Two shapes, by where the collection lives:
   server itself. A part that dies with its actor is retried by Ray on a restarted actor and resumes from what
   is already written.
 - **an embedded folder** (Edge, qdrant-client local mode): one process may open it, so the driver reads the
-  points lacking the vector page by page and hands each page to a free actor (Ray Core's actor pool, at most
-  IN_FLIGHT_PER_WORKER pages per actor queued), and writes each result as it arrives: memory stays bounded by
-  the pages in flight, whatever the backlog.
+  points lacking the vector page by page, queues each page on an actor (Ray Core actors, at most
+  IN_FLIGHT_PER_WORKER pages queued on each), and writes each result as it arrives: memory stays bounded by the
+  pages in flight, whatever the backlog.
 
 Actors take one GPU each where the cluster has GPUs, else one CPU and ``threads`` PyTorch threads. Ray gets one
 logical CPU more than there are actors on a local cluster, so the dataset's read tasks are never starved by the
@@ -51,8 +51,8 @@ PARTS_PER_WORKER = 4
 """Parts per actor on a server: small parts spread the work evenly and lose little when an actor dies."""
 
 IN_FLIGHT_PER_WORKER = 2
-"""Pages queued per actor on an embedded folder: one inverting, one waiting, so an actor never idles while the
-driver reads or writes, and the driver holds at most this many pages per actor."""
+"""Pages queued on each actor on an embedded folder: one being inverted, one waiting, so an actor does not idle
+while the driver reads and writes."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ def _require_ray():
 
 class _Inverter:
     """A Ray actor with the model loaded once. On a server (Ray Data's actor pool, ``__call__``): whole parts
-    read, inverted and written here. On an embedded folder (Ray Core's actor pool, ``invert_page``): pages of
-    native vectors in, inverted vectors out, written by the driver."""
+    read, inverted and written here. On an embedded folder (a Ray Core actor, ``invert_page``): pages of native
+    vectors in, inverted vectors out, written by the driver."""
 
     def __init__(self, shared: Any, server: ServerSpec | None = None):
         ray = _require_ray()
@@ -107,17 +107,38 @@ class _Inverter:
 
     def invert_page(self, ids: list[Any], feats: np.ndarray) -> tuple[list[Any], np.ndarray, float]:
         """(ids, [B, E] inverted vectors, when this actor had loaded the model) of one page of native vectors."""
-        out = self.encoder.invert(self.modality, torch.from_numpy(feats), [str(p) for p in ids])
+        out = self.encoder.invert(self.modality, torch.tensor(feats), [str(p) for p in ids])
         return ids, out.numpy(), self.ready_at
 
 
-def _actor_pool(ray, shared: Any, workers: int, gpus: int):
-    """``workers`` inverter actors (restarted, and their calls retried, without limit) in a Ray Core pool."""
-    from ray.util import ActorPool  # noqa: PLC0415 - optional dependency (the `ray` extra)
-
+def _actors(ray, shared: Any, workers: int, gpus: int) -> list:
+    """``workers`` inverter actors, restarted (and their calls retried) without limit when they die."""
     remote = ray.remote(_Inverter).options(num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=-1,
                                            max_task_retries=-1)
-    return ActorPool([remote.remote(shared) for _ in range(workers)])
+    return [remote.remote(shared) for _ in range(workers)]
+
+
+def _stream_pages(ray, actors: list, pages) -> Any:
+    """Yields (ids, inverted vectors, ready_at) of every page of ``pages`` ((ids, [B, E] features)), in the order
+    they finish. Each page goes to the actor with the fewest queued; an actor has at most IN_FLIGHT_PER_WORKER
+    queued (Ray runs an actor's calls in order), so the next page is waiting when it finishes one, and the
+    driver holds at most that many pages per actor."""
+    queued = [0] * len(actors)
+    owner: dict[Any, int] = {}  # the call's object ref -> its actor's index
+
+    def finished():
+        (ref,), _ = ray.wait(list(owner), num_returns=1)
+        queued[owner.pop(ref)] -= 1
+        return ray.get(ref)
+
+    for ids, feats in pages:
+        if len(owner) >= len(actors) * IN_FLIGHT_PER_WORKER:
+            yield finished()
+        index = min(range(len(actors)), key=queued.__getitem__)
+        owner[actors[index].invert_page.remote(ids, feats.numpy())] = index
+        queued[index] += 1
+    while owner:
+        yield finished()
 
 
 def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality: str = "image", *,
@@ -182,27 +203,18 @@ def backfill_on_ray(collection: Any, encoder: Any, names: VectorNames, modality:
                         if on_written is not None:
                             on_written(written)
             else:
-                pool = _actor_pool(ray, shared, workers, gpus)
-                limit = workers * IN_FLIGHT_PER_WORKER
-
-                def write(result) -> None:
-                    ids, vectors, ready_at = result
-                    ready.append(ready_at)
-                    worker.write(ids, torch.from_numpy(vectors))
-                    report.written += len(ids)
-                    bar.update(len(ids))
-                    if on_written is not None:
-                        on_written(len(ids))
-
-                in_flight = 0
-                for ids, feats in worker.pending(0, 1, report):
-                    if in_flight >= limit:
-                        write(pool.get_next_unordered())
-                        in_flight -= 1
-                    pool.submit(lambda actor, page: actor.invert_page.remote(*page), (ids, feats.numpy()))
-                    in_flight += 1
-                while pool.has_next():
-                    write(pool.get_next_unordered())
+                actors = _actors(ray, shared, workers, gpus)
+                try:
+                    for ids, vectors, ready_at in _stream_pages(ray, actors, worker.pending(0, 1, report)):
+                        ready.append(ready_at)
+                        worker.write(ids, torch.tensor(vectors))
+                        report.written += len(ids)
+                        bar.update(len(ids))
+                        if on_written is not None:
+                            on_written(len(ids))
+                finally:
+                    for actor in actors:  # also on a cluster this call did not start
+                        ray.kill(actor)
     finally:
         if owns_ray:  # the cluster (or connection) this call started ends with it
             ray.shutdown()

@@ -110,19 +110,23 @@ CROSSGAP_INLINE void backward_cols(const float* g, const float* w, float* out, i
     const float* w1 = w0 + K;
     const float* w2 = w1 + K;
     const float* w3 = w2 + K;
+    // The four coefficients of each row, copied: the stores to out cannot change them, so they are not
+    // reloaded at every k.
+    float c[M][4];
+    for (int m = 0; m < M; ++m) {
+      for (int i = 0; i < 4; ++i) c[m][i] = g[m * N + n + i];
+    }
     for (int64_t k = k0; k < kv; k += L) {
       const V a = load<V>(w0 + k), b = load<V>(w1 + k), d = load<V>(w2 + k), e = load<V>(w3 + k);
       for (int m = 0; m < M; ++m) {
-        const float* gm = g + m * N + n;
         float* o = out + m * K + k;
-        store(o, load<V>(o) + broadcast<V>(gm[0]) * a + broadcast<V>(gm[1]) * b + broadcast<V>(gm[2]) * d +
-                     broadcast<V>(gm[3]) * e);
+        store(o, load<V>(o) + broadcast<V>(c[m][0]) * a + broadcast<V>(c[m][1]) * b + broadcast<V>(c[m][2]) * d +
+                     broadcast<V>(c[m][3]) * e);
       }
     }
     for (int64_t k = kv; k < k1; ++k) {
       for (int m = 0; m < M; ++m) {
-        const float* gm = g + m * N + n;
-        out[m * K + k] += gm[0] * w0[k] + gm[1] * w1[k] + gm[2] * w2[k] + gm[3] * w3[k];
+        out[m * K + k] += c[m][0] * w0[k] + c[m][1] * w1[k] + c[m][2] * w2[k] + c[m][3] * w3[k];
       }
     }
   }
@@ -212,6 +216,9 @@ bool cpu_runs(const Variant& v) {
 
 // Index into kVariants of the variant in use: the widest the CPU runs, or narrower when capped.
 int widest_variant() {
+#ifdef CROSSGAP_X86
+  __builtin_cpu_init();  // may run before the CPU model's own constructor (static initialisation order)
+#endif
   for (int i = 0; i < kNumVariants; ++i) {
     if (cpu_runs(kVariants[i])) return i;
   }
@@ -220,8 +227,13 @@ int widest_variant() {
 
 std::atomic<int> current{widest_variant()};
 
-// Column blocks of the backward: 512 floats (M x 2 KiB of partial sums, in L1).
-constexpr int64_t kBlock = 512;
+// Width of the backward's column blocks: at most 512 floats (M x 2 KiB of partial sums, in L1), and narrow
+// enough for every thread to get one (a multiple of 64 floats, so every vector width divides it).
+int64_t block_width(int64_t K) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_thread = (K + threads - 1) / threads;
+  return std::min<int64_t>(512, std::max<int64_t>(64, (per_thread + 63) / 64 * 64));
+}
 
 }  // namespace
 
@@ -239,11 +251,14 @@ void few_rows_product(const float* x, const float* weight, float* out, int64_t M
 void few_rows_product_backward(const float* grad, const float* weight, float* out, int64_t M, int64_t N,
                                int64_t K) {
   const Kernel kernel = kVariants[current.load(std::memory_order_relaxed)].backward;
-  const int64_t blocks = (K + kBlock - 1) / kBlock;
+  const int64_t width = block_width(K);
+  const int64_t blocks = (K + width - 1) / width;
   for (int64_t m0 = 0; m0 < M; m0 += kFewRows) {
     const int64_t rows = std::min(kFewRows, M - m0);
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      kernel(grad + m0 * N, weight, out + m0 * K, rows, N, K, b0 * kBlock, std::min(K, b1 * kBlock));
+      for (int64_t b = b0; b < b1; ++b) {
+        kernel(grad + m0 * N, weight, out + m0 * K, rows, N, K, b * width, std::min(K, (b + 1) * width));
+      }
     });
   }
 }
