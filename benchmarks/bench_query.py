@@ -22,7 +22,7 @@ cost       OpenCLIP ViT-B-32 with random weights (the cost of pretrained weights
 ovi        OVI (text -> image space) quality against steps and the text warm start's cost: benchmarks/bench_ovi.py.
 machine    CPU model, threads of the cost and quality parts, torch version, the few-rows kernels' instruction set.
 
-    python benchmarks/bench_query.py                 # about 15 minutes on one core
+    python benchmarks/bench_query.py                 # about 17 minutes on 2 cores (60% of it exact OVI)
     python benchmarks/bench_query.py --quick         # smaller sets, a few minutes
     python benchmarks/bench_query.py --step-only     # the OTI step costs alone, under a minute
     python benchmarks/bench_query.py --ovi-only      # the ovi section alone (benchmarks/bench_ovi.py)

@@ -41,20 +41,19 @@ def _close_to_float64(got, want64, want32):
 SHAPES = [(1536, 512), (512, 2048), (7, 33), (4, 16), (5, 1), (1, 17), (2304, 768), (9, 1043)]
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 17])
-@pytest.mark.parametrize("n,k", SHAPES)
-def test_product_matches_reference(m, n, k, isa):
-    x, w, _ = _operands(m, n, k, seed=m * 7 + k)
-    want = ops.few_rows_product_reference(x.double(), w.double())
-    _close_to_float64(ops.few_rows_product(x, w), want, ops.few_rows_product_reference(x, w))
+# (the op, its reference, which operand multiplies the weight: x [M, K] forward, grad [M, N] backward)
+PRODUCTS = {"forward": (ops.few_rows_product, ops.few_rows_product_reference, 0),
+            "backward": (ops.few_rows_product_backward, ops.few_rows_product_backward_reference, 2)}
 
 
+@pytest.mark.parametrize("direction", sorted(PRODUCTS))
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 17])
 @pytest.mark.parametrize("n,k", SHAPES)
-def test_backward_matches_reference(m, n, k, isa):
-    _, w, g = _operands(m, n, k, seed=m * 5 + n)
-    want = ops.few_rows_product_backward_reference(g.double(), w.double())
-    _close_to_float64(ops.few_rows_product_backward(g, w), want, ops.few_rows_product_backward_reference(g, w))
+def test_matches_reference(direction, m, n, k, isa):
+    op, reference, operand = PRODUCTS[direction]
+    operands = _operands(m, n, k, seed=m * 7 + k + n)
+    a, w = operands[operand], operands[1]
+    _close_to_float64(op(a, w), reference(a.double(), w.double()), reference(a, w))
 
 
 def test_threads_split_the_work_without_changing_the_result():

@@ -111,8 +111,9 @@ def test_the_store_uses_the_text_warm_start_for_backfills_ingestion_and_queries(
     backfill = reopened.invert_missing("text", progress=False)
     assert backfill.inverted == 10
     native = torch.tensor(stored_vectors(reopened, report.ids, "text"))
-    expected = ovi_invert(tiny_clip, native, OVIConfig(steps=fit.steps, lr=fit.lr, warm_start=warm),
-                          progress=False).features
+    # the store's precision ("auto": bf16 on a CPU with bf16 hardware, as this test may run on)
+    expected = ovi_invert(tiny_clip, native, OVIConfig(steps=fit.steps, lr=fit.lr, warm_start=warm,
+                                                       precision="auto"), progress=False).features
     stored = torch.tensor(stored_vectors(reopened, report.ids, "text_ovi"))
     torch.testing.assert_close(stored, unit_vectors(expected, 32, "x"), atol=1e-5, rtol=0)
 
