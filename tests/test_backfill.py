@@ -151,7 +151,7 @@ def test_ray_worker_killed_mid_backfill(tmp_path, demo):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         _wait_for_progress(proc, 2)
-        actors = _session_processes(proc.pid, "MapWorker")
+        actors = _session_processes(proc.pid, "_Inverter")  # the actor process titles name the class
         assert actors, "no Ray actor found"
         os.kill(actors[0], signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
