@@ -79,19 +79,21 @@ def bench_few_rows(rows: list[int], repeat: int) -> dict:
     w = 512  # ViT-B-32's text width: 12 blocks of in-projection, out-projection and the MLP's two matrices
     weights = [torch.randn(n, k, generator=gen) * k**-0.5 for n, k in [(3 * w, w), (w, w), (4 * w, w), (w, 4 * w)] * 12]
     out = {"weights_mb": round(sum(t.numel() * 4 for t in weights) / 1e6, 1), "isa_default": ops.few_rows_isa(),
-           "read_ms": median_ms(lambda: ([t.sum() for t in weights], [t.sum() for t in reversed(weights)]), repeat)}
+           "read_ms": round(median_ms(lambda: ([t.sum() for t in weights], [t.sum() for t in reversed(weights)]),
+                                      repeat), 2)}
     isas = ["avx512", "avx2", "baseline"]
     isas = isas[isas.index(out["isa_default"]):] if out["isa_default"] in isas else [out["isa_default"]]
     for m in rows:
         xs = [torch.randn(m, t.shape[1], generator=gen) for t in weights]
         gs = [torch.randn(m, t.shape[0], generator=gen) for t in weights]
-        row = {"blas_ms": median_ms(lambda: ([F.linear(x, t) for x, t in zip(xs, weights)],
-                                             [g @ t for g, t in zip(reversed(gs), reversed(weights))]), repeat)}
+        row = {"blas_ms": round(median_ms(lambda: ([F.linear(x, t) for x, t in zip(xs, weights)],
+                                                   [g @ t for g, t in zip(reversed(gs), reversed(weights))]),
+                                          repeat), 2)}
         for isa in isas:
             ops.few_rows_isa(isa)
-            row[f"few_rows_{isa}_ms"] = median_ms(lambda: (
+            row[f"few_rows_{isa}_ms"] = round(median_ms(lambda: (
                 [ops.few_rows_product(x, t) for x, t in zip(xs, weights)],
-                [ops.few_rows_product_backward(g, t) for g, t in zip(reversed(gs), reversed(weights))]), repeat)
+                [ops.few_rows_product_backward(g, t) for g, t in zip(reversed(gs), reversed(weights))]), repeat), 2)
         ops.few_rows_isa(out["isa_default"])
         best = row[f"few_rows_{out['isa_default']}_ms"]
         row |= {"speedup_vs_blas": round(row["blas_ms"] / best, 2), "vs_read": round(best / out["read_ms"], 2)}
