@@ -2,11 +2,13 @@
 //
 // At batch 1 an inversion step multiplies a handful of rows (the cached suffix's positions) by every weight
 // matrix of the tower, forward and backward. Such a product reads far more weight than it does arithmetic, so
-// its floor is the time to read the weight once; BLAS libraries reach it at one row and fall well short at
-// two to eight on some CPUs (measured by benchmarks/bench_ops.py). These kernels read each weight element
-// once whatever the row count, and keep the rows and partial sums in registers and L1.
+// its floor is the time to read the weight once. How close BLAS comes at two to eight rows depends on the CPU
+// and on the form of the product (MKL's W x^T at two rows took twice the one-row time on an AVX-512 Xeon and was
+// the faster form on an AVX2 EPYC). These kernels read each weight element once whatever the row count and keep
+// the rows and partial sums in registers and L1; at one or two rows they run at the read floor, with more rows
+// the arithmetic starts to count (benchmarks/bench_ops.py times them against BLAS).
 //
-// Shapes (float32, CPU, all contiguous; M >= 1, any M works, the gain is for M <= kFewRows):
+// Shapes (float32, CPU, all contiguous; any M >= 0 works, the gain is for M <= kFewRows):
 //   few_rows_product(x [M, K], weight [N, K])            -> [M, N] = x weight^T
 //   few_rows_product_backward(grad [M, N], weight [N, K]) -> [M, K] = grad weight
 //
