@@ -142,6 +142,32 @@ inline void check_suffix_block_saved(const at::Tensor& grad_out, const at::Tenso
   check(stats, "stats", {B, S, 4}, acc);
 }
 
+// What the backward reads, each made contiguous once (both units index them as raw arrays): the 12 params,
+// grad_out as [M, W] rows, and the forward's input, outputs and prefix cache.
+struct BackwardInputs {
+  std::vector<at::Tensor> w;
+  at::Tensor g, x, x1, qkv, probs, u, stats, pk, pv;
+};
+
+inline BackwardInputs contiguous_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x,
+                                                 const at::Tensor& x1, const at::Tensor& qkv,
+                                                 const at::Tensor& probs, const at::Tensor& u,
+                                                 const at::Tensor& stats, const at::Tensor& prefix_k,
+                                                 const at::Tensor& prefix_v, at::TensorList params) {
+  BackwardInputs in;
+  for (const auto& p : params) in.w.push_back(p.contiguous());
+  in.g = grad_out.contiguous().view({x.size(0) * x.size(1), x.size(2)});
+  in.x = x.contiguous();
+  in.x1 = x1.contiguous();
+  in.qkv = qkv.contiguous();
+  in.probs = probs.contiguous();
+  in.u = u.contiguous();
+  in.stats = stats.contiguous();
+  in.pk = prefix_k.contiguous();
+  in.pv = prefix_v.contiguous();
+  return in;
+}
+
 using SuffixBlockOutputs =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 

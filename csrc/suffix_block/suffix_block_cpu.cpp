@@ -364,35 +364,28 @@ at::Tensor suffix_block_backward_cpu(const at::Tensor& grad_out, const at::Tenso
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
   auto grad_x = at::empty({B, S, W}, opts);
   if (M == 0) return grad_x;
-  std::vector<at::Tensor> w;
-  for (const auto& p : params) w.push_back(p.contiguous());
-  const auto g = grad_out.contiguous().view({M, W});
-  const auto xc = x.contiguous();
-  const auto x1c = x1.contiguous();
-  const auto qkvc = qkv.contiguous();
-  const auto probsc = probs.contiguous();
-  const auto uc = u.contiguous();
-  const auto statsc = stats.contiguous();
-  const auto pk = prefix_k.contiguous();
-  const auto pv = prefix_v.contiguous();
+  const BackwardInputs in = contiguous_backward_inputs(grad_out, x, x1, qkv, probs, u, stats, prefix_k, prefix_v,
+                                                       params);
   auto dx1 = at::empty({M, W}, opts);
   auto d_qkv = at::empty({M, 3 * W}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "suffix_block_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto ptr = [](const at::Tensor& t) { return t.const_data_ptr<scalar_t>(); };
-    const acc_t* st = statsc.const_data_ptr<acc_t>();
-    // MLP branch: out = x1 + proj(act(fc(LN_2(x1)))); g @ W reads the row-major weight in order.
-    auto du = product_backward<scalar_t>(g, w[kProjWeight]);  // [M, F]
-    activation_backward<scalar_t, acc_t>(act, uc.view({M, F}), du);
-    layer_norm_backward_rows<scalar_t, acc_t>(product_backward<scalar_t>(du, w[kFcWeight]), ptr(x1c), st, 2, ptr(w[kLn2Weight]), ptr(g),
-                                              M, W, dx1.mutable_data_ptr<scalar_t>());
+    const acc_t* st = in.stats.const_data_ptr<acc_t>();
+    // MLP branch: out = x1 + proj(act(fc(LN_2(x1)))); in.g @ W reads the row-major weight in order.
+    auto du = product_backward<scalar_t>(in.g, in.w[kProjWeight]);  // [M, F]
+    activation_backward<scalar_t, acc_t>(act, in.u.view({M, F}), du);
+    layer_norm_backward_rows<scalar_t, acc_t>(product_backward<scalar_t>(du, in.w[kFcWeight]), ptr(in.x1), st, 2,
+                                              ptr(in.w[kLn2Weight]), ptr(in.g), M, W,
+                                              dx1.mutable_data_ptr<scalar_t>());
     // Attention branch: x1 = x + out_proj(attention(LN_1(x))).
-    const auto d_attn = product_backward<scalar_t>(dx1, w[kOutWeight]).contiguous();
-    const KeyValues<scalar_t> kv{ptr(pk), ptr(pv), ptr(qkvc), P, S, W, D};
-    attention_backward<scalar_t, acc_t>(kv, probsc.const_data_ptr<acc_t>(), ptr(d_attn), B, H,
+    const auto d_attn = product_backward<scalar_t>(dx1, in.w[kOutWeight]).contiguous();
+    const KeyValues<scalar_t> kv{ptr(in.pk), ptr(in.pv), ptr(in.qkv), P, S, W, D};
+    attention_backward<scalar_t, acc_t>(kv, in.probs.const_data_ptr<acc_t>(), ptr(d_attn), B, H,
                                         d_qkv.mutable_data_ptr<scalar_t>());
-    layer_norm_backward_rows<scalar_t, acc_t>(product_backward<scalar_t>(d_qkv, w[kInWeight]), ptr(xc), st, 0, ptr(w[kLn1Weight]),
-                                              ptr(dx1), M, W, grad_x.mutable_data_ptr<scalar_t>());
+    layer_norm_backward_rows<scalar_t, acc_t>(product_backward<scalar_t>(d_qkv, in.w[kInWeight]), ptr(in.x), st, 0,
+                                              ptr(in.w[kLn1Weight]), ptr(dx1), M, W,
+                                              grad_x.mutable_data_ptr<scalar_t>());
   });
   return grad_x;
 }

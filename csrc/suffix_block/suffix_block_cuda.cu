@@ -298,17 +298,8 @@ at::Tensor suffix_block_backward_cuda(const at::Tensor& grad_out, const at::Tens
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
   auto grad_x = at::empty({B, S, W}, opts);
   if (M == 0) return grad_x;
-  std::vector<at::Tensor> w;
-  for (const auto& p : params) w.push_back(p.contiguous());
-  const auto g = grad_out.contiguous().view({M, W});
-  const auto xc = x.contiguous();
-  const auto x1c = x1.contiguous();
-  const auto qkvc = qkv.contiguous();
-  const auto probsc = probs.contiguous();
-  const auto uc = u.contiguous();
-  const auto statsc = stats.contiguous();
-  const auto pk = prefix_k.contiguous();
-  const auto pv = prefix_v.contiguous();
+  const BackwardInputs in = contiguous_backward_inputs(grad_out, x, x1, qkv, probs, u, stats, prefix_k, prefix_v,
+                                                       params);
   auto dx1 = at::empty({M, W}, opts);
   auto d_qkv = at::empty({M, 3 * W}, opts);
   auto ds = at::empty({B, H, S, P + S}, opts.dtype(acc_type));
@@ -316,28 +307,28 @@ at::Tensor suffix_block_backward_cuda(const at::Tensor& grad_out, const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "suffix_block_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto ptr = [](const at::Tensor& t) { return t.const_data_ptr<scalar_t>(); };
-    const acc_t* st = statsc.const_data_ptr<acc_t>();
-    auto du = at::mm(g, w[kProjWeight]);  // [M, F]
+    const acc_t* st = in.stats.const_data_ptr<acc_t>();
+    auto du = at::mm(in.g, in.w[kProjWeight]);  // [M, F]
     activation_kernel<scalar_t, acc_t, true><<<elementwise_blocks(M * F), kThreads, 0, stream>>>(
-        ptr(uc), du.mutable_data_ptr<scalar_t>(), M * F, act);
+        ptr(in.u), du.mutable_data_ptr<scalar_t>(), M * F, act);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const auto dh2 = at::mm(du, w[kFcWeight]);
+    const auto dh2 = at::mm(du, in.w[kFcWeight]);
     layer_norm_backward_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(
-        ptr(dh2), ptr(x1c), st, 2, ptr(w[kLn2Weight]), ptr(g), W, dx1.mutable_data_ptr<scalar_t>());
+        ptr(dh2), ptr(in.x1), st, 2, ptr(in.w[kLn2Weight]), ptr(in.g), W, dx1.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const auto d_attn = at::mm(dx1, w[kOutWeight]);
+    const auto d_attn = at::mm(dx1, in.w[kOutWeight]);
     const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
     attention_backward_query_kernel<scalar_t, acc_t><<<B * H * S, kAttentionThreads, 0, stream>>>(
-        ptr(pk), ptr(pv), ptr(qkvc), probsc.const_data_ptr<acc_t>(), ptr(d_attn), H, P, S, W, D, scale,
+        ptr(in.pk), ptr(in.pv), ptr(in.qkv), in.probs.const_data_ptr<acc_t>(), ptr(d_attn), H, P, S, W, D, scale,
         ds.mutable_data_ptr<acc_t>(), d_qkv.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     attention_backward_key_kernel<scalar_t, acc_t><<<B * H * S, kAttentionThreads, 0, stream>>>(
-        ptr(qkvc), probsc.const_data_ptr<acc_t>(), ds.const_data_ptr<acc_t>(), ptr(d_attn), H, P, S, W, D, scale,
+        ptr(in.qkv), in.probs.const_data_ptr<acc_t>(), ds.const_data_ptr<acc_t>(), ptr(d_attn), H, P, S, W, D, scale,
         d_qkv.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const auto dh1 = at::mm(d_qkv, w[kInWeight]);
+    const auto dh1 = at::mm(d_qkv, in.w[kInWeight]);
     layer_norm_backward_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(
-        ptr(dh1), ptr(xc), st, 0, ptr(w[kLn1Weight]), ptr(dx1), W, grad_x.mutable_data_ptr<scalar_t>());
+        ptr(dh1), ptr(in.x), st, 0, ptr(in.w[kLn1Weight]), ptr(dx1), W, grad_x.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_x;
