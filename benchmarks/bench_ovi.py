@@ -92,12 +92,14 @@ def per_query_ap(query: torch.Tensor, gallery: torch.Tensor, labels) -> np.ndarr
     return ap[np.isfinite(ap)]
 
 
-def with_ci(ap: np.ndarray, base: np.ndarray | None, seed: int = 0) -> dict:
+def with_ci(ap: np.ndarray, base: np.ndarray | None, seed: int = 0, against: str = "1000") -> dict:
+    """mAP of per-query APs ``ap`` with its bootstrap 95% CI, and with ``base`` the paired difference to it
+    (``diff_vs_<against>``); in percent."""
     lo, hi = bootstrap_ci(ap, n=1000, seed=seed)
     out = {"mAP": round(100 * float(ap.mean()), 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)]}
     if base is not None:
         diff, dlo, dhi = paired_bootstrap_ci(ap, base, n=1000, seed=seed)
-        out |= {"diff_vs_1000": round(100 * diff, 2), "diff_ci95": [round(100 * dlo, 2), round(100 * dhi, 2)]}
+        out |= {f"diff_vs_{against}": round(100 * diff, 2), "diff_ci95": [round(100 * dlo, 2), round(100 * dhi, 2)]}
     return out
 
 

@@ -51,7 +51,7 @@ from crossgap_qdrant.inversion import OTIConfig, WarmStart, fit_warm_start, oti_
 from crossgap_qdrant.inversion.reference import encode_text_with_pseudo_tokens, template_token_ids
 from crossgap_qdrant.inversion.text_suffix import CachedTemplateTextEncoder
 from crossgap_qdrant.inversion.text_suffix_step import SuffixStep
-from crossgap_qdrant.metrics import bootstrap_ci, paired_bootstrap_ci, per_query, retrieval_metrics
+from crossgap_qdrant.metrics import per_query, retrieval_metrics
 from crossgap_qdrant.models import text_tower
 from crossgap_qdrant.store import CrossModalStore
 
@@ -70,12 +70,7 @@ def _map(query: torch.Tensor, gallery: torch.Tensor, labels) -> np.ndarray:
 
 
 def _ci(ap: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
-    lo, hi = bootstrap_ci(ap, n=1000, seed=seed)
-    out = {"mAP": round(100 * float(ap.mean()), 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)]}
-    if base is not None:
-        diff, dlo, dhi = paired_bootstrap_ci(ap, base, n=1000, seed=seed)
-        out |= {"diff_vs_exact": round(100 * diff, 2), "diff_ci95": [round(100 * dlo, 2), round(100 * dhi, 2)]}
-    return out
+    return bench_ovi.with_ci(ap, base, seed, against="exact")
 
 
 def cpu_name() -> str:
